@@ -1,0 +1,92 @@
+"""One exception root for s2ingest.
+
+Every error a user can cause (bad product, bad config, unreachable hub, full disk) is an
+``S2IngestError``. Subclasses also derive from the builtin kind they resemble, so callers
+that catch ``OSError`` or ``ValueError`` keep working (the rasterio habit). Only the CLI
+maps these to exit codes (``ingest.cli.main.EXIT_CODES``).
+"""
+from __future__ import annotations
+
+
+class S2IngestError(Exception):
+    """Root of every s2ingest error."""
+
+
+class ConfigError(S2IngestError, ValueError):
+    """Invalid configuration, option or argument."""
+
+
+class UnknownVariableError(ConfigError, KeyError):
+    """A variable (band or layer) name that the cube does not know."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "unknown variable"
+
+
+class ProductError(S2IngestError):
+    """A product that cannot be ingested. Permanent: the catalog marks it rejected."""
+
+    def __init__(self, product: str, reason: str) -> None:
+        super().__init__(f"{product}: {reason}")
+        self.product = product
+        self.reason = reason
+
+
+class CorruptProductError(ProductError, OSError):
+    """Unreadable archive or raster (truncated zip, broken JP2)."""
+
+
+class MetadataError(ProductError, ValueError):
+    """Malformed or inconsistent XML metadata."""
+
+
+class UnsupportedProductError(ProductError, ValueError):
+    """Not an L2A product we handle (L1C, the old L2Ap format, ...)."""
+
+
+class WrongOrbitError(ProductError, ValueError):
+    """The product belongs to another relative orbit than the cube."""
+
+
+class OutsideGridError(ProductError, ValueError):
+    """The product does not overlap the cube grid."""
+
+
+class GridMismatchError(S2IngestError, ValueError):
+    """A store was written with a different grid than the one asked for."""
+
+
+class StoreError(S2IngestError, OSError):
+    """The Zarr store cannot be read or written (permissions, full disk, corruption)."""
+
+
+class CatalogError(S2IngestError):
+    """The catalog database is unreachable, outdated or inconsistent."""
+
+
+class LeaseLostError(CatalogError):
+    """Another worker took over our claim; we must not publish."""
+
+
+class HubError(S2IngestError, OSError):
+    """A product hub failed: unreachable, refused, or sent bad data."""
+
+
+class HubUnreachableError(HubError):
+    """The hub did not answer (DNS, connection refused, timeouts after retries)."""
+
+
+class AuthenticationError(HubError):
+    """The hub refused our credentials."""
+
+
+class ProductOfflineError(HubError):
+    """The product is in the long-term archive; it was requested, try later."""
+
+
+class ChecksumError(HubError):
+    """A downloaded file does not match its checksum."""
+
+
+class LayerError(S2IngestError, ValueError):
+    """A reference-layer input that cannot be rasterised (wrong geometry, no overlap, ...)."""
