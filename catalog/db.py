@@ -1,0 +1,293 @@
+"""Engines, sessions and migrations of the catalog database (DESIGN.md §6).
+
+SQLite by default, in a file beside the store; PostgreSQL by URL for teams. The schema is only
+ever created by the alembic migrations (``alembic/`` in the source tree, ``catalog/_migrations``
+in an installed wheel), so every catalog carries a revision we can check.
+"""
+from __future__ import annotations
+
+import importlib.resources
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+from ingest.errors import CatalogError, ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+CATALOG_SUFFIX = ".catalog.sqlite"
+UPGRADE_HINT = "run `s2ingest db upgrade`"
+
+
+# --------------------------------------------------------------------------- URLs
+
+def normalize_url(url: str | URL | Path) -> URL:
+    """A SQLAlchemy URL; a bare path means SQLite, ``postgresql://`` means psycopg2.
+
+    DESIGN CHOICE: SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3, which we do not
+    depend on; psycopg2-binary is our ``postgres`` extra, so we pin the driver here.
+    """
+    if isinstance(url, Path) or (isinstance(url, str) and "://" not in url and url not in ("", ":memory:")):
+        return URL.create("sqlite", database=str(Path(url).expanduser().resolve()))
+    try:
+        u = make_url(url) if not isinstance(url, URL) else url
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {url!r} ({exc})") from None
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg2")
+    return u
+
+
+def display_url(url: str | URL | Path | Engine) -> str:
+    """The URL without its password, for messages."""
+    u = url.url if isinstance(url, Engine) else normalize_url(url)
+    return u.render_as_string(hide_password=True)
+
+
+def default_url_for_store(store_path: str | Path) -> str:
+    """``sqlite:///<dir>/<name>.catalog.sqlite`` beside a local store ``<dir>/<name>.zarr``.
+
+    DESIGN CHOICE: beside the store, not inside it: the store is mirrored and served as is, and
+    a database file (with its -wal/-shm companions) inside it would be copied half-written.
+    """
+    text = str(store_path)
+    if "://" in text and not text.startswith("file://"):
+        raise ConfigError(
+            f"store {text} is not on a local disk: give the catalog URL explicitly "
+            "(a SQLite file on a local disk, or PostgreSQL)"
+        )
+    path = Path(text.removeprefix("file://")).expanduser().resolve()
+    name = path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name
+    if not name:
+        raise ConfigError(f"cannot derive a catalog name from the store path {text!r}")
+    return f"sqlite:///{path.parent / (name + CATALOG_SUFFIX)}"
+
+
+# --------------------------------------------------------------------------- engines
+
+def _sqlite_setup(engine: Engine, in_memory: bool) -> None:
+    """Pragmas per connection, and BEGIN IMMEDIATE for every transaction."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            if not in_memory:
+                cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+                cur.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # DESIGN CHOICE: BEGIN IMMEDIATE takes the write lock at the start, so a claim's read and
+        # its update can never interleave with another writer (SQLite has no SKIP LOCKED), and
+        # a second writer waits (busy_timeout) instead of failing on a lock upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | URL | Path, *, echo: bool = False, **kwargs: Any) -> Engine:
+    """An engine for a catalog URL (SQLite: WAL, foreign keys, busy timeout; PostgreSQL: psycopg2)."""
+    u = normalize_url(url)
+    if u.get_backend_name() == "sqlite":
+        in_memory = u.database in (None, "", ":memory:")
+        if in_memory:
+            # One shared connection, so every session sees the same in-memory database.
+            kwargs.setdefault("poolclass", StaticPool)
+            kwargs.setdefault("connect_args", {"check_same_thread": False})
+        else:
+            kwargs.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(u, echo=echo, **kwargs)
+        _sqlite_setup(engine, in_memory)
+        return engine
+    if u.get_backend_name() == "postgresql":
+        kwargs.setdefault("pool_pre_ping", True)
+        connect_args = kwargs.setdefault("connect_args", {})
+        connect_args.setdefault("connect_timeout", 10)
+        connect_args.setdefault("application_name", "s2ingest")
+        try:
+            return create_engine(u, echo=echo, **kwargs)
+        except ModuleNotFoundError as exc:
+            raise CatalogError(
+                f"no PostgreSQL driver ({exc.name}): install s2ingest[postgres] (psycopg2-binary)"
+            ) from exc
+    raise ConfigError(f"unsupported catalog database {display_url(u)}: use SQLite or PostgreSQL")
+
+
+def unreachable(engine: Engine | URL | str, exc: BaseException) -> CatalogError:
+    """The CatalogError for a database we cannot talk to."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CatalogError(f"cannot reach the catalog database {display_url(engine)}: {detail}")
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise CatalogError (not a driver traceback) when the database is unreachable."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except (OperationalError, DBAPIError) as exc:
+        raise unreachable(engine, exc) from exc
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error.
+
+    DESIGN CHOICE: catalog functions never commit; the caller's transaction decides, so a publish
+    (products + publish row + time steps) is all-or-nothing. Connection failures become
+    CatalogError so the CLI reports them as such.
+    """
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    except OperationalError as exc:
+        raise unreachable(engine, exc) if _is_connection_error(exc) else CatalogError(
+            f"catalog database error: {str(exc.orig).strip()}"
+        ) from exc
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return exc.connection_invalidated or any(
+        s in text for s in ("could not connect", "connection refused", "unable to open", "server closed", "timeout expired")
+    )
+
+
+# --------------------------------------------------------------------------- migrations
+
+def migrations_dir() -> Path:
+    """The alembic script directory: packaged with the wheel, else the source tree's ``alembic/``.
+
+    DESIGN CHOICE: the top-level ``alembic/`` is no Python package (an ``alembic/__init__.py``
+    would shadow the alembic library when running from the repo root); the build maps it into
+    the wheel as ``catalog/_migrations`` (see setup.py).
+    """
+    try:
+        packaged = Path(str(importlib.resources.files("catalog").joinpath("_migrations")))
+        if (packaged / "env.py").is_file():
+            return packaged
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - zipped installs
+        pass
+    source = Path(__file__).resolve().parent.parent / "alembic"
+    if (source / "env.py").is_file():
+        return source
+    raise CatalogError("the catalog migrations are missing from this installation (catalog/_migrations)")
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    """An alembic Config pointing at our migrations, optionally bound to a connection."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration this s2ingest knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - packaging bug
+        raise CatalogError("no catalog migrations found")
+    return head
+
+
+def _engine(url_or_engine: str | URL | Path | Engine) -> tuple[Engine, bool]:
+    if isinstance(url_or_engine, Engine):
+        return url_or_engine, False
+    return make_engine(url_or_engine), True
+
+
+def current_revision(url_or_engine: str | URL | Path | Engine) -> str | None:
+    """The catalog's alembic revision, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine, owned = _engine(url_or_engine)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except (OperationalError, DBAPIError) as exc:
+        raise unreachable(engine, exc) from exc
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def upgrade(url_or_engine: str | URL | Path | Engine, revision: str = "head") -> str | None:
+    """Migrate the catalog to ``revision`` in one transaction; returns the new revision."""
+    from alembic import command
+
+    engine, owned = _engine(url_or_engine)
+    try:
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                # DESIGN CHOICE: SQLite ALTERs are table rebuilds (alembic batch mode); with
+                # foreign keys on, dropping the old table would cascade. The pragma is a no-op
+                # inside a transaction, so set it first, and check the keys before committing.
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            try:
+                with conn.begin():
+                    command.upgrade(alembic_config(conn), revision)
+                    if sqlite:
+                        bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if bad:
+                            raise CatalogError(f"migration left broken foreign keys: {bad[:5]}")
+            finally:
+                if sqlite:
+                    conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
+        return current_revision(engine)
+    except (OperationalError, DBAPIError) as exc:
+        if _is_connection_error(exc):
+            raise unreachable(engine, exc) from exc
+        raise CatalogError(f"catalog migration failed: {str(exc.orig).strip()}") from exc
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def ensure_current(engine: Engine) -> str:
+    """Refuse to work on a catalog whose schema is not the one this code was written for."""
+    head = head_revision()
+    current = current_revision(engine)
+    if current != head:
+        raise CatalogError(
+            f"catalog {display_url(engine)} at revision {current or '<empty>'}, "
+            f"this s2ingest needs {head}: {UPGRADE_HINT}"
+        )
+    return current
+
+
+def open_catalog(url: str | URL | Path, *, create: bool = True) -> Engine:
+    """An engine on a usable catalog: an empty database is created at head when ``create``;
+    an existing one is never migrated implicitly (it may be shared by other s2ingest versions).
+    """
+    engine = make_engine(url)
+    try:
+        if create and current_revision(engine) is None and not _has_tables(engine):
+            upgrade(engine)
+        ensure_current(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _has_tables(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return bool(inspect(conn).get_table_names())
+    except (OperationalError, DBAPIError) as exc:
+        raise unreachable(engine, exc) from exc
