@@ -280,7 +280,7 @@ def _identity(mtd: _Doc, tile_doc: _Doc, name_hint: str | None) -> _Identity:
     tile = g_match["tile"] if g_match else pn.tile
 
     _check_name_vs_metadata(
-        pn, mtd, platform=platform, starts=(datatake_start, product_start), baseline=baseline,
+        pn, mtd, platform=platform, datatake_start=datatake_start, baseline=baseline,
         relative_orbit=relative_orbit, tile=tile,
     )
     return _Identity(
@@ -301,7 +301,7 @@ def _granule_id(mtd: _Doc) -> str | None:
 
 
 def _check_name_vs_metadata(
-    pn: ProductName, mtd: _Doc, *, platform: str, starts: tuple[datetime, ...], baseline: str,
+    pn: ProductName, mtd: _Doc, *, platform: str, datatake_start: datetime, baseline: str,
     relative_orbit: int, tile: str,
 ) -> None:
     """Name fields must agree with the XML: a mismatch means a mislabelled or mixed product."""
@@ -314,8 +314,10 @@ def _check_name_vs_metadata(
         problems.append(f"N{pn.baseline.replace('.', '')} but PROCESSING_BASELINE says {baseline}")
     if pn.tile != tile:
         problems.append(f"tile {pn.tile} but the granule is {tile}")
-    if not any(s.replace(microsecond=0) == pn.datatake_start for s in starts):
-        problems.append(f"start {pn.datatake_start:%Y%m%dT%H%M%S} but DATATAKE_SENSING_START is {starts[0].isoformat()}")
+    # DESIGN CHOICE: the name's time must be DATATAKE_SENSING_START to the second (floored):
+    # it is the time-axis key; PRODUCT_START_TIME is equal in every sample but not relied on.
+    if datatake_start.replace(microsecond=0) != pn.datatake_start:
+        problems.append(f"start {pn.datatake_start:%Y%m%dT%H%M%S} but DATATAKE_SENSING_START is {datatake_start.isoformat()}")
     if problems:
         raise MetadataError(pn.name, f"name inconsistent with {mtd.member}: " + "; ".join(problems))
 
