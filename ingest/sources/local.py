@@ -1,0 +1,90 @@
+"""A directory of products (``.SAFE`` folders or ``.zip`` files) as a source.
+
+DESIGN CHOICE: ``fetch`` verifies the product against its manifest.safe and returns it *in
+place*: the files belong to the user, so they are neither copied into the cache nor moved to
+quarantine; a product that fails verification raises ``CorruptProductError`` (permanent: there
+is nothing to download again).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ChecksumError, CorruptProductError, MetadataError
+from ..product import ProductName
+from ..verify import verify_product
+from .base import AreaLike, ProductRecord, Source, record_matches, sort_records
+
+log = logging.getLogger(__name__)
+
+_CLOUD_RE = re.compile(rb"<Cloud_Coverage_Assessment>\s*([0-9.]+)\s*<")
+_LEVELS = {"S2MSI2A": "L2A", "S2MSI1C": "L1C"}
+
+
+def _cloud_cover(path: Path) -> float | None:
+    """Cloud cover from MTD_MSIL2A.xml when cheap to read; None when absent or unreadable."""
+    try:
+        if path.is_dir():
+            mtd = next(path.glob("MTD_MSI*.xml"), None)
+            data = mtd.read_bytes() if mtd else b""
+        else:
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if re.search(r"(^|/)MTD_MSIL\w+\.xml$", n)), None)
+                data = zf.read(member) if member else b""
+    except (OSError, zipfile.BadZipFile):
+        return None
+    m = _CLOUD_RE.search(data)
+    return float(m.group(1)) if m else None
+
+
+class LocalSource(Source):
+    """Products already on disk, e.g. a shared archive or test fixtures."""
+
+    hub = "local"
+
+    def __init__(self, directory: str | Path, recursive: bool = False) -> None:
+        self.directory = Path(directory)
+        self.recursive = recursive
+
+    def _candidates(self) -> list[Path]:
+        pattern = "**/*" if self.recursive else "*"
+        return [p for p in self.directory.glob(pattern)
+                if (p.suffix == ".zip" and p.is_file()) or (p.suffix == ".SAFE" and p.is_dir())]
+
+    def search(
+        self, orbit: int, area: AreaLike = None, since: datetime | None = None,
+        until: datetime | None = None, tiles: Sequence[str] | None = None,
+        max_cloud: float | None = None, product_type: str = "S2MSI2A",
+    ) -> list[ProductRecord]:
+        """Products in the directory whose *name* matches; ``area`` is not used (names carry tiles)."""
+        level = _LEVELS.get(product_type)
+        records = []
+        for path in self._candidates():
+            try:
+                pn = ProductName.parse(path.name)
+            except MetadataError:
+                log.debug("skipping %s: not a product name", path)
+                continue
+            if level and pn.level != level:
+                continue
+            size = path.stat().st_size if path.is_file() else None
+            record = ProductRecord.from_name(
+                pn.name, hub=self.hub, hub_id=str(path), size=size, cloud_cover=_cloud_cover(path),
+                product_type=product_type,
+            )
+            if record_matches(record, orbit, since, until, tiles, max_cloud):
+                records.append(record)
+        return sort_records(records)
+
+    def fetch(self, record: ProductRecord, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
+        """The product's own path after checking its manifest.safe checksums."""
+        path = Path(record.hub_id)
+        try:
+            verify_product(path, product=record.name)
+        except ChecksumError as exc:
+            raise CorruptProductError(record.name, str(exc)) from exc
+        return path
