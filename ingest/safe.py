@@ -566,6 +566,8 @@ def _build_product(
     name_hint: str | None, exists: FileExists | None,
 ) -> Product:
     _check_level_2a(mtd)
+    if not tile_doc.root_name.endswith("Tile_ID"):
+        raise tile_doc.error(f"root element is {tile_doc.root_name}, not a tile metadata (Level-2A_Tile_ID)")
     ident = _identity(mtd, tile_doc, name_hint)
     if manifest is not None:
         manifest.product = ident.name

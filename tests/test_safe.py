@@ -516,6 +516,32 @@ def test_check_overlaps_uses_footprint(samples, tmp_path):
     assert product_bounds_in(read_product(safe2, require_files=False), "EPSG:28992") == pytest.approx(full, abs=2)
 
 
+def _nl_tiles(samples: Path) -> list[tuple[str, int, int, int, tuple[float, ...]]]:
+    text = (samples.parent.parent / "reference" / "nl-tiles.txt").read_text()
+    rows = []
+    for m in re.finditer(r"^(\d{2}[A-Z]{3}) (\d{5}) +(\d+) +(\d+) .*\) \(([-\d]+), ([-\d]+), ([-\d]+), ([-\d]+)\)$", text, re.M):
+        rows.append((m[1], int(m[2]), int(m[3]), int(m[4]), tuple(float(m[i]) for i in range(5, 9))))
+    return rows
+
+
+def test_nl_tiles_rd_bounds(samples, tmp_path):
+    """Every tile over NL: our RD bounds match the reference table, and they overlap NL_GRID."""
+    tiles = _nl_tiles(samples)
+    assert len(tiles) == 16
+    for tile, epsg, ulx, uly, rd in tiles:
+        safe = _retiled(samples, tmp_path / tile, tile, epsg, ulx, uly)
+        p = read_product(safe, require_files=False)
+        assert product_bounds_in(p, NL_GRID.crs) == pytest.approx(rd, abs=2), tile
+        left, bottom, right, top = check_overlaps(p, NL_GRID)
+        assert NL_GRID.window_for_bounds((left, bottom, right, top)) is not None
+
+
+def test_tile_xml_swapped(samples):
+    mtd, tl, man = _docs(samples / PB0509)
+    with pytest.raises(MetadataError, match="not a tile metadata"):
+        parse_product_metadata(mtd, mtd, man)
+
+
 def test_check_overlaps_outside(samples):
     p = read_product(samples / PB0509, require_files=False)  # 34UCF, Poland/Baltic
     with pytest.raises(OutsideGridError, match="34UCF") as exc:
