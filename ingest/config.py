@@ -1,0 +1,104 @@
+"""Settings: command-line options over environment over config file over defaults.
+
+Several cubes can live side by side: each is a ``--store`` path with its own catalog
+(``--db``, SQLite next to the store by default). The config file is TOML:
+
+    store = "/data/nl.zarr"
+    db = "postgresql://cube@db/cube"
+    orbit = 51
+    grid = "NL"
+    cache = "/data/s2-cache"
+    [resampling]
+    "*" = "bilinear"
+    SCL = "nearest"
+    [hub]
+    name = "cdse"
+
+It is found at ``--config FILE``, ``$S2INGEST_CONFIG``, ``./s2ingest.toml`` or
+``~/.config/s2ingest/config.toml`` (first one that exists).
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+ENV_PREFIX = "S2INGEST_"
+DEFAULT_STORE = "s2ingest-cube.zarr"
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: Path = Path(DEFAULT_STORE)
+    db: str | None = None  # None: SQLite next to the store
+    orbit: int = 51
+    grid: str = "NL"
+    cache: Path | None = None  # None: "<store>.cache" beside the store
+    resampling: dict[str, str] = field(default_factory=dict)
+    hub: dict[str, Any] = field(default_factory=dict)
+    threads: int = 2
+
+    @property
+    def db_url(self) -> str:
+        from catalog.db import default_url_for_store
+
+        return self.db or default_url_for_store(self.store)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache or self.store.with_name(self.store.name + ".cache")
+
+
+def config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The config file in effect, if any."""
+    candidates = [explicit, os.environ.get(ENV_PREFIX + "CONFIG"), "s2ingest.toml",
+                  Path.home() / ".config" / "s2ingest" / "config.toml"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    if explicit:
+        raise ConfigError(f"config file {explicit} does not exist")
+    return None
+
+
+def _from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        try:
+            if key in ("store", "cache"):
+                changes[key] = Path(value).expanduser()
+            elif key in ("orbit", "threads"):
+                changes[key] = int(value)
+            elif key in ("db", "grid"):
+                changes[key] = str(value)
+            elif key in ("resampling", "hub"):
+                changes[key] = {**getattr(base, key), **dict(value)}
+            else:
+                raise ConfigError(f"{origin}: unknown setting {key!r}")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{origin}: bad value for {key!r}: {exc}") from None
+    return replace(base, **changes)
+
+
+def load_settings(cli: Mapping[str, Any] | None = None, config: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge defaults < config file < environment < command line."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    path = config_file(config)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        settings = _from_mapping(settings, data, str(path))
+    env = {k: environ.get(ENV_PREFIX + k.upper()) for k in ("store", "orbit", "grid", "cache", "threads")}
+    env["db"] = environ.get(ENV_PREFIX + "DB_URL")
+    settings = _from_mapping(settings, env, "environment")
+    return _from_mapping(settings, dict(cli or {}), "command line")

@@ -1,0 +1,233 @@
+"""Apply a ``WritePlan`` to the store: resize, move, warp + mosaic, write, commit.
+
+Everything happens inside one ``commit.Transaction``: either the whole plan is published
+(consolidated metadata written last) or the store is rolled back to what it was.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import rasterio
+import zarr
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+from .commit import Transaction
+from .errors import StoreError
+from .grid import ChunkIndex, CubeGrid
+from .mosaic import fill_gaps
+from .plan import SlotWrite, WritePlan
+from .product import Product
+from .store import META_DIR, PROVENANCE, PublishedState, _store, read_published, to_ms
+from .variables import VARIABLES
+from .warp import GDAL_ENV, WarpTarget, warp_variable
+
+log = logging.getLogger(__name__)
+
+# CLD/SNW take their footprint from SCL, so SCL is warped first.
+VARIABLE_ORDER = ["SCL"] + [n for n in VARIABLES if n != "SCL"]
+
+
+@dataclass
+class WriteReport:
+    version: int
+    time_steps: int
+    slots_written: int
+    chunks_written: int
+    superseded: tuple[str, ...] = ()
+    changed_keys: list[str] = field(default_factory=list, repr=False)
+
+
+def _chunk_key(group: str, var: str, t: int, c: ChunkIndex) -> str:
+    return f"{group}/{var}/{t}.{c[0]}.{c[1]}"
+
+
+def _blocks(grid: CubeGrid, chunks: Iterable[ChunkIndex]) -> list[tuple[Window, set[ChunkIndex]]]:
+    """Group chunks into row bands: one window per chunk row, spanning its chunks."""
+    rows: dict[int, set[ChunkIndex]] = {}
+    for c in chunks:
+        rows.setdefault(c[0], set()).add(c)
+    blocks = []
+    for iy in sorted(rows):
+        cols = sorted(ix for _, ix in rows[iy])
+        first = grid.chunk_window((iy, cols[0]))
+        last = grid.chunk_window((iy, cols[-1]))
+        width = last.col_off + last.width - first.col_off
+        blocks.append((Window(first.col_off, first.row_off, width, first.height), rows[iy]))
+    return blocks
+
+
+def _slot_block(
+    slot: SlotWrite, products: dict[str, Product], target: WarpTarget,
+    resampling: dict[str, Resampling], threads: int,
+) -> dict[str, np.ndarray]:
+    """Mosaic every variable of one time step over one block window."""
+    out: dict[str, np.ndarray] = {}
+    h, w = target.shape
+    for var in VARIABLE_ORDER:
+        spec = VARIABLES[var]
+        out[var] = np.full((h, w), spec.fill_value, dtype=spec.dtype)
+    for planned in slot.products:  # highest priority first
+        if not _touches(planned.chunks, target):
+            continue
+        product = products[planned.name]
+        scl = None
+        for var in VARIABLE_ORDER:
+            spec = VARIABLES[var]
+            data = warp_variable(product, spec, target, resampling[var], scl=scl, threads=threads)
+            if var == "SCL":
+                scl = data
+            fill_gaps(out[var], data, spec.fill_value)
+    return out
+
+
+def _touches(chunks: frozenset[ChunkIndex], target: WarpTarget) -> bool:
+    return any(c in chunks for c in target.grid.chunks_in_window(target.window))
+
+
+def _write_provenance(g: zarr.Group, plan: WritePlan, old: PublishedState,
+                      products: dict[str, Product]) -> None:
+    n = len(plan.axis)
+    cols: dict[str, list[str]] = {k: [""] * n for k in PROVENANCE}
+    times = [0] * n
+    for i, key in enumerate(plan.axis):
+        times[i] = to_ms(key[0])
+        cols["platform"][i] = key[1]
+    for old_i, new_i in plan.old_to_new.items():
+        cols["datatake_id"][new_i] = old.datatake_ids[old_i]
+        cols["products"][new_i] = ",".join(old.products[old_i])
+        cols["tiles"][new_i] = old_tiles(old.products[old_i])
+        cols["baselines"][new_i] = old_baselines(old.products[old_i])
+    for slot in plan.slots:
+        names = sorted(p.name for p in slot.products)
+        cols["products"][slot.index] = ",".join(names)
+        cols["tiles"][slot.index] = ",".join(sorted({p.tile for p in slot.products}))
+        cols["baselines"][slot.index] = ",".join(sorted({p.baseline for p in slot.products}))
+        first = products[slot.products[0].name]
+        cols["datatake_id"][slot.index] = first.datatake_id
+    g["time"][:] = np.array(times, dtype="i8")
+    for name, (width, _) in PROVENANCE.items():
+        too_long = [v for v in cols[name] if len(v) > width]
+        if too_long:
+            raise StoreError(f"provenance {name!r} longer than {width} characters: {too_long[0][:80]}...")
+        g[name][:] = np.array(cols[name], dtype=f"<U{width}")
+
+
+def old_tiles(names: Iterable[str]) -> str:
+    return ",".join(sorted({n.split("_")[5][1:] for n in names if n.count("_") >= 6}))
+
+
+def old_baselines(names: Iterable[str]) -> str:
+    return ",".join(sorted({f"{n.split('_')[3][1:3]}.{n.split('_')[3][3:5]}" for n in names if n.count("_") >= 6}))
+
+
+def _move_published(tx: Transaction, g: zarr.Group, group: str, plan: WritePlan,
+                    t_old: int, t_new: int, tc: int) -> None:
+    """Insert gaps for late datatakes: move published time steps to their new indices."""
+    first_moved = min(o for o, n in plan.old_to_new.items() if o != n)
+    t_lo = (first_moved // tc) * tc
+    for var in VARIABLES:
+        arr = g[var]
+        spatial = sorted({tuple(int(v) for v in p.name.split(".")[1:])
+                          for p in (tx.root / group / var).glob("*.*.*")
+                          if int(p.name.split(".")[0]) >= t_lo // tc})
+        for c in spatial:
+            keys = [_chunk_key(group, var, t, c) for t in range(t_lo // tc, -(-t_new // tc))]
+            tx.protect(keys)
+            win = g_grid_window(arr, c)
+            old = arr[t_lo:t_old, win[0], win[1]]
+            new = np.full((t_new - t_lo,) + old.shape[1:], arr.fill_value, dtype=arr.dtype)
+            for o, n in plan.old_to_new.items():
+                if o >= t_lo:
+                    new[n - t_lo] = old[o - t_lo]
+            arr[t_lo:t_new, win[0], win[1]] = new
+
+
+def g_grid_window(arr: zarr.Array, c: ChunkIndex) -> tuple[slice, slice]:
+    cy, cx = arr.chunks[1:]
+    ny, nx = arr.shape[1:]
+    return (slice(c[0] * cy, min((c[0] + 1) * cy, ny)), slice(c[1] * cx, min((c[1] + 1) * cx, nx)))
+
+
+def apply_plan(
+    store_path: str | Path, grid: CubeGrid, group: str, plan: WritePlan,
+    products: dict[str, Product], resampling: dict[str, Resampling],
+    *, threads: int = 2, progress: bool = True,
+    before_commit: Callable[[], None] | None = None,
+) -> WriteReport:
+    """Write ``plan`` into the store in one transaction and publish it."""
+    group = group.strip("/")
+    tc = grid.time_chunk
+    with Transaction(store_path, group) as tx, rasterio.Env(**GDAL_ENV):
+        old = read_published(store_path, group)
+        g = zarr.open_group(_store(store_path), path=group, mode="r+")
+        t_old, t_new = old.length, len(plan.axis)
+        tx.protect_metadata()
+        for name in ["time", *PROVENANCE]:
+            tx.protect_tree(f"{group}/{name}")
+        for var in VARIABLES:
+            g[var].resize(t_new, *grid.shape)
+        for name in ["time", *PROVENANCE]:
+            g[name].resize(t_new)
+        if plan.shifts:
+            _move_published(tx, g, group, plan, t_old, t_new, tc)
+        _write_provenance(g, plan, old, products)
+
+        arrays = {var: zarr.open_array(_store(store_path), path=f"{group}/{var}", mode="r+",
+                                       write_empty_chunks=False) for var in VARIABLES}
+        changed: list[str] = []
+        by_tchunk: dict[int, list[SlotWrite]] = {}
+        for slot in plan.slots:
+            by_tchunk.setdefault(slot.index // tc, []).append(slot)
+        work = [(k, block) for k, slots in sorted(by_tchunk.items())
+                for block in _blocks(grid, set().union(*(s.chunks for s in slots)))]
+        for k, (window, block_chunks) in tqdm(work, desc="warp+write", unit="block",
+                                              disable=not progress):
+            slots = by_tchunk[k]
+            t0, t1 = k * tc, min((k + 1) * tc, t_new)
+            target = WarpTarget(grid, window)
+            computed = {s.index: _slot_block(s, products, target, resampling, threads)
+                        for s in slots if s.chunks & block_chunks}
+            rows = slice(int(window.row_off), int(window.row_off + window.height))
+            cols = slice(int(window.col_off), int(window.col_off + window.width))
+            for var in VARIABLE_ORDER:
+                arr = arrays[var]
+                keys = [_chunk_key(group, var, k, c) for c in block_chunks]
+                tx.protect(keys)
+                data = arr[t0:t1, rows, cols]
+                for s in slots:
+                    if s.index not in computed:
+                        continue
+                    for c in s.chunks & block_chunks:
+                        cw = grid.chunk_window(c)
+                        r = slice(int(cw.row_off - window.row_off), int(cw.row_off - window.row_off + cw.height))
+                        q = slice(int(cw.col_off - window.col_off), int(cw.col_off - window.col_off + cw.width))
+                        data[s.index - t0, r, q] = computed[s.index][var][r, q]
+                arr[t0:t1, rows, cols] = data
+                changed += keys
+        version = old.version + 1
+        g.attrs["s2ingest_cube_version"] = version
+        _write_change_list(tx, version, group, changed)
+        if before_commit is not None:
+            before_commit()
+        tx.commit()
+    return WriteReport(version, t_new, len(plan.slots), len(changed), plan.superseded, changed)
+
+
+def _write_change_list(tx: Transaction, version: int, group: str, keys: list[str]) -> None:
+    """Record which chunk keys this version changed (mirrors copy only these)."""
+    rel = f"{META_DIR}/versions/{group.replace('/', '_')}-v{version:06d}.json"
+    tx.protect([rel])
+    path = tx.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for key in sorted(set(keys)):
+        f = tx.root / key
+        entries[key] = f.stat().st_size if f.exists() else None  # None: chunk is empty now
+    path.write_text(json.dumps({"version": version, "group": group, "chunks": entries}))
