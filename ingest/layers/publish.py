@@ -221,7 +221,8 @@ def _write_metadata(store: zarr.DirectoryStore, group: str, plans: list[_Plan],
     for plan, rec in zip(plans, records):
         _ensure_variable(g, plan.spec, grid, n)
     for name, arr in g.arrays():
-        if arr.attrs.get("_ARRAY_DIMENSIONS", [None])[0] == EDITION and name != EDITION and arr.shape[0] < n:
+        dims = list(arr.attrs.get("_ARRAY_DIMENSIONS", []))
+        if dims[:1] == [EDITION] and name != EDITION and arr.shape[0] < n:
             arr.resize(n, *arr.shape[1:])
     ed = g[EDITION]
     ed.resize(n)
@@ -279,7 +280,8 @@ def _update_attrs(arr: zarr.Array, plan: _Plan, rec: LayerRecord, vec: VectorSou
         "bounds": list(grid.window_bounds(window)) if window is not None else None,
     }
     new = {
-        "_ARRAY_DIMENSIONS": [EDITION, "y", "x"], "grid_mapping": "spatial_ref",
+        # "coordinates" makes xarray attach spatial_ref as a coordinate, so rioxarray finds the CRS.
+        "_ARRAY_DIMENSIONS": [EDITION, "y", "x"], "grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
         "long_name": plan.spec.long_name, "layer_kind": plan.spec.kind,
         "rasterization": "pixel centre inside polygon (GDAL all_touched=False); later features win",
         "provenance": dict(sorted(prov.items())),

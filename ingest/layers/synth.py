@@ -63,8 +63,14 @@ def write_vector(path: str | Path, geoms: np.ndarray, fields: dict[str, np.ndarr
     return path
 
 
-def reproject(geoms: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Vertex-wise reprojection (for making test inputs in other CRSs)."""
+def reproject(geoms: np.ndarray, src: str, dst: str, densify: float | None = 50.0) -> np.ndarray:
+    """Vertex-wise reprojection (for making test inputs in other CRSs).
+
+    Densified first (``densify`` in source units), so that edges straight in ``src`` are still
+    followed closely once their vertices are connected by straight lines in ``dst``.
+    """
+    if densify:
+        geoms = shapely.segmentize(geoms, densify)
     t = Transformer.from_crs(src, dst, always_xy=True)
     return shapely.transform(geoms, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
 
@@ -73,7 +79,7 @@ def reproject(geoms: np.ndarray, src: str, dst: str) -> np.ndarray:
 def land(bounds: Bounds = DEMO_BOUNDS) -> shapely.Geometry:
     """The demo box minus a North Sea corner in the north-west."""
     left, bottom, right, top = bounds
-    sea = shapely.Polygon([(60_000, 447_000), (78_500, 460_000), (60_000, 460_000)])
+    sea = shapely.Polygon([(60_000, 439_250), (70_000, 439_250), (81_800, 459_900), (60_000, 459_900)])
     return shapely.box(*bounds).difference(sea)
 
 
