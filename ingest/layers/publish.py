@@ -28,6 +28,7 @@ from pyproj import CRS
 
 from ..errors import LayerError
 from ..grid import NL_GRID, CubeGrid
+from ..store import init_store, read_grid
 from . import codes as codes_mod
 from .codes import CodeTable, LayerSpec
 from .rasterize import iter_rasterized
@@ -52,6 +53,7 @@ class LayerRecord:
     n_features: int
     n_pixels: int
     replaced: bool = False
+    n_chunks: int = 0  # chunks written for this edition
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,12 +89,13 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
     store_path = Path(store_path)
     index, replacing = _check_store(store_path, group, [p.spec for p in plans], edition, force, grid)
     stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
-    store = zarr.DirectoryStore(str(store_path))
+    init_store(store_path, grid)  # root group + grid.json, shared with the imagery writer
+    store = zarr.DirectoryStore(str(store_path), dimension_separator=".")
     records = []
     for plan in plans:
-        n_pixels = _write_chunks(store, group, plan, vec, grid, index)
+        n_pixels, n_chunks = _write_chunks(store, group, plan, vec, grid, index)
         records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
-                                   vec.attribute, stamp, vec.n_features, n_pixels, replacing))
+                                   vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
     _write_metadata(store, group, plans, records, vec, grid, edition)
     consolidate(store_path, group)
     return records
@@ -126,25 +129,19 @@ def _plans(spec: LayerSpec, vec: VectorSource) -> list[_Plan]:
 def _check_store(store_path: Path, group: str, specs: list[LayerSpec], edition: int,
                  force: bool, grid: CubeGrid) -> tuple[int, bool]:
     """Edition slot to write and whether it replaces one; refuses before any write."""
-    if not store_path.exists():
+    stored = read_grid(store_path)  # StoreError for a Zarr store that is not an s2ingest cube
+    if stored is None:
         return 0, False
-    try:
-        root = zarr.open_group(str(store_path), mode="r")
-    except (zarr.errors.GroupNotFoundError, ValueError):
-        if any(store_path.iterdir()):
-            raise LayerError(f"{store_path} exists and is not a Zarr store") from None
-        return 0, False
-    _check_grid(root.attrs.asdict().get("grid"), grid, str(store_path))
+    grid.check_same(stored, f"store {store_path}")
+    root = zarr.open_group(str(store_path), mode="r")
     if group not in root:
         return 0, False
     g = root[group]
     _check_grid(g.attrs.asdict().get("grid"), grid, f"{store_path}/{group}")
     editions = [int(e) for e in g[EDITION][:]] if EDITION in g else []
     index = editions.index(edition) if edition in editions else len(editions)
-    replacing = False
-    for spec in specs:
-        if spec.variable in g and str(edition) in g[spec.variable].attrs.get("provenance", {}):
-            replacing = True
+    replacing = any(spec.variable in g and str(edition) in g[spec.variable].attrs.get("provenance", {})
+                    for spec in specs)
     if replacing and not force:
         raise LayerError(
             f"/{group}/{specs[0].variable} already holds edition {edition}; "
@@ -175,8 +172,8 @@ def _template(dtype: str, grid: CubeGrid) -> zarr.Array:
 
 
 def _write_chunks(store: zarr.DirectoryStore, group: str, plan: _Plan, vec: VectorSource,
-                  grid: CubeGrid, index: int) -> int:
-    """Write the slice's non-empty chunks; drop stale ones of a replaced slice. Returns pixels."""
+                  grid: CubeGrid, index: int) -> tuple[int, int]:
+    """Write the slice's non-empty chunks; drop stale ones. Returns (pixels, chunks) written."""
     prefix = f"{group}/{plan.spec.variable}"
     twin = _template(plan.spec.dtype, grid)
     written: set[str] = set()
@@ -195,7 +192,7 @@ def _write_chunks(store: zarr.DirectoryStore, group: str, plan: _Plan, vec: Vect
     # Stale chunks: of the replaced edition, or orphans of an interrupted earlier run.
     for key in _slice_keys(store, prefix, index) - written:
         del store[f"{prefix}/{key}"]
-    return n_pixels
+    return n_pixels, len(written)
 
 
 def _slice_keys(store: zarr.DirectoryStore, prefix: str, index: int) -> set[str]:
@@ -344,7 +341,7 @@ def list_layers(store_path: str | Path) -> list[dict]:
     rows = []
     try:
         root = zarr.open_consolidated(str(store_path), mode="r")
-    except (KeyError, ValueError, zarr.errors.FSPathExistNotDir) as exc:
+    except (KeyError, ValueError, OSError) as exc:
         raise LayerError(f"{store_path}: no consolidated Zarr store ({exc})") from None
     for group in codes_mod.GROUPS:
         if group not in root:
