@@ -226,9 +226,19 @@ def current_revision(url_or_engine: str | URL | Path | Engine) -> str | None:
 
 
 def upgrade(url_or_engine: str | URL | Path | Engine, revision: str = "head") -> str | None:
-    """Migrate the catalog to ``revision`` in one transaction; returns the new revision."""
+    """Migrate the catalog up to ``revision`` in one transaction; returns the new revision."""
+    return _migrate(url_or_engine, revision, down=False)
+
+
+def downgrade(url_or_engine: str | URL | Path | Engine, revision: str) -> str | None:
+    """Migrate the catalog down to ``revision`` ("base": empty) in one transaction."""
+    return _migrate(url_or_engine, revision, down=True)
+
+
+def _migrate(url_or_engine: str | URL | Path | Engine, revision: str, *, down: bool) -> str | None:
     from alembic import command
 
+    run = command.downgrade if down else command.upgrade
     engine, owned = _engine(url_or_engine)
     try:
         with engine.connect() as conn:
@@ -240,7 +250,7 @@ def upgrade(url_or_engine: str | URL | Path | Engine, revision: str = "head") ->
                 conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
             try:
                 with conn.begin():
-                    command.upgrade(alembic_config(conn), revision)
+                    run(alembic_config(conn), revision)
                     if sqlite:
                         bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                         if bad:
