@@ -418,7 +418,8 @@ class ServerThread:
         self.httpd = _Server(("127.0.0.1", port), handler)
         self.httpd.role = role  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name=f"fakehub-{role}", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fakehub-{role}", daemon=True)
         self.running = False
 
     @property
