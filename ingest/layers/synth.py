@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pyogrio.raw
 import shapely
+import zarr
 from pyproj import Transformer
 
-from ..grid import Bounds
+from ..grid import NL_GRID, Bounds, CubeGrid
 
 # Around Delft and the Hoeksche Waard, in RD New metres (left, bottom, right, top).
 DEMO_BOUNDS: Bounds = (75_000.0, 415_000.0, 100_000.0, 455_000.0)
 
 # Real CBS codes and names; centres approximate (RD New).
 TOWNS: list[tuple[str, str, float, float]] = [
-    ("GM0503", "Delft", 84_500, 446_500), ("GM1842", "Midden-Delfland", 80_500, 442_500),
+    ("GM0503", "Delft", 84_530, 446_470), ("GM1842", "Midden-Delfland", 80_500, 442_500),
     ("GM1783", "Westland", 74_500, 444_500), ("GM0603", "Rijswijk", 82_000, 452_500),
     ("GM0518", "'s-Gravenhage", 80_000, 456_500), ("GM1926", "Pijnacker-Nootdorp", 88_500, 450_000),
     ("GM1621", "Lansingerland", 93_000, 446_000), ("GM0599", "Rotterdam", 92_500, 437_500),
@@ -193,6 +194,47 @@ def _rotated_grid(bounds, size: tuple[float, float], angle_deg: float) -> np.nda
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     centre = np.array([cx, cy])
     return shapely.transform(boxes, lambda xy: (xy - centre) @ rot.T + centre)
+
+
+# -- imagery-like test group ------------------------------------------------------------------
+def imagery_group(store: str | Path, bounds: Bounds, n_times: int = 3, group: str = "S2/R051",
+                  seed: int = 0, grid: CubeGrid = NL_GRID) -> dict[str, np.ndarray]:
+    """A tiny imagery-like group (B04, B08, SCL on the full grid, data only in ``bounds``).
+
+    For tests of layer/imagery alignment and statistics without running the ingest pipeline.
+    Not the real imagery layout (that is ``ingest.store``); just enough for xarray.
+    """
+    rng = np.random.default_rng(seed)
+    g = zarr.open_group(str(store), mode="a", path=group)
+    ny, nx = grid.shape
+    win = grid.window_for_bounds(bounds)
+    sl = (slice(None), slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
+    for name, vals in (("x", grid.x), ("y", grid.y)):
+        a = g.create(name, shape=vals.shape, dtype="f8", chunks=vals.shape, fill_value=None, overwrite=True)
+        a[:] = vals
+        a.attrs["_ARRAY_DIMENSIONS"] = [name]
+    t = g.create("time", shape=(n_times,), dtype="i8", fill_value=None, overwrite=True)
+    t[:] = np.arange(n_times) * 5
+    t.attrs.update({"_ARRAY_DIMENSIONS": ["time"], "units": "days since 2023-06-01", "calendar": "proleptic_gregorian"})
+    out = {}
+    shape = (n_times, int(win.height), int(win.width))
+    for name, dtype, vals in (
+        ("B04", "u2", rng.integers(300, 1500, shape)), ("B08", "u2", rng.integers(2000, 5000, shape)),
+        ("SCL", "u1", rng.choice([4, 5, 8, 9], shape)),
+    ):
+        a = g.create(name, shape=(n_times, ny, nx), chunks=(5, 625, 500), dtype=dtype, fill_value=0,
+                     overwrite=True, write_empty_chunks=False)
+        a[sl] = vals
+        attrs = {"_ARRAY_DIMENSIONS": ["time", "y", "x"]}
+        if name != "SCL":
+            attrs["scale_factor"] = 1e-4
+        a.attrs.update(attrs)
+        out[name] = vals
+    from .publish import consolidate
+
+    consolidate(store, group)
+    return out
+
 
 
 # -- demo ---------------------------------------------------------------------------------------
