@@ -83,7 +83,7 @@ def make_plan(cube: Cube, incoming: Sequence[Product], resolve: Resolver) -> Wri
 def ingest_products(
     cube: Cube, products: Sequence[Product], resolve: Resolver,
     resampling: dict[str, Resampling], *, progress: bool = True, threads: int = 2,
-    before_commit: Callable[[], None] | None = None,
+    before_commit: Callable[[], None] | None = None, version: int | None = None,
 ) -> tuple[WritePlan, WriteReport | None]:
     """Validate, plan and write ``products``; returns the plan and what was written."""
     cube.ensure()
@@ -108,5 +108,6 @@ def ingest_products(
                         f"product {member.name} is not available any more: {exc}"
                     ) from exc
     report = apply_plan(cube.path, cube.grid, cube.group, plan, needed, resampling,
-                        threads=threads, progress=progress, before_commit=before_commit)
+                        threads=threads, progress=progress, before_commit=before_commit,
+                        version=version)
     return plan, report

@@ -9,6 +9,7 @@ readers' view of what is published and is always written last (see ``ingest.comm
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,7 +86,7 @@ def init_store(path: str | Path, grid: CubeGrid) -> bool:
             "grid": grid.to_dict(),
         })
         (path / GRID_FILE).write_text(grid.to_json())
-        zarr.consolidate_metadata(_store(path))
+        consolidate(path, "")
     except OSError as exc:
         raise StoreError(f"cannot create store {path}: {exc}") from exc
     return True
@@ -152,7 +153,7 @@ def create_group(path: str | Path, grid: CubeGrid, group: str, variables=VARIABL
     y[:] = grid.y
     y.attrs.update({"_ARRAY_DIMENSIONS": ["y"], "standard_name": "projection_y_coordinate",
                     "long_name": "y coordinate of pixel centre", "units": "m", "axis": "Y"})
-    sr = _array(g, "spatial_ref", shape=(), dtype="i4", fill_value=0)
+    sr = _array(g, "spatial_ref", shape=(), dtype="i4", fill_value=None)
     sr.attrs.update({"_ARRAY_DIMENSIONS": [], **cf_grid_mapping(grid)})
     t = _array(g, "time", shape=(0,), chunks=(COORD_CHUNK,), dtype="i8", fill_value=-1)
     t.attrs.update({"_ARRAY_DIMENSIONS": ["time"], "standard_name": "time", "axis": "T",
@@ -170,12 +171,48 @@ def create_group(path: str | Path, grid: CubeGrid, group: str, variables=VARIABL
     consolidate(path, group)
 
 
+def _metadata_under(root: Path, prefix: str) -> dict[str, dict]:
+    """Metadata documents of the hierarchy below ``prefix``, keyed relative to it.
+
+    Walks groups only and never lists an array's directory, so its cost does not grow with
+    the number of chunks (zarr's own consolidate_metadata lists every key of the store).
+    """
+    out: dict[str, dict] = {}
+    pending = [""]
+    base = root / prefix if prefix else root
+    while pending:
+        rel = pending.pop()
+        here = base / rel if rel else base
+        for name in (".zgroup", ".zattrs", ".zarray"):
+            f = here / name
+            if f.exists():
+                out[f"{rel}/{name}" if rel else name] = json.loads(f.read_text())
+        if not (here / ".zgroup").exists():
+            continue
+        with os.scandir(here) as entries:
+            for entry in entries:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    if (base / child / ".zarray").exists() or (base / child / ".zgroup").exists():
+                        pending.append(child)
+    return out
+
+
 def consolidate(path: str | Path, group: str) -> None:
-    """Rewrite ``.zmetadata`` of ``group`` and of every ancestor up to the root, root last."""
+    """Rewrite ``.zmetadata`` of ``group`` and of every ancestor up to the root, root last.
+
+    DESIGN CHOICE: every group gets its own ``.zmetadata`` (keys relative to the group):
+    zarr-python 3 and GDAL look for it in the group they open, zarr-python 2 and xarray
+    with zarr 2 read the root one. Each file is replaced atomically.
+    """
+    root = Path(path)
     parts = [p for p in group.strip("/").split("/") if p]
-    store = _store(path)
+    store = _store(root)
     for depth in range(len(parts), -1, -1):
-        zarr.consolidate_metadata(store, path="/".join(parts[:depth]))
+        prefix = "/".join(parts[:depth])
+        doc = {"zarr_consolidated_format": 1, "metadata": _metadata_under(root, prefix)}
+        key = f"{prefix}/.zmetadata" if prefix else ".zmetadata"
+        store[key] = json.dumps(doc, indent=1, sort_keys=True, allow_nan=True).encode()
 
 
 def group_exists(path: str | Path, group: str) -> bool:

@@ -159,9 +159,10 @@ def apply_plan(
     store_path: str | Path, grid: CubeGrid, group: str, plan: WritePlan,
     products: dict[str, Product], resampling: dict[str, Resampling],
     *, threads: int = 2, progress: bool = True,
-    before_commit: Callable[[], None] | None = None,
+    before_commit: Callable[[], None] | None = None, version: int | None = None,
 ) -> WriteReport:
-    """Write ``plan`` into the store in one transaction and publish it."""
+    """Write ``plan`` into the store in one transaction and publish it as ``version``
+    (default: the store's version + 1; the catalog passes its cube-wide counter)."""
     group = group.strip("/")
     tc = grid.time_chunk
     with Transaction(store_path, group) as tx, rasterio.Env(**GDAL_ENV):
@@ -211,7 +212,7 @@ def apply_plan(
                         data[s.index - t0, r, q] = computed[s.index][var][r, q]
                 arr[t0:t1, rows, cols] = data
                 changed += keys
-        version = old.version + 1
+        version = max(version or 0, old.version + 1)
         g.attrs["s2ingest_cube_version"] = version
         _write_change_list(tx, version, group, changed)
         if before_commit is not None:

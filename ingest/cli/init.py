@@ -1,0 +1,29 @@
+"""``s2ingest init``: create the store and the catalog (idempotent)."""
+from __future__ import annotations
+
+import click
+
+from .options import cube_options, orbit_option
+
+
+@click.command("init")
+@cube_options
+@orbit_option
+@click.option("--grid", default=None, help="Grid name (NL) or a JSON grid file [default NL].")
+def command(settings, orbit, grid) -> None:
+    """Create an empty cube: the Zarr store with its grid and the catalog database.
+
+    Safe to run again: an existing store is checked against the grid (a store is never
+    written with a different grid) and the catalog is upgraded to the current schema.
+    """
+    from catalog.db import display_url, upgrade
+    from ..engine import Cube
+    from ..grid import get_grid
+
+    g = get_grid(grid or settings.grid)
+    cube = Cube(settings.store, g, orbit or settings.orbit)
+    cube.ensure()
+    revision = upgrade(settings.db_url)
+    click.echo(f"store   {cube.path} (grid {g.name}, {g.crs}, {g.resolution:g} m, "
+               f"{g.shape[1]}x{g.shape[0]} px), group /{cube.group}")
+    click.echo(f"catalog {display_url(settings.db_url)} at revision {revision}")

@@ -1,0 +1,86 @@
+"""Entry point of ``s2ingest``; the only place that maps errors to exit codes."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import (
+    CatalogError, ConfigError, GridMismatchError, HubError, LayerError, ProductError,
+    S2IngestError, StoreError,
+)
+
+# Exit codes scripts can rely on (documented in the README).
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (ConfigError, 3),
+    (ProductError, 4),
+    (HubError, 5),
+    (GridMismatchError, 6),
+    (StoreError, 6),
+    (CatalogError, 7),
+    (LayerError, 8),
+    (S2IngestError, 1),
+]
+EXIT_PARTIAL = 10  # the run finished, but some products were rejected or failed
+
+
+def exit_code_for(exc: BaseException) -> int:
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return 1
+
+
+class S2Group(click.Group):
+    """Turns s2ingest errors into one clear line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except S2IngestError as exc:
+            logging.getLogger("s2ingest").debug("error", exc_info=True)
+            click.echo(f"s2ingest: error: {exc}", err=True)
+            sys.exit(exit_code_for(exc))
+        except KeyboardInterrupt:
+            click.echo("s2ingest: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=S2Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="s2ingest")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output.")
+def cli(verbose: int, quiet: int) -> None:
+    """Build and keep current a Sentinel-2 L2A data cube on a national grid.
+
+    Products of one relative orbit are found on a hub or in a folder, verified, warped onto
+    one fixed grid (default: Dutch RD New, EPSG:28992, 10 m), mosaicked per datatake and
+    appended to one consolidated Zarr store that any xarray client opens:
+
+    \b
+        xr.open_zarr(STORE, group="/S2/R051", consolidated=True)
+
+    Every command takes --store and --db (or S2INGEST_STORE / S2INGEST_DB_URL, or a
+    config file), so several cubes can live side by side.
+    """
+    level = logging.WARNING - 10 * verbose + 10 * quiet
+    logging.basicConfig(level=max(logging.DEBUG, min(level, logging.CRITICAL)),
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from . import db, demo, init, status, sync, synth
+
+    for module in (init, sync, status, synth, demo, db):
+        cli.add_command(module.command)
+    try:
+        from .layers import layers, stats
+    except ImportError:  # pragma: no cover - layers are optional while being developed
+        return
+    cli.add_command(layers)
+    cli.add_command(stats)
+
+
+_register()

@@ -1,0 +1,47 @@
+"""``s2ingest status``: what the catalog and the cube say."""
+from __future__ import annotations
+
+import click
+
+from .options import cube_options, orbit_option
+
+
+@click.command("status")
+@cube_options
+@orbit_option
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows of each problem list.")
+def command(settings, orbit, limit) -> None:
+    """Products per state, published time steps, the last publish, and every failure,
+    rejection, supersede and hub deletion with its reason."""
+    from catalog import open_catalog, session_scope, status
+
+    from ..store import group_exists, group_path, read_published
+
+    engine = open_catalog(settings.db_url, create=False)
+    with session_scope(engine) as s:
+        st = status(s, limit=limit)
+    click.echo(f"store   {settings.store}")
+    group = group_path(orbit or settings.orbit)
+    if group_exists(settings.store, group):
+        pub = read_published(settings.store, group)
+        span = f" ({pub.times[0]:%Y-%m-%d} .. {pub.times[-1]:%Y-%m-%d})" if pub.length else ""
+        click.echo(f"cube    /{group}: {pub.length} time steps{span}, version {pub.version}")
+    else:
+        click.echo(f"cube    /{group}: not created yet")
+    click.echo("products " + ", ".join(f"{k} {v}" for k, v in st.counts.items()))
+    click.echo(f"due now  {st.due}")
+    for g, n in sorted(st.time_steps.items()):
+        click.echo(f"time steps in catalog {g}: {n}")
+    if st.last_publish:
+        lp = st.last_publish
+        click.echo(f"last publish: version {lp.version} of {lp.group} at {lp.published_at:%Y-%m-%d %H:%M:%S} UTC, "
+                   f"{lp.n_products} products, {lp.n_chunks_written} chunks")
+    for p in st.problems:
+        when = f", next attempt {p.next_attempt_at:%Y-%m-%d %H:%M}" if p.next_attempt_at else ""
+        click.echo(f"{p.state:9} {p.name}: {p.reason} (attempts {p.attempts}{when})")
+    for p in st.superseded:
+        click.echo(f"superseded {p.name} by {p.superseded_by}" + (" (was published)" if p.was_published else ""))
+    for d in st.deleted_from_hub:
+        click.echo(f"deleted from hub {d.name} (seen {d.seen_at:%Y-%m-%d}, state {d.state})")
+    for lease in st.leases:
+        click.echo(f"lease    {lease.name} {lease.state} by {lease.owner}" + (" (expired)" if lease.expired else ""))

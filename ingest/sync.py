@@ -1,0 +1,268 @@
+"""The ingest loop: search a source, record in the catalog, download, verify, ingest, publish.
+
+Each stage claims its work from the catalog with a lease, so a crashed or interrupted run is
+resumed by simply running it again, and two workers never take the same product.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Sequence
+
+from catalog import (
+    ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded,
+    mark_failed, mark_offline, mark_rejected, next_version, open_catalog, record_deleted_from_hub,
+    record_discovered, record_publish, renew_lease, session_scope, transition,
+)
+from catalog import Product as Row
+
+from .engine import Cube, ingest_products
+from .errors import LeaseLostError, ProductError, StoreError
+from .grid import get_grid
+from .config import Settings
+from .product import Product
+from .safe import read_product
+from .sources.base import ProductRecord, Source
+from .sources.download import fetch_many
+from .store import read_published
+from .warp import parse_resampling
+
+log = logging.getLogger(__name__)
+LEASE_SECONDS = 3600
+
+
+@dataclass
+class SyncOptions:
+    orbit: int = 51
+    since: datetime | None = None
+    until: datetime | None = None
+    tiles: Sequence[str] | None = None
+    max_cloud: float | None = None
+    dry_run: bool = False
+    keep_products: bool = True
+    progress: bool = True
+    max_downloads: int = 2
+
+
+@dataclass
+class SyncReport:
+    found: int = 0
+    new: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)
+    offline: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    deleted_from_hub: list[str] = field(default_factory=list)
+    would_fetch: list[str] = field(default_factory=list)
+    would_ingest: list[str] = field(default_factory=list)
+    version: int | None = None
+    time_steps: int | None = None
+
+    @property
+    def has_problems(self) -> bool:
+        return bool(self.failed or self.rejected)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _catalog_record(r: ProductRecord) -> CatalogRecord:
+    algo, value = r.checksum if r.checksum else (None, None)
+    return CatalogRecord(
+        name=r.name, hub=r.hub, hub_id=r.hub_id, checksum_algorithm=algo, checksum_value=value,
+        size_bytes=r.size, cloud_cover=r.cloud_cover, online=r.online,
+        local_path=r.hub_id if r.hub == "local" else None, generation_time=r.generation_time,
+    )
+
+
+def _source_record(row: Row) -> ProductRecord:
+    checksum = (row.hub_checksum_algorithm, row.hub_checksum_value) if row.hub_checksum_value else None
+    return ProductRecord.from_name(
+        row.name, hub=row.hub, hub_id=row.hub_id or row.local_path or row.name, checksum=checksum,
+        size=row.size_bytes, online=row.online if row.online is not None else True,
+        cloud_cover=row.cloud_cover,
+    )
+
+
+class Syncer:
+    """One sync run over one cube and one source."""
+
+    def __init__(self, settings: Settings, source: Source, options: SyncOptions,
+                 echo: Callable[[str], None] = log.info) -> None:
+        self.settings = settings
+        self.source = source
+        self.opts = options
+        self.echo = echo
+        self.grid = get_grid(settings.grid)
+        self.cube = Cube(Path(settings.store), self.grid, options.orbit)
+        self.worker = worker_name()
+        self.resampling = parse_resampling(settings.resampling)
+        self.engine = open_catalog(settings.db_url)
+        self.report = SyncReport()
+
+    # -- stages ----------------------------------------------------------------------------
+    def run(self) -> SyncReport:
+        records = self.search()
+        if self.opts.dry_run:
+            self.plan_dry_run(records)
+            return self.report
+        self.cube.ensure()
+        self.discover(records)
+        self.download()
+        self.ingest()
+        return self.report
+
+    def search(self) -> list[ProductRecord]:
+        o = self.opts
+        records = self.source.search(o.orbit, self.grid, o.since, o.until, o.tiles, o.max_cloud)
+        self.report.found = len(records)
+        if o.since is not None and not o.dry_run:
+            deleted = self.source.deleted_products(o.since)
+            if deleted:
+                with session_scope(self.engine) as s:
+                    record_deleted_from_hub(s, [d.name for d in deleted], detail="DeletedProducts")
+                self.report.deleted_from_hub = [d.name for d in deleted]
+        return records
+
+    def plan_dry_run(self, records: list[ProductRecord]) -> None:
+        with session_scope(self.engine) as s:
+            for r in records:
+                row = get_product(s, r.name)
+                state = row.state if row is not None else "new"
+                if state in ("published", "rejected", "superseded"):
+                    continue
+                if state in ("new", "discovered", "offline", "failed", "downloading") and r.hub != "local":
+                    self.report.would_fetch.append(r.name)
+                self.report.would_ingest.append(r.name)
+
+    def discover(self, records: list[ProductRecord]) -> None:
+        with session_scope(self.engine) as s:
+            new, _ = record_discovered(s, [_catalog_record(r) for r in records])
+        self.report.new = new
+
+    def download(self) -> None:
+        with session_scope(self.engine) as s:
+            rows = claim(s, from_states=["discovered", "offline", "failed"], to_state="downloading",
+                         worker=self.worker, lease_seconds=LEASE_SECONDS, limit=10_000,
+                         orbit=self.opts.orbit)
+            todo = [(row.id, _source_record(row)) for row in rows]
+        if not todo:
+            return
+        outcomes = fetch_many(self.source, [r for _, r in todo], self.settings.cache_dir,
+                              max_workers=self.opts.max_downloads, progress=self.opts.progress)
+        with session_scope(self.engine) as s:
+            for (pid, record), out in zip(todo, outcomes):
+                if out.status == "fetched":
+                    mark_downloaded(s, pid, self.worker, local_path=str(out.path))
+                    self.report.downloaded.append(record.name)
+                elif out.status == "offline":
+                    mark_offline(s, pid, self.worker, reason=out.message)
+                    self.report.offline.append(record.name)
+                elif out.status == "quarantined":
+                    mark_rejected(s, pid, out.message, worker=self.worker)
+                    self.report.rejected.append((record.name, out.message))
+                else:
+                    mark_failed(s, pid, self.worker, out.message)
+                    self.report.failed.append((record.name, out.message))
+
+    def ingest(self) -> None:
+        with session_scope(self.engine) as s:
+            rows = claim(s, from_states=["downloaded", "failed"], to_state="ingesting",
+                         worker=self.worker, lease_seconds=LEASE_SECONDS, limit=10_000,
+                         orbit=self.opts.orbit)
+            claimed = {row.name: (row.id, row.local_path) for row in rows}
+        products: dict[str, Product] = {}
+        with session_scope(self.engine) as s:
+            for name, (pid, path) in claimed.items():
+                try:
+                    product = read_product(path)
+                    self.cube_validate(product)
+                    products[name] = product
+                except ProductError as exc:
+                    mark_rejected(s, pid, exc.reason, worker=self.worker)
+                    self.report.rejected.append((name, exc.reason))
+        while products:
+            try:
+                self._publish(products, claimed)
+                break
+            except ProductError as exc:  # found while warping: reject it, publish the rest
+                pid = claimed[exc.product][0] if exc.product in claimed else None
+                if pid is None:
+                    raise
+                with session_scope(self.engine) as s:
+                    mark_rejected(s, pid, exc.reason, worker=self.worker)
+                self.report.rejected.append((exc.product, exc.reason))
+                products.pop(exc.product, None)
+
+    def cube_validate(self, product: Product) -> None:
+        from .engine import validate
+
+        validate(product, self.cube)
+
+    def _resolve(self, name: str) -> Product:
+        """A published product's model again, fetching it anew if the cache dropped it."""
+        with session_scope(self.engine) as s:
+            row = get_product(s, name)
+            if row is None:
+                raise StoreError(f"the store lists {name}, which the catalog does not know")
+            path, record = row.local_path, _source_record(row)
+        if path and Path(path).exists():
+            return read_product(path)
+        self.echo(f"fetching {name} again: its time step must be recomputed")
+        return read_product(self.source.fetch(record, self.settings.cache_dir, progress=self.opts.progress))
+
+    def _publish(self, products: dict[str, Product], claimed: dict[str, tuple[int, str]]) -> None:
+        ids = [claimed[n][0] for n in products]
+
+        def renew() -> None:  # a worker that lost its lease must not publish
+            with session_scope(self.engine) as s:
+                renew_lease(s, ids, self.worker, LEASE_SECONDS)
+
+        with session_scope(self.engine) as s:
+            version = next_version(s)
+        plan, written = ingest_products(
+            self.cube, list(products.values()), self._resolve, self.resampling,
+            progress=self.opts.progress, threads=self.settings.threads, before_commit=renew,
+            version=version,
+        )
+        state = read_published(self.cube.path, self.cube.group)
+        in_store = {n for names in state.products for n in names}
+        superseded = set(plan.superseded)
+        steps = [TimeStepRecord(t, p, d) for t, p, d in zip(state.times, state.platforms, state.datatake_ids)]
+        with session_scope(self.engine) as s:
+            done = [claimed[n][0] for n in products if n in in_store]
+            for n in products:
+                if n in superseded and n not in in_store:
+                    transition(s, claimed[n][0], "superseded", worker=self.worker,
+                               reason="a newer processing of this datatake and tile is published")
+                    self.report.superseded.append(n)
+            if done:
+                record_publish(s, group=f"/{self.cube.group}", version=state.version, product_ids=done,
+                               worker=self.worker, n_chunks_written=written.chunks_written if written else 0,
+                               time_steps=steps)
+        self.report.published = [n for n in products if n in in_store]
+        self.report.version = state.version
+        self.report.time_steps = state.length
+        if not self.opts.keep_products:
+            self._drop_cached(products)
+
+    def _drop_cached(self, products: dict[str, Product]) -> None:
+        cache = Path(self.settings.cache_dir).resolve()
+        for p in products.values():
+            src = Path(p.source).resolve()
+            if cache in src.parents:  # never delete a user's own product folder
+                shutil.rmtree(src) if src.is_dir() else src.unlink(missing_ok=True)
+
+
+def sync(settings: Settings, source: Source, options: SyncOptions,
+         echo: Callable[[str], None] = log.info) -> SyncReport:
+    """Run one sync; see ``Syncer``."""
+    return Syncer(settings, source, options, echo).run()
