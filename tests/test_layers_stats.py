@@ -1,12 +1,10 @@
 """Zonal statistics: known answers on small arrays, and the cube-level helper on a tiny store."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import shapely
 import xarray as xr
 import zarr
 
@@ -112,3 +110,22 @@ def test_write_table_csv_and_parquet(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(write_table(df, tmp_path / "a.parquet")), df)
     back = pd.read_csv(write_table(df, tmp_path / "a.csv"), parse_dates=["time"])
     pd.testing.assert_frame_equal(back, df)
+
+
+def test_stats_cli_writes_parquet(tmp_path):
+    from click.testing import CliRunner
+
+    from ingest.cli.layers import stats
+
+    area = (85_000.0, 437_500.0, 90_000.0, 443_750.0)
+    store = tmp_path / "cube.zarr"
+    g, f = synth.municipalities(area)
+    add_layer(store, "NL", synth.write_vector(tmp_path / "gm.gpkg", g, f), edition=2023, attribute="statcode")
+    synth.imagery_group(store, area, n_times=2)
+    out = tmp_path / "ndvi.parquet"
+    res = CliRunner().invoke(stats, ["--store", str(store), "--by", "NL/municipality", "--edition", "2023",
+                                     "--variable", "NDVI", "--valid-scl", "4,5", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["municipality", "name", "time", "sum", "count", "mean"]
+    assert len(df) == 2 * df.municipality.nunique() and df["mean"].between(0, 1).all()
