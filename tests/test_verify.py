@@ -92,3 +92,37 @@ def test_parse_real_manifests():
         baseline = m.parent.name.split("_")[3]
         expected = "SHA3-256" if baseline >= "N0500" else "MD5"
         assert {e.algorithm for e in entries} == {expected}, m
+
+
+# -- real-format synthetic products (ingest.synth), when available --------------------------------
+
+def _synth(tmp_path, baseline):
+    synth = pytest.importorskip("ingest.synth")
+    from datetime import datetime, timezone
+    return synth.make_product(tmp_path, tile="31UFU", datatake_start=datetime(2023, 8, 23, 10, 56, 19,
+                              tzinfo=timezone.utc), baseline=baseline, window=(0, 0, 60, 60), as_zip=True)
+
+
+def _rezip_with_flipped_jp2(path: Path) -> str:
+    """Rewrite the zip with one byte of one JP2 member flipped (valid zip, wrong content)."""
+    with zipfile.ZipFile(path) as zf:
+        members = [(i, zf.read(i)) for i in zf.infolist()]
+    target = next(i.filename for i, _ in members if i.filename.endswith(".jp2"))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for info, data in members:
+            if info.filename == target:
+                data = bytearray(data)
+                data[len(data) // 2] ^= 0x01
+                data = bytes(data)
+            zf.writestr(info.filename, data)
+    return target
+
+
+@pytest.mark.parametrize("baseline, algorithm", [("02.11", "MD5"), ("05.09", "SHA3-256")])
+def test_synthetic_products(tmp_path, baseline, algorithm):
+    path = _synth(tmp_path, baseline)
+    report = verify_product(path)
+    assert report.algorithms == {algorithm} and report.files_checked > 20
+    member = _rezip_with_flipped_jp2(path)
+    with pytest.raises(ChecksumError, match=Path(member).name):
+        verify_product(path)

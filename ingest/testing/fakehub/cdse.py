@@ -243,7 +243,7 @@ class _CdseHandler(FakeHandler):
             pred = compile_filter(query["$filter"]) if query.get("$filter") else (lambda i: True)
         except FilterError as exc:
             return self._error(400, f"Invalid filter: {exc}")
-        top = int(query.get("$top", "20"))
+        top = int(query.get("$top", str(min(20, hub.max_top))))
         if top > hub.max_top or top < 0:
             return self._error(400, f"$top must be between 0 and {hub.max_top}")
         if "$skiptoken" in query:
