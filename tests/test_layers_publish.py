@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import shapely
 import xarray as xr
-import zarr
 
 from ingest.errors import LayerError
 from ingest.grid import NL_GRID

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-import zarr
 
 from ingest.grid import NL_GRID
 from ingest.layers import add_layer, synth
