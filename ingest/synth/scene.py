@@ -306,7 +306,7 @@ def _render_coords(params: SceneParams, resolution: int, window: Window, variabl
     out: dict[str, np.ndarray] = {"VALID": valid}
     for v in variables:
         if v == "TCI":
-            arr = np.stack([coords_value(f"TCI{i}", rows, cols) for i in range(3)])
+            arr = np.stack([np.broadcast_to(coords_value(f"TCI{i}", rows, cols), (h, w)) for i in range(3)])
             out[v] = np.where(valid[None], np.broadcast_to(arr, (3, h, w)), 0).astype(np.uint8)
         elif v != "VALID":
             arr = np.broadcast_to(coords_value(v, rows, cols), (h, w))
@@ -512,7 +512,7 @@ def _render_scene(params: SceneParams, resolution: int, window: Window, variable
         scl = np.where(dark, 2, scl)
         scl = np.where(water, 6, scl)
         scl = np.where(shadow, 3, scl)
-        scl = np.where(snow > 0.5, 11, scl)
+        scl = np.where(snw >= 50, 11, scl)  # SCL agrees with the SNW probability written
         scl = np.where(cld >= 20, 10, scl)
         scl = np.where(cld >= 35, 8, scl)
         scl = np.where(cld >= 65, 9, scl)
