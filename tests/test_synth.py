@@ -392,3 +392,17 @@ def test_full_tile_render_speed():
     render(SceneParams(get_tile("31UFU"), START), 10, (0, 0, 1098, 10980), variables)
     per_band_full_tile = (time.perf_counter() - t) * 10 / len(variables)
     assert per_band_full_tile < 60
+
+
+def test_strip_path_matches_in_memory_path(tmp_path, monkeypatch):
+    """Full tiles go strip by strip through temporary GeoTIFFs: same pixels as in memory."""
+    import ingest.synth.safe_writer as sw
+
+    a = make_product(tmp_path / "a", datatake_start=START, window=SMALL, cloudiness=0.3)
+    monkeypatch.setattr(sw, "STRIP_PIXELS", 2000)
+    b = make_product(tmp_path / "b", datatake_start=START, window=SMALL, cloudiness=0.3)
+    for fa in a.rglob("*.jp2"):
+        with rasterio.open(fa) as da, rasterio.open(b / fa.relative_to(a)) as db:
+            np.testing.assert_array_equal(da.read(), db.read())
+            assert da.transform == db.transform
+    assert (a / "MTD_MSIL2A.xml").read_bytes() == (b / "MTD_MSIL2A.xml").read_bytes()
