@@ -14,6 +14,7 @@ from __future__ import annotations
 from .db import (
     current_revision,
     default_url_for_store,
+    downgrade,
     ensure_current,
     head_revision,
     make_engine,
@@ -30,6 +31,8 @@ from .discovery import (
     record_deleted_from_hub,
     record_discovered,
 )
+from ingest.errors import CatalogError, LeaseLostError
+
 from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, TimeStep
 from .publish import TimeStepRecord, next_version, record_layer, record_publish
 from .queries import CatalogStatus, get_product, status
@@ -48,10 +51,10 @@ from .work import (
 )
 
 __all__ = [
-    "Base", "CatalogStatus", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
+    "Base", "CatalogError", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
     "PublishProduct", "Replacement", "State", "TRANSITIONS", "TimeStep", "TimeStepRecord",
     "apply_supersede", "claim", "current_revision", "db_now", "default_url_for_store",
-    "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",
+    "downgrade", "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",
     "mark_failed", "mark_offline", "mark_published", "mark_rejected", "migrations_dir",
     "next_version", "open_catalog", "pending_replacements", "record_deleted_from_hub",
     "record_discovered", "record_layer", "record_publish", "release", "renew_lease",

@@ -125,7 +125,8 @@ def make_engine(url: str | URL | Path, *, echo: bool = False, **kwargs: Any) -> 
 
 def unreachable(engine: Engine | URL | str, exc: BaseException) -> CatalogError:
     """The CatalogError for a database we cannot talk to."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
     return CatalogError(f"cannot reach the catalog database {display_url(engine)}: {detail}")
 
 
@@ -157,9 +158,10 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 def _is_connection_error(exc: DBAPIError) -> bool:
     text = str(exc.orig).lower()
-    return exc.connection_invalidated or any(
-        s in text for s in ("could not connect", "connection refused", "unable to open", "server closed", "timeout expired")
-    )
+    return exc.connection_invalidated or any(s in text for s in _CONNECTION_ERRORS)
+
+
+_CONNECTION_ERRORS = ("could not connect", "connection refused", "unable to open", "server closed", "timeout expired")
 
 
 # --------------------------------------------------------------------------- migrations

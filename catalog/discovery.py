@@ -121,7 +121,8 @@ def record_discovered(
     keys: set[tuple[str, datetime, str]] = set()
     for obj in records:
         row = _row(ProductRecord.coerce(obj), now)
-        inserted = session.execute(insert.values(**row).on_conflict_do_nothing().returning(P.__table__.c.id)).first()
+        stmt = insert.values(**row).on_conflict_do_nothing().returning(P.__table__.c.id)
+        inserted = session.execute(stmt).first()
         (new if inserted is not None else known).append(row["name"])
         if inserted is not None:
             keys.add((row["platform"], row["datatake_start"], row["tile"]))

@@ -126,7 +126,9 @@ class Product(Base):
     time_step: Mapped[Optional["TimeStep"]] = relationship(foreign_keys=[time_step_id])
 
     __table_args__ = (
-        UniqueConstraint("platform", "datatake_start", "tile", "baseline", "generation_time", name="uq_products_identity"),
+        UniqueConstraint(
+            "platform", "datatake_start", "tile", "baseline", "generation_time", name="uq_products_identity"
+        ),
         CheckConstraint(f"state IN ({_in(ALL_STATES)})", name="state"),
         CheckConstraint(f"hub IN ({_in(HUBS)})", name="hub"),
         CheckConstraint("attempts >= 0", name="attempts"),

@@ -113,7 +113,9 @@ def validate_state(state: str | State) -> str:
     return value
 
 
-def backoff(attempts: int, base: timedelta = timedelta(minutes=1), cap: timedelta = timedelta(hours=6)) -> timedelta:
+def backoff(
+    attempts: int, base: timedelta = timedelta(minutes=1), cap: timedelta = timedelta(hours=6)
+) -> timedelta:
     """Exponential backoff before retry number ``attempts`` + 1: base * 2**(attempts-1), capped.
 
     DESIGN CHOICE: no jitter here; the catalog clock and the claim order already spread workers,

@@ -268,7 +268,8 @@ def renew_lease(
     expires = now + _seconds(lease_seconds)
     stmt = (
         update(P)
-        .where(P.id.in_(ids), P.state.in_(sorted(LEASED_STATES)), P.lease_owner == worker, P.lease_expires_at > now)
+        .where(P.id.in_(ids), P.state.in_(sorted(LEASED_STATES)),
+               P.lease_owner == worker, P.lease_expires_at > now)
         .values(lease_expires_at=expires, updated_at=now)
         .returning(P.id)
         .execution_options(synchronize_session=False)
