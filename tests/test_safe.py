@@ -34,6 +34,7 @@ from ingest.safe import (
     product_bounds_in,
     read_product,
 )
+from ingest.product import strip_product_suffix
 from ingest.variables import VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -648,20 +649,65 @@ def _make_product():
 def test_synthetic_round_trip(tmp_path, baseline, as_zip):
     make_product = _make_product()
     start = datetime(2023, 6, 1, 10, 56, 19, 24000, tzinfo=timezone.utc)
-    out = make_product(
+    path = Path(make_product(
         tmp_path, tile="31UFU", datatake_start=start, platform="S2A", baseline=baseline,
-        window=(0, 0, 120, 120), as_zip=as_zip,
-    )
-    path = Path(getattr(out, "path", out))
+        window=(600, 1200, 60, 120), as_zip=as_zip,
+    ))
     p = read_product(path)
-    assert (p.platform, p.baseline, p.tile, p.geocoding.epsg) == ("S2A", baseline, "31UFU", 32631)
+    assert p.name == strip_product_suffix(path.name)
+    assert (p.platform, p.baseline, p.tile, p.relative_orbit, p.geocoding.epsg) == ("S2A", baseline, "31UFU", 51, 32631)
     assert p.datatake_start.replace(microsecond=0) == start.replace(microsecond=0)
-    assert (p.geocoding.ulx, p.geocoding.uly) == (600000, 5900040)
-    assert p.geocoding.sizes[10] == (120, 120)
+    assert p.datatake_start.tzinfo is not None and p.absolute_orbit
+    # a windowed product's MTD_TL describes the written rasters
+    assert (p.geocoding.ulx, p.geocoding.uly) == (600000 + 1200 * 10, 5900040 - 600 * 10)
+    assert p.geocoding.sizes == {10: (60, 120), 20: (30, 60), 60: (10, 20)}
     assert bool(p.boa_add_offset) == (baseline >= "04.00")
+    assert set(p.files) == set(VARIABLES)
     assert (p.safe_root != "") == as_zip
+    algo = "MD5" if baseline < "05.00" else "SHA3-256"
+    assert p.checksums and {a for a, _ in p.checksums.values()} == {algo}
     check_rasters(p)
-    check_overlaps(p, NL_GRID)
+    overlap = check_overlaps(p, NL_GRID)
+    assert NL_GRID.window_for_bounds(overlap) is not None
+
+
+def _member_bytes(p, rel: str) -> bytes:
+    if p.safe_root:
+        with zipfile.ZipFile(p.source) as zf:
+            return zf.read(f"{p.safe_root}/{rel}")
+    return (p.source / rel).read_bytes()
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_synthetic_checksums_match_files(tmp_path, as_zip):
+    """The manifest checksums we read are those of the files (writer and reader agree)."""
+    import hashlib
+
+    make_product = _make_product()
+    path = make_product(tmp_path, tile="31UFU", datatake_start=datetime(2022, 3, 1, 10, 56, 19, tzinfo=timezone.utc),
+                        baseline="05.09", window=(0, 0, 60, 60), as_zip=as_zip)
+    p = read_product(path)
+    for var in ("B02", "SCL", "CLD"):
+        rel = p.file_for(var, VARIABLES[var].resolution)
+        algo, digest = p.checksums[rel]
+        h = hashlib.new({"MD5": "md5", "SHA3-256": "sha3_256"}[algo], _member_bytes(p, rel))
+        assert h.hexdigest() == digest, rel
+
+
+def test_synthetic_zip_reads_only_xml(tmp_path, monkeypatch):
+    make_product = _make_product()
+    z = make_product(tmp_path, tile="31UFT", datatake_start=datetime(2021, 5, 2, 10, 56, 21, tzinfo=timezone.utc),
+                     baseline="04.00", window=(0, 0, 60, 60), as_zip=True)
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def spy(self, name, *a, **k):
+        opened.append(name if isinstance(name, str) else name.filename)
+        return real_open(self, name, *a, **k)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    p = read_product(z)
+    assert p.tile == "31UFT" and all(n.endswith((".xml", ".safe")) for n in opened), opened
 
 
 # --------------------------------------------------------------------------------------
