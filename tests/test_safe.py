@@ -671,6 +671,25 @@ def test_synthetic_round_trip(tmp_path, baseline, as_zip):
     assert NL_GRID.window_for_bounds(overlap) is not None
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the MTD container itself
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_synthetic_agrees_with_gdal_sentinel2_driver(tmp_path, as_zip):
+    """GDAL's SENTINEL2 driver (an independent reader) sees the same grid at 10/20/60 m."""
+    import rasterio
+
+    make_product = _make_product()
+    path = make_product(tmp_path, tile="32ULD", datatake_start=datetime(2020, 8, 3, 10, 56, 19, tzinfo=timezone.utc),
+                        baseline="02.14", window=(6, 12, 36, 48), as_zip=as_zip)
+    p = read_product(path)
+    with rasterio.open(p.gdal_path("MTD_MSIL2A.xml")) as ds:
+        subs = {s.split(":")[-2]: s for s in ds.subdatasets}
+    for res in (10, 20, 60):
+        with rasterio.open(subs[f"{res}m"]) as sd:
+            assert sd.crs.to_epsg() == p.geocoding.epsg
+            assert (sd.transform.c, sd.transform.f, sd.transform.a) == (p.geocoding.ulx, p.geocoding.uly, res)
+            assert sd.shape == p.geocoding.sizes[res]
+
+
 def _member_bytes(p, rel: str) -> bytes:
     if p.safe_root:
         with zipfile.ZipFile(p.source) as zf:
