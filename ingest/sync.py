@@ -17,12 +17,12 @@ from typing import Callable, Sequence
 from catalog import (
     ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded,
     mark_failed, mark_offline, mark_rejected, next_version, open_catalog, record_deleted_from_hub,
-    record_discovered, record_publish, renew_lease, session_scope, transition,
+    record_discovered, record_publish, release, renew_lease, session_scope, transition,
 )
 from catalog import Product as Row
 
 from .engine import Cube, ingest_products
-from .errors import LeaseLostError, ProductError, StoreError
+from .errors import AuthenticationError, LeaseLostError, ProductError, StoreError
 from .grid import get_grid
 from .config import Settings
 from .product import Product
@@ -92,6 +92,17 @@ def _source_record(row: Row) -> ProductRecord:
     )
 
 
+def _existing_catalog(url: str):
+    """The catalog if it exists; None for a SQLite file not created yet (nothing to read)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
+            and not Path(u.database).exists():
+        return None
+    return open_catalog(url, create=False)
+
+
 class Syncer:
     """One sync run over one cube and one source."""
 
@@ -105,7 +116,8 @@ class Syncer:
         self.cube = Cube(Path(settings.store), self.grid, options.orbit)
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
-        self.engine = open_catalog(settings.db_url)
+        # A dry run changes nothing: it never creates (or migrates) a catalog.
+        self.engine = _existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
         self.report = SyncReport()
 
     # -- stages ----------------------------------------------------------------------------
@@ -133,6 +145,12 @@ class Syncer:
         return records
 
     def plan_dry_run(self, records: list[ProductRecord]) -> None:
+        if self.engine is None:  # no catalog yet: everything is new
+            for r in records:
+                if r.hub != "local":
+                    self.report.would_fetch.append(r.name)
+                self.report.would_ingest.append(r.name)
+            return
         with session_scope(self.engine) as s:
             for r in records:
                 row = get_product(s, r.name)
@@ -158,9 +176,14 @@ class Syncer:
             return
         outcomes = fetch_many(self.source, [r for _, r in todo], self.settings.cache_dir,
                               max_workers=self.opts.max_downloads, progress=self.opts.progress)
+        auth_error = next((o.error for o in outcomes if isinstance(o.error, AuthenticationError)), None)
         with session_scope(self.engine) as s:
             for (pid, record), out in zip(todo, outcomes):
-                if out.status == "fetched":
+                if auth_error is not None and out.status == "failed":
+                    # Bad credentials are the run's problem, not the products': give them back
+                    # unharmed (no attempt counted, due at once) and stop with the hub error.
+                    release(s, [pid], self.worker)
+                elif out.status == "fetched":
                     mark_downloaded(s, pid, self.worker, local_path=str(out.path))
                     self.report.downloaded.append(record.name)
                 elif out.status == "offline":
@@ -172,6 +195,8 @@ class Syncer:
                 else:
                     mark_failed(s, pid, self.worker, out.message)
                     self.report.failed.append((record.name, out.message))
+        if auth_error is not None:
+            raise auth_error
 
     def ingest(self) -> None:
         with session_scope(self.engine) as s:
