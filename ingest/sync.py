@@ -189,9 +189,10 @@ class Syncer:
                 elif out.status == "offline":
                     mark_offline(s, pid, self.worker, reason=out.message)
                     self.report.offline.append(record.name)
-                elif out.status == "quarantined":
-                    mark_rejected(s, pid, out.message, worker=self.worker)
-                    self.report.rejected.append((record.name, out.message))
+                elif out.status in ("quarantined", "rejected"):
+                    reason = out.error.reason if isinstance(out.error, ProductError) else out.message
+                    mark_rejected(s, pid, reason, worker=self.worker)
+                    self.report.rejected.append((record.name, reason))
                 else:
                     mark_failed(s, pid, self.worker, out.message)
                     self.report.failed.append((record.name, out.message))

@@ -37,13 +37,24 @@ def make_source(hub: str, **options: Any) -> Source:
         from .local import LocalSource
         if "url" in options and "directory" not in options:
             options["directory"] = options.pop("url")
-        return LocalSource(**options)
+        return _build(LocalSource, hub, options)
     if hub == "dhus":
         from .dhus import DhusSource
-        return DhusSource(**options)
+        return _build(DhusSource, hub, options)
     if hub == "cdse":
         from .cdse import CdseSource
         if "url" in options:
             options["catalogue_url"] = options.pop("url")
-        return CdseSource(**options)
+        return _build(CdseSource, hub, options)
     raise ConfigError(f"unknown hub {hub!r}; choose one of {', '.join(HUBS)}")
+
+
+def _build(cls: type[Source], hub: str, options: dict[str, Any]) -> Source:
+    """``cls(**options)``, with a misspelt option (e.g. from a config [hub] section) a ConfigError."""
+    import inspect
+
+    known = [p for p in inspect.signature(cls).parameters if p not in ("self", "api", "session", "clock")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for hub {hub!r}; known: {', '.join(known)}")
+    return cls(**options)

@@ -76,7 +76,7 @@ class FetchOutcome:
     """Per-record result of ``fetch_many`` (one bad product never aborts the run)."""
 
     record: ProductRecord
-    status: str  # "fetched" | "offline" | "quarantined" | "failed"
+    status: str  # "fetched" | "offline" | "quarantined" | "rejected" (a permanent ProductError) | "failed"
     path: Path | None = None
     error: BaseException | None = field(default=None, repr=False)
 

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ..errors import (
     AuthenticationError, ChecksumError, CorruptProductError, HubError, HubUnreachableError,
-    ProductOfflineError, S2IngestError,
+    ProductError, ProductOfflineError, S2IngestError,
 )
 from ..verify import verify_file_checksum, verify_product
 from .base import FetchOutcome, ProductQuarantinedError, ProductRecord, Source
@@ -382,6 +382,8 @@ def fetch_many(
             return FetchOutcome(record, "offline", error=exc)
         except ProductQuarantinedError as exc:
             return FetchOutcome(record, "quarantined", path=exc.path, error=exc)
+        except ProductError as exc:  # permanent (e.g. a corrupt zip in a local folder): no retry helps
+            return FetchOutcome(record, "rejected", error=exc)
         except AuthenticationError as exc:
             with lock:
                 stop.append(exc)
