@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
+from affine import Affine
 from pyproj.transformer import TransformerGroup
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
@@ -94,49 +96,274 @@ def _harmonise(data: np.ndarray, offset: int) -> np.ndarray:
     return np.where(valid, shifted, 0).astype(np.uint16)
 
 
-def _warp_file(
-    product: Product, relpath: str, target: WarpTarget, resampling: Resampling,
-    src_nodata: float | None, dst_nodata: float, dtype: str, threads: int,
-) -> np.ndarray:
-    out = np.full(target.shape, dst_nodata, dtype=dtype)
-    path = product.gdal_path(relpath)
-    try:
-        with rasterio.open(path) as src:
+class StripReader:
+    """Decodes a raster once, in full-width strips of JP2 tile rows, kept while needed.
+
+    DESIGN CHOICE: GDAL's JP2 driver decodes a multi-tile request directly and does not keep
+    the tiles in its block cache, so warping window after window through GDAL decodes every
+    JP2 tile several times (decode is the floor of the whole ingest, DESIGN.md §8). We decode
+    each tile row exactly once, walking output windows north to south, and warp from memory.
+    """
+
+    def __init__(self, product: Product, relpath: str, ds: rasterio.DatasetReader) -> None:
+        self.product, self.relpath, self.ds = product, relpath, ds
+        self.strip = int(ds.block_shapes[0][0]) if ds.block_shapes else 1024
+        self.strip = max(256, min(self.strip, 2048))
+        self._strips: dict[int, np.ndarray] = {}
+
+    def _decode(self, index: int) -> np.ndarray:
+        if index not in self._strips:
+            r0 = index * self.strip
+            h = min(self.strip, self.ds.height - r0)
+            try:
+                self._strips[index] = self.ds.read(1, window=Window(0, r0, self.ds.width, h))
+            except RasterioError as exc:
+                raise CorruptProductError(self.product.name, f"cannot decode {self.relpath}: {exc}") from exc
+        return self._strips[index]
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of the raster; strips above r0 are released (we only walk south)."""
+        r0, r1 = max(0, r0), min(self.ds.height, r1)
+        first, last = r0 // self.strip, (r1 - 1) // self.strip
+        for i in [i for i in self._strips if i < first]:
+            del self._strips[i]
+        parts = [self._decode(i) for i in range(first, last + 1)]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        offset = r0 - first * self.strip
+        return block[offset:offset + (r1 - r0)]
+
+    def release(self) -> None:
+        self._strips.clear()
+
+
+class OpenRasters:
+    """The open rasters (and their decoded strips) of one write, closed together."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, StripReader] = {}
+        self._lock = threading.Lock()
+
+    def get(self, product: Product, relpath: str) -> StripReader:
+        path = product.gdal_path(relpath)
+        with self._lock:
+            reader = self._open.get(path)
+            if reader is None:
+                try:
+                    ds = rasterio.open(path)
+                except RasterioError as exc:
+                    raise CorruptProductError(product.name, f"cannot open {relpath}: {exc}") from exc
+                reader = self._open[path] = StripReader(product, relpath, ds)
+            return reader
+
+    def release(self, product_name: str) -> None:
+        """Free the decoded strips of a product that no later window needs."""
+        with self._lock:
+            for reader in self._open.values():
+                if reader.product.name == product_name:
+                    reader.release()
+
+    def close(self) -> None:
+        with self._lock:
+            for reader in self._open.values():
+                reader.release()
+                reader.ds.close()
+            self._open.clear()
+
+    def __enter__(self) -> "OpenRasters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# Source pixels a resampling kernel reaches beyond the mapped footprint.
+_KERNEL_MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubic: 3,
+                  Resampling.cubic_spline: 3, Resampling.lanczos: 4}
+
+
+def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling) -> tuple[int, int] | None:
+    """The raster rows the target window needs (None: no overlap)."""
+    left, bottom, right, top = target.grid.window_bounds(target.window)
+    n = 8
+    xs = [left + (right - left) * i / n for i in range(n + 1)]
+    ys = [bottom + (top - bottom) * i / n for i in range(n + 1)]
+    ring_x = xs + [right] * (n + 1) + xs + [left] * (n + 1)
+    ring_y = [top] * (n + 1) + ys + [bottom] * (n + 1) + ys
+    t = _inverse_transformer(str(reader.ds.crs), target.grid.crs)
+    sx, sy = t.transform(ring_x, ring_y)
+    inv = ~reader.ds.transform
+    cols, rows = zip(*(inv * (x, y) for x, y in zip(sx, sy)))
+    margin = _KERNEL_MARGIN.get(resampling, 4) + 1
+    r0, r1 = int(np.floor(min(rows))) - margin, int(np.ceil(max(rows))) + margin
+    c0, c1 = int(np.floor(min(cols))) - margin, int(np.ceil(max(cols))) + margin
+    if r1 <= 0 or r0 >= reader.ds.height or c1 <= 0 or c0 >= reader.ds.width:
+        return None
+    return max(0, r0), min(reader.ds.height, r1)
+
+
+@functools.lru_cache(maxsize=32)
+def _inverse_transformer(src_crs: str, dst_crs: str):
+    """Grid CRS -> product CRS with the same pinned operation, reversed."""
+    from pyproj import Transformer
+
+    return Transformer.from_pipeline(pinned_operation(dst_crs, src_crs))
+
+
+def footprint_window(product: Product, reader: StripReader, target: WarpTarget) -> Window | None:
+    """The part of ``target`` the product's rasters can reach (None: none of it)."""
+    left, bottom, right, top = reader.ds.bounds
+    n = 16
+    xs = [left + (right - left) * i / n for i in range(n + 1)]
+    ys = [bottom + (top - bottom) * i / n for i in range(n + 1)]
+    ring_x = xs + [right] * (n + 1) + xs + [left] * (n + 1)
+    ring_y = [top] * (n + 1) + ys + [bottom] * (n + 1) + ys
+    t = _forward_transformer(str(reader.ds.crs), target.grid.crs)
+    gx, gy = t.transform(ring_x, ring_y)
+    pad = 2 * target.grid.resolution
+    win = target.grid.window_for_bounds((min(gx) - pad, min(gy) - pad, max(gx) + pad, max(gy) + pad))
+    if win is None:
+        return None
+    tw = target.window
+    cx = target.grid.chunk_shape[1]
+    r0 = max(win.row_off, tw.row_off)
+    # columns snap outward to chunk edges (see _column_windows); rows may be clipped
+    c0 = max((win.col_off // cx) * cx, tw.col_off)
+    c1 = min(-(-(win.col_off + win.width) // cx) * cx, tw.col_off + tw.width)
+    r1 = min(win.row_off + win.height, tw.row_off + tw.height)
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+@functools.lru_cache(maxsize=32)
+def _forward_transformer(src_crs: str, dst_crs: str):
+    from pyproj import Transformer
+
+    return Transformer.from_pipeline(pinned_operation(src_crs, dst_crs))
+
+
+@dataclass(frozen=True)
+class _Group:
+    """Variables warped together: same source resolution, resampling, nodata rule and dtype."""
+
+    resolution: int
+    resampling: Resampling
+    nodata: int | None
+    dtype: str
+    variables: tuple[str, ...]
+
+
+def warp_groups(resampling: dict[str, Resampling]) -> list[_Group]:
+    """Group the variables so that one GDAL warp call serves several bands.
+
+    DESIGN CHOICE: the warp geometry (coordinate transformation, source window) is computed
+    once per call, so stacking the bands of one resolution into one call costs about half of
+    warping them one by one (DESIGN.md §8).
+    """
+    groups: dict[tuple, list[str]] = {}
+    for name, spec in VARIABLES.items():
+        nodata = None if spec.kind == "probability" else 0
+        key = (spec.resolution, resampling[name], nodata, spec.dtype)
+        groups.setdefault(key, []).append(name)
+    return [_Group(k[0], k[1], k[2], k[3], tuple(v)) for k, v in groups.items()]
+
+
+def _column_windows(grid: CubeGrid, sub: Window) -> list[Window]:
+    """Split ``sub`` at chunk-column edges.
+
+    DESIGN CHOICE: GDAL's approximate transformer (rasterio fixes its tolerance at 0.125 px)
+    interpolates coordinates along each destination row between points that depend on the
+    row's first and last column. Warping every chunk column on its own makes each output
+    pixel depend only on its chunk, never on how the work was cut or which other products
+    share the window, so the cube does not depend on arrival order. Row splits are harmless.
+    """
+    cx = grid.chunk_shape[1]
+    c0, c1 = int(sub.col_off), int(sub.col_off + sub.width)
+    edges = sorted({c0, c1, *range((c0 // cx + 1) * cx, c1, cx)})
+    return [Window(a, sub.row_off, b - a, sub.height) for a, b in zip(edges, edges[1:])]
+
+
+def _warp_group(product: Product, group: _Group, target: WarpTarget, sub: Window,
+                rasters: OpenRasters) -> dict[str, np.ndarray]:
+    readers = [rasters.get(product, product.file_for(v, group.resolution)) for v in group.variables]
+    out = np.empty((len(readers), int(sub.height), int(sub.width)), dtype=group.dtype)
+    for i, v in enumerate(group.variables):
+        out[i].fill(VARIABLES[v].fill_value if group.nodata is not None else 0)
+    rows = source_rows(readers[0], WarpTarget(target.grid, sub), group.resampling)
+    if rows is None:
+        return {v: out[i] for i, v in enumerate(group.variables)}
+    src = np.stack([r.rows(*rows) for r in readers])
+    src_transform = readers[0].ds.transform * Affine.translation(0, rows[0])
+    operation = pinned_operation(str(readers[0].ds.crs), target.grid.crs)
+    for win in _column_windows(target.grid, sub):
+        part = np.empty((len(readers), int(win.height), int(win.width)), dtype=group.dtype)
+        c = int(win.col_off - sub.col_off)
+        part[:] = out[:, :, c:c + int(win.width)]
+        try:
             reproject(
-                source=rasterio.band(src, 1),
-                destination=out,
-                dst_transform=target.grid.window_transform(target.window),
-                dst_crs=target.grid.crs,
-                src_nodata=src_nodata,
-                dst_nodata=dst_nodata,
-                resampling=resampling,
-                num_threads=threads,
-                warp_mem_limit=256,
-                init_dest_nodata=True,
-                COORDINATE_OPERATION=pinned_operation(str(src.crs), target.grid.crs),
+                source=src, destination=part, src_transform=src_transform,
+                src_crs=readers[0].ds.crs, dst_transform=target.grid.window_transform(win),
+                dst_crs=target.grid.crs, src_nodata=group.nodata, dst_nodata=group.nodata,
+                resampling=group.resampling, num_threads=1, warp_mem_limit=256,
+                init_dest_nodata=True, COORDINATE_OPERATION=operation,
             )
-    except RasterioError as exc:
-        raise CorruptProductError(product.name, f"cannot read {relpath}: {exc}") from exc
-    return out
+        except RasterioError as exc:
+            raise CorruptProductError(
+                product.name, f"cannot warp {', '.join(group.variables)}: {exc}") from exc
+        out[:, :, c:c + int(win.width)] = part
+    return {v: out[i] for i, v in enumerate(group.variables)}
+
+
+def warp_product(
+    product: Product, target: WarpTarget, resampling: dict[str, Resampling],
+    rasters: OpenRasters, pool=None,
+) -> dict[str, np.ndarray] | None:
+    """Every variable of one product on ``target``, encoded as the store expects.
+
+    Returns None when the product has no pixel in the window. Reflectance is harmonised
+    (BOA_ADD_OFFSET); CLD and SNW, which have no nodata value of their own (0 means
+    "clear"), take their footprint from the product's SCL.
+    """
+    some = rasters.get(product, product.file_for("SCL", VARIABLES["SCL"].resolution))
+    sub = footprint_window(product, some, target)
+    if sub is None:
+        return None
+    groups = warp_groups(resampling)
+    mapper = pool.map if pool is not None else map
+    warped: dict[str, np.ndarray] = {}
+    for part in mapper(lambda g: _warp_group(product, g, target, sub, rasters), groups):
+        warped.update(part)
+    h, w = target.shape
+    r0, c0 = int(sub.row_off - target.window.row_off), int(sub.col_off - target.window.col_off)
+    inner = (slice(r0, r0 + int(sub.height)), slice(c0, c0 + int(sub.width)))
+    result: dict[str, np.ndarray] = {}
+    for name, spec in VARIABLES.items():
+        data = warped[name]
+        if spec.is_reflectance:
+            data = _harmonise(data, int(product.boa_add_offset.get(name, 0)))
+        elif spec.kind == "probability":
+            data = np.where(warped["SCL"] == 0, np.uint8(spec.fill_value), data).astype(spec.dtype)
+        full = np.full((h, w), spec.fill_value, dtype=spec.dtype)
+        full[inner] = data
+        result[name] = full
+    return result
 
 
 def warp_variable(
     product: Product, spec: VariableSpec, target: WarpTarget,
-    resampling: Resampling | None = None, *, scl: np.ndarray | None = None, threads: int = 2,
+    resampling: Resampling | None = None, *, rasters: OpenRasters | None = None,
 ) -> np.ndarray:
-    """One variable of one product on the target window, encoded as the store expects.
-
-    CLD and SNW have no nodata value of their own (0 means "clear"); their footprint is
-    taken from the product's SCL on the same window (pass the warped ``scl``).
-    """
-    method = resampling if resampling is not None else spec.default_resampling
-    relpath = product.file_for(spec.name, spec.resolution)
-    if spec.kind == "probability":
-        data = _warp_file(product, relpath, target, method, None, 0, spec.dtype, threads)
-        if scl is None:
-            raise ValueError("CLD/SNW need the warped SCL of the same product")
-        return np.where(scl == 0, np.uint8(spec.fill_value), data).astype(spec.dtype)
-    data = _warp_file(product, relpath, target, method, 0, spec.fill_value, spec.dtype, threads)
-    if spec.is_reflectance:
-        data = _harmonise(data, int(product.boa_add_offset.get(spec.name, 0)))
-    return data
+    """One variable of one product on the target window (convenience for tests and tools)."""
+    method = {n: VARIABLES[n].default_resampling for n in VARIABLES}
+    if resampling is not None:
+        method[spec.name] = resampling
+    own = rasters is None
+    rasters = rasters or OpenRasters()
+    try:
+        result = warp_product(product, target, method, rasters)
+    finally:
+        if own:
+            rasters.close()
+    if result is None:
+        return np.full(target.shape, spec.fill_value, dtype=spec.dtype)
+    return result[spec.name]

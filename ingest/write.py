@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,12 +27,10 @@ from .plan import SlotWrite, WritePlan
 from .product import Product
 from .store import META_DIR, PROVENANCE, PublishedState, _store, read_published, to_ms
 from .variables import VARIABLES
-from .warp import GDAL_ENV, WarpTarget, warp_variable
+from .warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product
 
 log = logging.getLogger(__name__)
 
-# CLD/SNW take their footprint from SCL, so SCL is warped first.
-VARIABLE_ORDER = ["SCL"] + [n for n in VARIABLES if n != "SCL"]
 
 
 @dataclass
@@ -65,26 +64,35 @@ def _blocks(grid: CubeGrid, chunks: Iterable[ChunkIndex]) -> list[tuple[Window, 
 
 def _slot_block(
     slot: SlotWrite, products: dict[str, Product], target: WarpTarget,
-    resampling: dict[str, Resampling], threads: int,
+    resampling: dict[str, Resampling], pool: ThreadPoolExecutor, rasters: OpenRasters,
 ) -> dict[str, np.ndarray]:
     """Mosaic every variable of one time step over one block window."""
     out: dict[str, np.ndarray] = {}
     h, w = target.shape
-    for var in VARIABLE_ORDER:
+    for var in VARIABLES:
         spec = VARIABLES[var]
         out[var] = np.full((h, w), spec.fill_value, dtype=spec.dtype)
     for planned in slot.products:  # highest priority first
         if not _touches(planned.chunks, target):
             continue
-        product = products[planned.name]
-        scl = None
-        for var in VARIABLE_ORDER:
-            spec = VARIABLES[var]
-            data = warp_variable(product, spec, target, resampling[var], scl=scl, threads=threads)
-            if var == "SCL":
-                scl = data
-            fill_gaps(out[var], data, spec.fill_value)
+        # DESIGN CHOICE: variable groups go to a thread pool (GDAL releases the GIL while it
+        # decodes and warps), so both cores stay busy.
+        warped = warp_product(products[planned.name], target, resampling, rasters, pool)
+        if warped is None:
+            continue
+        for var, data in warped.items():
+            fill_gaps(out[var], data, VARIABLES[var].fill_value)
     return out
+
+
+def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
+                      rasters: OpenRasters) -> None:
+    """Drop decoded strips of products whose last chunk row is behind us (bounded memory)."""
+    row = int(window.row_off) // grid.chunk_shape[0]
+    for slot in slots:
+        for p in slot.products:
+            if p.chunks and max(c[0] for c in p.chunks) < row:
+                rasters.release(p.name)
 
 
 def _touches(chunks: frozenset[ChunkIndex], target: WarpTarget) -> bool:
@@ -165,7 +173,8 @@ def apply_plan(
     (default: the store's version + 1; the catalog passes its cube-wide counter)."""
     group = group.strip("/")
     tc = grid.time_chunk
-    with Transaction(store_path, group) as tx, rasterio.Env(**GDAL_ENV):
+    with (Transaction(store_path, group) as tx, rasterio.Env(**GDAL_ENV), OpenRasters() as rasters,
+          ThreadPoolExecutor(max_workers=max(1, threads)) as pool):
         old = read_published(store_path, group)
         g = zarr.open_group(_store(store_path), path=group, mode="r+")
         t_old, t_new = old.length, len(plan.axis)
@@ -193,11 +202,12 @@ def apply_plan(
             slots = by_tchunk[k]
             t0, t1 = k * tc, min((k + 1) * tc, t_new)
             target = WarpTarget(grid, window)
-            computed = {s.index: _slot_block(s, products, target, resampling, threads)
+            computed = {s.index: _slot_block(s, products, target, resampling, pool, rasters)
                         for s in slots if s.chunks & block_chunks}
+            _release_finished(slots, window, grid, rasters)
             rows = slice(int(window.row_off), int(window.row_off + window.height))
             cols = slice(int(window.col_off), int(window.col_off + window.width))
-            for var in VARIABLE_ORDER:
+            for var in VARIABLES:
                 arr = arrays[var]
                 keys = [_chunk_key(group, var, k, c) for c in block_chunks]
                 tx.protect(keys)
