@@ -134,6 +134,7 @@ def test_every_command_has_help():
                 "--keep-products", "--delete-products", "--resampling"):
         assert opt in sync_help
     assert "10" in sync_help and "rejected" in sync_help  # the partial exit status is documented
+    assert "offline" in sync_help and "token_url" in sync_help  # offline is exit 0; CDSE URLs via [hub]
 
 
 # ------------------------------------------------------------------------------------------

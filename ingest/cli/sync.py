@@ -27,7 +27,10 @@ def _date(ctx, param, value):
               help="Where products come from [default local, or [hub] name in the config].")
 @click.option("--source", "source_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="With --hub local: folder of .SAFE folders or .zip files.")
-@click.option("--url", default=None, help="Hub base URL (dhus: the DHuS root; cdse: catalogue URL).")
+@click.option("--url", default=None,
+              help="Hub base URL (dhus: the DHuS root; cdse: catalogue URL). Other hub options go in "
+                   "the config file's [hub] section (cdse: catalogue_url, token_url, download_url); "
+                   "credentials in S2INGEST_DHUS_USER/_PASSWORD or S2INGEST_CDSE_USER/_PASSWORD.")
 @click.option("--since", callback=_date, default=None, help="Only datatakes from this date (UTC).")
 @click.option("--until", callback=_date, default=None, help="Only datatakes before this date (UTC).")
 @click.option("--tiles", default=None, help="Comma-separated MGRS tiles, e.g. 31UET,31UFT.")
@@ -48,8 +51,10 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
     into the cube, one time step per datatake.
 
     Interrupted or crashed runs resume where they stopped when run again; a run with
-    nothing new writes nothing. Exit status 0: all good; 10: the run completed but some
-    products were rejected or failed (see `s2ingest status`); other codes: see README.
+    nothing new writes nothing. Exit status 0: all good (products offline at the hub were
+    ordered from its archive and are retried later; that is not a failure); 10: the run
+    completed but some products were rejected or failed (see `s2ingest status`); 5: hub
+    unreachable or credentials refused; other codes: see README.
 
     \b
     Examples:
