@@ -1,0 +1,57 @@
+"""Smoke test of the benchmark harness (``make bench``) on a small window.
+
+This checks that the harness runs end to end and reports consistent figures; it asserts
+nothing about speed (speed is measured by ``make bench``, not by a timed test).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ingest import bench
+
+
+@pytest.mark.slow
+def test_bench_smoke_small_window(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    report = bench.main([
+        "--window", "4800", "4800", "300", "300", "--repeat", "1", "--populate", "1",
+        "--no-single-thread", "--cache", str(tmp_path / "products"), "--out", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert "SPEED" in printed and "MEMORY" in printed and "decode" in printed
+
+    on_disk = json.loads(out.read_text())
+    assert on_disk["summary"] == json.loads(json.dumps(report["summary"], default=str))
+    s = on_disk["summary"]
+    assert s["decode_floor_mode"] in ("decode_serial_allcpus", "decode_pool")
+    assert s["decode_floor_s"] > 0 and s["ingest_s"] > 0
+    assert s["ratio_to_decode_floor"] == pytest.approx(s["ingest_s"] / s["decode_floor_s"])
+    assert s["target_met"] == (s["ratio_to_decode_floor"] <= bench.TARGET_RATIO)
+    # 17 files: 4 at 10 m (300²), 11 at 20 m (150²), 2 at 60 m (50²)
+    assert len(on_disk["inputs"]["files"]) == 17
+    assert s["input_pixels"] == 4 * 300**2 + 11 * 150**2 + 2 * 50**2
+    assert s["output_pixels"] > 0 and s["store_chunk_bytes"] > 0 and s["compression_ratio"] > 1
+    assert s["populated_time_steps_before"] == 1
+    assert s["peak_rss_mb_fresh"] > 0 and s["peak_rss_mb_populated"] > 0
+    res = on_disk["results"]
+    assert set(res) == {"decode_serial_allcpus", "decode_pool", "ingest_fresh", "ingest_populated"}
+    assert res["decode_pool"]["runs"][0]["gdal_num_threads_seen"] == ["1"]
+    assert res["decode_serial_allcpus"]["runs"][0]["gdal_num_threads_seen"] == ["ALL_CPUS"]
+    m = on_disk["machine"]
+    assert m["nproc"] >= 1 and m["gdal"] and m["rasterio"]
+    # the product cache is reused: a second listing finds the products already there
+    again = bench.ensure_products(tmp_path / "products", ["31UFT"], bench.datatakes(1),
+                                  (4800, 4800, 300, 300), lambda s: None)
+    assert len(again) == 1 and again[0].exists()
+
+
+def test_datatakes_alternate_platforms_and_precede_first():
+    after = bench.datatakes(3)
+    before = bench.datatakes(2, before=True)
+    assert [p for _, p in after] == ["S2A", "S2B", "S2A"]
+    assert after[0][0] == bench.FIRST_DATATAKE
+    assert all(t < bench.FIRST_DATATAKE for t, _ in before)
+    assert before == sorted(before)
+    assert len({t for t, _ in after + before}) == 5
