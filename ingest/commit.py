@@ -54,7 +54,8 @@ class Transaction:
             raise
         recover(self.root, _locked=True)
         (self.dir / "undo").mkdir(parents=True)
-        (self.dir / "state").write_text(json.dumps({"state": "open", "group": self.group}))
+        (self.dir / "state").write_text(json.dumps(
+            {"state": "open", "group": self.group, "dirs": _existing_dirs(self.root, self.group)}))
         self._log = open(self.dir / "keys.log", "a", encoding="utf-8")
         return self
 
@@ -120,6 +121,36 @@ class Transaction:
         shutil.rmtree(self.dir)
 
 
+def _existing_dirs(root: Path, group: str) -> list[str]:
+    """The group, its ancestors and its children that exist before the transaction.
+
+    Arrays or groups created inside the transaction are not in this list; a rollback
+    removes them whole, so a crashed first write of a new variable leaves nothing behind.
+    """
+    parts = [p for p in group.split("/") if p]
+    found = [""]
+    for depth in range(1, len(parts) + 1):
+        rel = "/".join(parts[:depth])
+        if (root / rel).is_dir():
+            found.append(rel)
+    base = root / group
+    if base.is_dir():
+        found += [f"{group}/{c.name}" for c in base.iterdir() if c.is_dir()]
+    return found
+
+
+def _remove_new_dirs(root: Path, group: str, before: list[str]) -> None:
+    keep = set(before)
+    parts = [p for p in group.split("/") if p]
+    candidates = ["/".join(parts[:d]) for d in range(1, len(parts) + 1)]
+    base = root / group
+    if base.is_dir():
+        candidates += [f"{group}/{c.name}" for c in base.iterdir() if c.is_dir()]
+    for rel in sorted(candidates, key=len, reverse=True):
+        if rel not in keep and (root / rel).is_dir():
+            shutil.rmtree(root / rel)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -149,9 +180,19 @@ def rollback(root: Path) -> None:
             if backup.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(backup, target)
+    state = _read_state(txn)
+    if "dirs" in state:
+        _remove_new_dirs(root, state.get("group", ""), state["dirs"])
     if entries:
         log.warning("rolled back an unfinished write of %d keys in %s", len(entries), root)
     shutil.rmtree(txn)
+
+
+def _read_state(txn: Path) -> dict:
+    try:
+        return json.loads((txn / "state").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def recover(root: str | Path, _locked: bool = False) -> bool:
@@ -160,13 +201,7 @@ def recover(root: str | Path, _locked: bool = False) -> bool:
     txn = root / META_DIR / TXN_DIR
     if not txn.exists():
         return False
-    state_file = txn / "state"
-    state = {}
-    if state_file.exists():
-        try:
-            state = json.loads(state_file.read_text())
-        except ValueError:
-            state = {}
+    state = _read_state(txn)
     if state.get("state") == "committed":
         shutil.rmtree(txn)
     else:

@@ -123,3 +123,17 @@ def test_chunk_writes_are_atomic_renames(cube, monkeypatch):
     store = _store(cube)
     store["S2/R051/B04/0.0.0"] = b"x" * 10
     assert calls and str(calls[-1][1]).endswith("0.0.0") and calls[-1][0] != calls[-1][1]
+
+
+def test_rollback_removes_arrays_and_groups_created_in_the_transaction(cube):
+    before = _snapshot(cube)
+    with pytest.raises(RuntimeError):
+        with Transaction(cube, "NL/BRP") as tx:
+            root = zarr.open_group(_store(cube), mode="a")
+            g = root.require_group("NL/BRP")
+            tx.protect(["NL/BRP/crop/0.0.0"])
+            a = g.create("crop", shape=(1, 10, 10), chunks=(1, 10, 10), dtype="u2")
+            a[:] = 7
+            raise RuntimeError("crash before commit")
+    assert _snapshot(cube) == before
+    assert not (cube / "NL").exists()

@@ -15,8 +15,6 @@ never see a half-written new edition; a replaced edition switches chunk by chunk
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +26,8 @@ from pyproj import CRS
 
 from ..errors import LayerError
 from ..grid import NL_GRID, CubeGrid
+from ..commit import Transaction
+from ..store import consolidate as store_consolidate
 from ..store import init_store, read_grid
 from . import codes as codes_mod
 from .codes import CodeTable, LayerSpec
@@ -92,12 +92,17 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
     init_store(store_path, grid)  # root group + grid.json, shared with the imagery writer
     store = zarr.DirectoryStore(str(store_path), dimension_separator=".")
     records = []
-    for plan in plans:
-        n_pixels, n_chunks = _write_chunks(store, group, plan, vec, grid, index)
-        records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
-                                   vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
-    _write_metadata(store, group, plans, records, vec, grid, edition)
-    consolidate(store_path, group)
+    # DESIGN CHOICE: the same transaction as the imagery (one writer per store, undo log,
+    # consolidated metadata last): a crash leaves the published layers exactly as they were.
+    with Transaction(store_path, group) as tx:
+        for plan in plans:
+            n_pixels, n_chunks = _write_chunks(store, group, plan, vec, grid, index, tx)
+            records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
+                                       vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
+        tx.protect_metadata()
+        tx.protect_tree(f"{group}/{EDITION}")
+        _write_metadata(store, group, plans, records, vec, grid, edition)
+        tx.commit()
     return records
 
 
@@ -172,7 +177,7 @@ def _template(dtype: str, grid: CubeGrid) -> zarr.Array:
 
 
 def _write_chunks(store: zarr.DirectoryStore, group: str, plan: _Plan, vec: VectorSource,
-                  grid: CubeGrid, index: int) -> tuple[int, int]:
+                  grid: CubeGrid, index: int, tx: Transaction) -> tuple[int, int]:
     """Write the slice's non-empty chunks; drop stale ones. Returns (pixels, chunks) written."""
     prefix = f"{group}/{plan.spec.variable}"
     twin = _template(plan.spec.dtype, grid)
@@ -182,6 +187,7 @@ def _write_chunks(store: zarr.DirectoryStore, group: str, plan: _Plan, vec: Vect
         win = grid.chunk_window((iy, ix))
         twin[0, win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width] = block
         key = f"{index}.{iy}.{ix}"
+        tx.protect([f"{prefix}/{key}"])
         store[f"{prefix}/{key}"] = twin.store.pop(f"0.{iy}.{ix}")  # atomic: temp file + rename
         written.add(key)
         n_pixels += int(np.count_nonzero(block))
@@ -191,6 +197,7 @@ def _write_chunks(store: zarr.DirectoryStore, group: str, plan: _Plan, vec: Vect
         )
     # Stale chunks: of the replaced edition, or orphans of an interrupted earlier run.
     for key in _slice_keys(store, prefix, index) - written:
+        tx.protect([f"{prefix}/{key}"])
         del store[f"{prefix}/{key}"]
     return n_pixels, len(written)
 
@@ -292,48 +299,8 @@ def _update_attrs(arr: zarr.Array, plan: _Plan, rec: LayerRecord, vec: VectorSou
 
 # -- consolidation ------------------------------------------------------------------------------
 def consolidate(store_path: str | Path, group: str) -> None:
-    """Rewrite ``.zmetadata`` of ``group`` and each ancestor, root last.
-
-    Uses ``ingest.store.consolidate`` when the imagery store module provides it, so both writers
-    follow one commit protocol; the fallback below does the same for a local directory store.
-    """
-    try:
-        from ..store import consolidate as store_consolidate  # type: ignore[attr-defined]
-    except ImportError:
-        store_consolidate = None
-    if store_consolidate is not None:
-        store_consolidate(str(store_path), group)
-        return
-    _consolidate_fallback(Path(store_path), group)
-
-
-def _consolidate_fallback(root: Path, group: str) -> None:
-    parts = [p for p in group.strip("/").split("/") if p]
-    for depth in range(len(parts), -1, -1):
-        path = "/".join(parts[:depth])
-        meta = _collect_metadata(root / path, "")
-        doc = {"zarr_consolidated_format": 1, "metadata": meta}
-        zarr.DirectoryStore(str(root))[f"{path}/.zmetadata" if path else ".zmetadata"] = (
-            json.dumps(doc, indent=4, sort_keys=True, ensure_ascii=True).encode()
-        )
-
-
-def _collect_metadata(directory: Path, rel: str) -> dict:
-    """Metadata documents of a group tree, without listing chunk directories' contents."""
-    out: dict = {}
-    for name in (".zgroup", ".zattrs", ".zarray"):
-        f = directory / name
-        if f.exists():
-            out[f"{rel}{name}"] = json.loads(f.read_text())
-    if (directory / ".zarray").exists():
-        return out
-    for child in sorted(os.listdir(directory)):
-        sub = directory / child
-        if child.startswith(".") or not sub.is_dir():
-            continue
-        if (sub / ".zarray").exists() or (sub / ".zgroup").exists():
-            out.update(_collect_metadata(sub, f"{rel}{child}/"))
-    return out
+    """Rewrite ``.zmetadata`` of ``group`` and each ancestor, root last (the imagery's rule)."""
+    store_consolidate(store_path, group)
 
 
 def list_layers(store_path: str | Path) -> list[dict]:
