@@ -181,14 +181,17 @@ _KERNEL_MARGIN = {Resampling.nearest: 1, Resampling.bilinear: 2, Resampling.cubi
                   Resampling.cubic_spline: 3, Resampling.lanczos: 4}
 
 
-def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling) -> tuple[int, int] | None:
-    """The raster rows the target window needs (None: no overlap)."""
-    left, bottom, right, top = target.grid.window_bounds(target.window)
-    n = 8
+def _ring(bounds: tuple[float, float, float, float], n: int) -> tuple[list[float], list[float]]:
+    """The outline of a box with ``n`` segments per edge (edges bend when reprojected)."""
+    left, bottom, right, top = bounds
     xs = [left + (right - left) * i / n for i in range(n + 1)]
     ys = [bottom + (top - bottom) * i / n for i in range(n + 1)]
-    ring_x = xs + [right] * (n + 1) + xs + [left] * (n + 1)
-    ring_y = [top] * (n + 1) + ys + [bottom] * (n + 1) + ys
+    return xs + [right] * (n + 1) + xs + [left] * (n + 1), [top] * (n + 1) + ys + [bottom] * (n + 1) + ys
+
+
+def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling) -> tuple[int, int] | None:
+    """The raster rows the target window needs (None: no overlap)."""
+    ring_x, ring_y = _ring(target.grid.window_bounds(target.window), 8)
     t = _inverse_transformer(str(reader.ds.crs), target.grid.crs)
     sx, sy = t.transform(ring_x, ring_y)
     inv = ~reader.ds.transform
@@ -211,12 +214,7 @@ def _inverse_transformer(src_crs: str, dst_crs: str):
 
 def footprint_window(product: Product, reader: StripReader, target: WarpTarget) -> Window | None:
     """The part of ``target`` the product's rasters can reach (None: none of it)."""
-    left, bottom, right, top = reader.ds.bounds
-    n = 16
-    xs = [left + (right - left) * i / n for i in range(n + 1)]
-    ys = [bottom + (top - bottom) * i / n for i in range(n + 1)]
-    ring_x = xs + [right] * (n + 1) + xs + [left] * (n + 1)
-    ring_y = [top] * (n + 1) + ys + [bottom] * (n + 1) + ys
+    ring_x, ring_y = _ring(tuple(reader.ds.bounds), 16)
     t = _forward_transformer(str(reader.ds.crs), target.grid.crs)
     gx, gy = t.transform(ring_x, ring_y)
     pad = 2 * target.grid.resolution
