@@ -23,7 +23,7 @@ from .synth.tiles import get_tile
 # RD bounds of the demo area (left, bottom, right, top): Delft in the north, the Hoeksche
 # Waard in the south; the 31UET/31UFT overlap runs through it.
 DEMO_BOUNDS = (80_000.0, 412_000.0, 96_000.0, 450_000.0)
-DEMO_POINT = (90_005.0, 421_005.0)  # a field in the Hoeksche Waard
+DEMO_POINT = (94_005.0, 420_245.0)  # a field in the Hoeksche Waard: green-up, harvest
 DEMO_TILES = ("31UET", "31UFT")
 UTC = timezone.utc
 # (datatake sensing start, platform, processing baseline)
