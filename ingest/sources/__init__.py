@@ -53,7 +53,7 @@ def _build(cls: type[Source], hub: str, options: dict[str, Any]) -> Source:
     """``cls(**options)``, with a misspelt option (e.g. from a config [hub] section) a ConfigError."""
     import inspect
 
-    known = [p for p in inspect.signature(cls).parameters if p not in ("self", "api", "session", "clock")]
+    known = [p for p in inspect.signature(cls).parameters if p != "self"]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for hub {hub!r}; known: {', '.join(known)}")
