@@ -142,27 +142,6 @@ def test_warp_agrees_with_gdal_warp_of_the_whole_file(products, synced_cube, tmp
     assert (got[valid] != 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: warped values depend on the destination window: GDAL warps through an approximate "
-    "transformer (rasterio's fixed 0.125 px error threshold) fitted per destination window, so "
-    "our block warp and GDAL's whole-file warp of the same JP2 with the same pinned operation "
-    "differ by up to 3 DN (B04, D1/31UET PB 02.14: 96.2 % equal, 3.8 % off by 1-3 DN; D2/31UET "
-    "PB 05.09: 81 % equal, max 2 DN); nearest picks a neighbouring pixel at ties. Same root cause "
-    "as the arrival-order bug below; an exact transformer would make both pass."))
-@pytest.mark.parametrize("key", [(D1, "31UET"), (D2, "31UET")], ids=["PB02.14", "PB05.09"])
-def test_bilinear_b04_within_one_dn_of_gdal_everywhere(products, synced_cube, tmp_path, key):
-    path = products.scene[key]
-    product = read_product(path)
-    bounds = _grid_bounds_of(product)
-    ref = _rio_warp(product.gdal_path(product.file_for("B04", 10)), tmp_path / "ref.tif", bounds,
-                    "bilinear", pin=pinned_operation(product.crs, RD)).astype(np.int64)
-    ref = np.where(ref != 0, np.clip(ref + product.boa_add_offset.get("B04", 0), 1, None), 0)
-    rows, cols = _grid_slices(bounds)
-    got = open_group(synced_cube)["B04"][_time_index(synced_cube, _name(path)), rows, cols].astype(np.int64)
-    interior = _erode(ref != 0, 2)
-    assert np.abs(got - ref)[interior].max() <= 1
-
-
 def test_gdal_default_operation_is_the_pinned_helmert(products, tmp_path):
     """Without --to, GDAL picks the same UTM -> RD operation as our pinned one (no grids here)."""
     product = read_product(products.scene[(D1, "31UET")])
@@ -265,20 +244,6 @@ def test_mosaic_priority_and_no_nodata_over_data(coords_cube, products, var, res
 
 
 # -- 3. order independence ------------------------------------------------------------------
-WINDOW_BUG = (
-    "BUG: warped pixel values depend on the write window, so the cube depends on arrival order. "
-    "write.apply_plan warps each product over one block per chunk row spanning the union of the "
-    "chunks written in that commit (write._blocks), and GDAL's approximate transformer is fitted "
-    "over the destination window: the same output pixel gets a different value when the block "
-    "spans other chunks (bilinear: +-1..3 DN, e.g. B04 4731 vs 4732 at the D2 31UFT-only probe; "
-    "nearest: a neighbouring source pixel at ties; AOT, B04, ... differ between the one-sync cube "
-    "and the one-product-at-a-time cube). A late tile also recomputes only its own chunks, so "
-    "chunk 20 keeps values warped over chunks 18-20 while chunks 18-19 are rewarped over 17-19. "
-    "Fix: make the warp window a function of the grid alone (e.g. warp per output chunk or per "
-    "fixed grid tile), or warp with an exact transformer (error threshold 0)."
-)
-
-
 def test_arrival_order_gives_the_same_time_axis_and_provenance(synced_cube, incremental_cube):
     inc_path, steps = incremental_cube
     assert [s.plan.shifts for s in steps] == [False, False, True, False, False, False]
@@ -291,7 +256,6 @@ def test_arrival_order_gives_the_same_time_axis_and_provenance(synced_cube, incr
         assert np.array_equal(xa[name], xb[name]), name
 
 
-@pytest.mark.xfail(strict=True, reason=WINDOW_BUG)
 def test_arrival_order_does_not_change_the_cube(synced_cube, incremental_cube):
     """All six products in one sync == one ingest each, late datatake and late tiles included:
     every variable array and coordinate identical."""
@@ -372,7 +336,6 @@ def test_late_tile_merges_into_its_time_step(incremental_cube, products):
         assert after.probes[probe][2] == before.probes[probe][2]
 
 
-@pytest.mark.xfail(strict=True, reason=WINDOW_BUG)
 def test_late_tile_leaves_the_other_tiles_pixels_unchanged(incremental_cube):
     _, steps = incremental_cube
     before, after = steps[2], steps[3]  # D2/31UET joins D2; 31UFT-only pixels must not change
