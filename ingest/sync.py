@@ -20,9 +20,10 @@ from catalog import (
     record_discovered, record_publish, release, renew_lease, session_scope, transition,
 )
 from catalog import Product as Row
+from sqlalchemy import select
 
 from .engine import Cube, ingest_products
-from .errors import AuthenticationError, LeaseLostError, ProductError, StoreError
+from .errors import AuthenticationError, ProductError, StoreError
 from .grid import get_grid
 from .config import Settings
 from .product import Product
@@ -68,6 +69,16 @@ class SyncReport:
     @property
     def has_problems(self) -> bool:
         return bool(self.failed or self.rejected)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def worker_name() -> str:
@@ -127,10 +138,32 @@ class Syncer:
             self.plan_dry_run(records)
             return self.report
         self.cube.ensure()
+        self.reclaim_from_dead_workers()
         self.discover(records)
         self.download()
         self.ingest()
         return self.report
+
+    def reclaim_from_dead_workers(self) -> None:
+        """Give back the work of crashed runs on this machine, so a rerun completes it now.
+
+        DESIGN CHOICE: a lease normally lapses after LEASE_SECONDS. A worker on this host whose
+        process no longer exists provably cannot publish any more (and the store's undo log
+        has rolled its write back), so its leases are released at once instead of blocking a
+        rerun for an hour. Workers on other hosts are left to their leases.
+        """
+        host = socket.gethostname()
+        with session_scope(self.engine) as s:
+            rows = s.scalars(select(Row).where(Row.lease_owner.like(f"{host}:%"),
+                                               Row.state.in_(["downloading", "ingesting"]))).all()
+            dead: dict[str, list[int]] = {}
+            for row in rows:
+                pid = row.lease_owner.rsplit(":", 1)[1]
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    dead.setdefault(row.lease_owner, []).append(row.id)
+            for owner, ids in dead.items():
+                released = release(s, ids, owner)
+                log.warning("released %d products left by crashed worker %s", len(released), owner)
 
     def search(self) -> list[ProductRecord]:
         o = self.opts

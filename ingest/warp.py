@@ -291,7 +291,7 @@ def _warp_group(product: Product, group: _Group, target: WarpTarget, sub: Window
     if rows is None:
         return {v: out[i] for i, v in enumerate(group.variables)}
     src = np.stack([r.rows(*rows) for r in readers])
-    src_transform = readers[0].ds.transform * Affine.translation(0, rows[0])
+    src_transform = readers[0].ds.transform @ Affine.translation(0, rows[0])
     operation = pinned_operation(str(readers[0].ds.crs), target.grid.crs)
     for win in _column_windows(target.grid, sub):
         part = np.empty((len(readers), int(win.height), int(win.width)), dtype=group.dtype)

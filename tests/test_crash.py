@@ -149,12 +149,6 @@ def test_killed_sync_leaves_the_readers_view_unchanged(crashed):
             assert np.array_equal(view[name], before[name]), f"{name} changed (kill after {delay} s)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a rerun after a crash does not complete the work. The killed sync left its products "
-    "in state 'ingesting' with a lease of sync.LEASE_SECONDS = 3600 s held by the dead worker "
-    "(host:pid); the rerun is a new worker, claim() only takes over lapsed leases, so for an hour "
-    "the rerun publishes nothing and exits 0 ('nothing new to publish'), contradicting DESIGN.md §5 "
-    "('a rerun completes the work') and the sync help ('crashed runs resume ... when run again')."))
 def test_rerun_after_a_crash_completes_the_work(crashed, crash_free, products, empty_config):
     _, _, runs = crashed
     delay, store, killed, _, _ = next(r for r in runs if r[2])
