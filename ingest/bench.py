@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = args.threads or nproc
     started = datetime.now(UTC)
     load_before = os.getloadavg()
+    code_before = git_info()
 
     echo(f"s2ingest bench: tiles {','.join(tiles)} x {args.dates} datatake(s), "
          f"{'full 10980² tiles' if window is None else f'window {window}'}, repeat {args.repeat}, "
@@ -526,7 +527,8 @@ def main(argv: list[str] | None = None) -> dict:
         "schema": 1, "date": started.isoformat(timespec="seconds"),
         "duration_s": (datetime.now(UTC) - started).total_seconds(),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-        "machine": machine_info(), "code": git_info(),
+        "machine": machine_info(), "code": code_before,
+        "code_changed_during_run": git_info() != code_before,
         "config": {"tiles": tiles, "dates": args.dates, "window": window, "repeat": args.repeat,
                    "populate": args.populate, "threads": threads, "resampling_overrides": resampling,
                    "resampling": methods, "gdal_env": _gdal_env(), "products": [Path(p).name for p in measured],
