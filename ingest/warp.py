@@ -194,8 +194,9 @@ def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling)
     ring_x, ring_y = _ring(target.grid.window_bounds(target.window), 8)
     t = _inverse_transformer(str(reader.ds.crs), target.grid.crs)
     sx, sy = t.transform(ring_x, ring_y)
-    inv = ~reader.ds.transform
-    cols, rows = zip(*(inv * (x, y) for x, y in zip(sx, sy)))
+    a, b, c, d, e, f = (~reader.ds.transform)[:6]
+    sx, sy = np.asarray(sx), np.asarray(sy)
+    cols, rows = a * sx + b * sy + c, d * sx + e * sy + f
     margin = _KERNEL_MARGIN.get(resampling, 4) + 1
     r0, r1 = int(np.floor(min(rows))) - margin, int(np.ceil(max(rows))) + margin
     c0, c1 = int(np.floor(min(cols))) - margin, int(np.ceil(max(cols))) + margin
