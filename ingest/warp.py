@@ -26,10 +26,10 @@ from .variables import VARIABLES, VariableSpec, get_variable
 
 log = logging.getLogger(__name__)
 
-# GDAL settings for the warp: the block cache must hold a row of decoded JP2 tiles of the
-# band being warped, so each JP2 tile is decoded once while we walk output windows.
+# GDAL settings for the warp. Decoded JP2 tiles are kept by our StripReader, not by GDAL's
+# block cache (its JP2 driver bypasses the cache for multi-tile reads), so the cache is small.
 GDAL_ENV = {
-    "GDAL_CACHEMAX": 1024,  # MB
+    "GDAL_CACHEMAX": 64,  # MB
     "GDAL_NUM_THREADS": "ALL_CPUS",  # OpenJPEG multi-threaded decoding
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".jp2,.tif,.zip",
@@ -189,8 +189,9 @@ def _ring(bounds: tuple[float, float, float, float], n: int) -> tuple[list[float
     return xs + [right] * (n + 1) + xs + [left] * (n + 1), [top] * (n + 1) + ys + [bottom] * (n + 1) + ys
 
 
-def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling) -> tuple[int, int] | None:
-    """The raster rows the target window needs (None: no overlap)."""
+def source_window(reader: StripReader, target: WarpTarget,
+                  resampling: Resampling) -> tuple[int, int, int, int] | None:
+    """The raster rows and columns (r0, r1, c0, c1) the target window needs (None: none)."""
     ring_x, ring_y = _ring(target.grid.window_bounds(target.window), 8)
     t = _inverse_transformer(str(reader.ds.crs), target.grid.crs)
     sx, sy = t.transform(ring_x, ring_y)
@@ -198,11 +199,17 @@ def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling)
     sx, sy = np.asarray(sx), np.asarray(sy)
     cols, rows = a * sx + b * sy + c, d * sx + e * sy + f
     margin = _KERNEL_MARGIN.get(resampling, 4) + 1
-    r0, r1 = int(np.floor(min(rows))) - margin, int(np.ceil(max(rows))) + margin
-    c0, c1 = int(np.floor(min(cols))) - margin, int(np.ceil(max(cols))) + margin
+    r0, r1 = int(np.floor(rows.min())) - margin, int(np.ceil(rows.max())) + margin
+    c0, c1 = int(np.floor(cols.min())) - margin, int(np.ceil(cols.max())) + margin
     if r1 <= 0 or r0 >= reader.ds.height or c1 <= 0 or c0 >= reader.ds.width:
         return None
-    return max(0, r0), min(reader.ds.height, r1)
+    return max(0, r0), min(reader.ds.height, r1), max(0, c0), min(reader.ds.width, c1)
+
+
+def source_rows(reader: StripReader, target: WarpTarget, resampling: Resampling) -> tuple[int, int] | None:
+    """The raster rows the target window needs (None: no overlap)."""
+    win = source_window(reader, target, resampling)
+    return None if win is None else (win[0], win[1])
 
 
 @functools.lru_cache(maxsize=32)
@@ -252,6 +259,9 @@ class _Group:
     variables: tuple[str, ...]
 
 
+MAX_GROUP = 4
+
+
 def warp_groups(resampling: dict[str, Resampling]) -> list[_Group]:
     """Group the variables so that one GDAL warp call serves several bands.
 
@@ -264,7 +274,12 @@ def warp_groups(resampling: dict[str, Resampling]) -> list[_Group]:
         nodata = None if spec.kind == "probability" else 0
         key = (spec.resolution, resampling[name], nodata, spec.dtype)
         groups.setdefault(key, []).append(name)
-    return [_Group(k[0], k[1], k[2], k[3], tuple(v)) for k, v in groups.items()]
+    # at most MAX_GROUP bands a call, so the thread pool gets pieces of similar size
+    out = []
+    for k, names in groups.items():
+        for i in range(0, len(names), MAX_GROUP):
+            out.append(_Group(k[0], k[1], k[2], k[3], tuple(names[i:i + MAX_GROUP])))
+    return sorted(out, key=lambda g: -len(g.variables) / g.resolution ** 2)
 
 
 def _column_windows(grid: CubeGrid, sub: Window) -> list[Window]:
@@ -292,15 +307,24 @@ def _warp_group(product: Product, group: _Group, target: WarpTarget, sub: Window
     if rows is None:
         return {v: out[i] for i, v in enumerate(group.variables)}
     src = np.stack([r.rows(*rows) for r in readers])
-    src_transform = readers[0].ds.transform @ Affine.translation(0, rows[0])
     operation = pinned_operation(str(readers[0].ds.crs), target.grid.crs)
     for win in _column_windows(target.grid, sub):
+        # DESIGN CHOICE: hand GDAL only the source pixels this window needs; the cost of a
+        # warp call grows with the size of the source array it is given.
+        need = source_window(readers[0], WarpTarget(target.grid, win), group.resampling)
+        if need is None:
+            continue
+        r0, r1 = max(need[0], rows[0]), min(need[1], rows[1])
+        if r1 <= r0:
+            continue
+        piece = np.ascontiguousarray(src[:, r0 - rows[0]:r1 - rows[0], need[2]:need[3]])
         part = np.empty((len(readers), int(win.height), int(win.width)), dtype=group.dtype)
         c = int(win.col_off - sub.col_off)
         part[:] = out[:, :, c:c + int(win.width)]
         try:
             reproject(
-                source=src, destination=part, src_transform=src_transform,
+                source=piece, destination=part,
+                src_transform=readers[0].ds.transform @ Affine.translation(need[2], r0),
                 src_crs=readers[0].ds.crs, dst_transform=target.grid.window_transform(win),
                 dst_crs=target.grid.crs, src_nodata=group.nodata, dst_nodata=group.nodata,
                 resampling=group.resampling, num_threads=1, warp_mem_limit=256,
@@ -330,7 +354,12 @@ def warp_product(
     groups = warp_groups(resampling)
     mapper = pool.map if pool is not None else map
     warped: dict[str, np.ndarray] = {}
-    for part in mapper(lambda g: _warp_group(product, g, target, sub, rasters), groups):
+    def work(group: _Group) -> dict[str, np.ndarray]:
+        # rasterio's Env (GDAL config options) is thread-local: enter it in every worker
+        with rasterio.Env(**GDAL_ENV):
+            return _warp_group(product, group, target, sub, rasters)
+
+    for part in mapper(work, groups):
         warped.update(part)
     h, w = target.shape
     r0, c0 = int(sub.row_off - target.window.row_off), int(sub.col_off - target.window.col_off)
