@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from catalog import (
     ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded,
-    mark_failed, mark_offline, mark_rejected, next_version, open_catalog, record_deleted_from_hub,
+    mark_failed, mark_offline, mark_published, mark_rejected, next_version, open_catalog, record_deleted_from_hub,
     record_discovered, record_publish, release, renew_lease, session_scope, transition,
 )
 from catalog import Product as Row
@@ -248,10 +248,32 @@ class Syncer:
                 except ProductError as exc:
                     mark_rejected(s, pid, exc.reason, worker=self.worker)
                     self.report.rejected.append((name, exc.reason))
+                except OSError as exc:  # the cached file vanished or is unreadable: retry later
+                    mark_failed(s, pid, self.worker, f"cannot read {path}: {exc}")
+                    self.report.failed.append((name, f"cannot read {path}: {exc}"))
+        for batch in self._batches(products):
+            self._publish_batch(batch, claimed)
+
+    def _batches(self, products: dict[str, Product]) -> list[dict[str, Product]]:
+        """Products grouped by whole time chunks of datatakes, oldest first.
+
+        DESIGN CHOICE: one transaction per group of ``time_chunk`` datatakes: a backfill
+        writes each (5, y, x) chunk once per group instead of once per date (DESIGN.md §8),
+        a crash loses at most one group, and open files stay bounded.
+        """
+        by_take: dict[tuple, dict[str, Product]] = {}
+        for name, p in products.items():
+            by_take.setdefault((p.datatake_start, p.platform), {})[name] = p
+        takes = sorted(by_take)
+        size = self.grid.time_chunk
+        return [{n: p for t in takes[i:i + size] for n, p in by_take[t].items()}
+                for i in range(0, len(takes), size)]
+
+    def _publish_batch(self, products: dict[str, Product], claimed: dict[str, tuple[int, str]]) -> None:
         while products:
             try:
                 self._publish(products, claimed)
-                break
+                return
             except ProductError as exc:  # found while warping: reject it, publish the rest
                 pid = claimed[exc.product][0] if exc.product in claimed else None
                 if pid is None:
@@ -303,11 +325,13 @@ class Syncer:
                     transition(s, claimed[n][0], "superseded", worker=self.worker,
                                reason="a newer processing of this datatake and tile is published")
                     self.report.superseded.append(n)
-            if done:
+            if done and written is not None:
                 record_publish(s, group=f"/{self.cube.group}", version=state.version, product_ids=done,
-                               worker=self.worker, n_chunks_written=written.chunks_written if written else 0,
+                               worker=self.worker, n_chunks_written=written.chunks_written,
                                time_steps=steps)
-        self.report.published = [n for n in products if n in in_store]
+            elif done:  # the store already had them (a crash between store and catalog commit)
+                mark_published(s, done, self.worker, state.version)
+        self.report.published += [n for n in products if n in in_store]
         self.report.version = state.version
         self.report.time_steps = state.length
         if not self.opts.keep_products:
