@@ -85,6 +85,33 @@ def _slot_block(
     return out
 
 
+def _write_block(tx: Transaction, arrays: dict, grid: CubeGrid, group: str, k: int, t_new: int,
+                 window: Window, block_chunks: set[ChunkIndex], slots: list[SlotWrite],
+                 computed: dict[int, dict[str, np.ndarray]]) -> list[str]:
+    """Merge the computed time steps into time chunk ``k`` over one block and write it."""
+    tc = grid.time_chunk
+    t0, t1 = k * tc, min((k + 1) * tc, t_new)
+    rows = slice(int(window.row_off), int(window.row_off + window.height))
+    cols = slice(int(window.col_off), int(window.col_off + window.width))
+    changed: list[str] = []
+    for var in VARIABLES:
+        arr = arrays[var]
+        keys = [_chunk_key(group, var, k, c) for c in block_chunks]
+        tx.protect(keys)
+        data = arr[t0:t1, rows, cols]
+        for s in slots:
+            if s.index not in computed:
+                continue
+            for c in s.chunks & block_chunks:
+                cw = grid.chunk_window(c)
+                r = slice(int(cw.row_off - window.row_off), int(cw.row_off - window.row_off + cw.height))
+                q = slice(int(cw.col_off - window.col_off), int(cw.col_off - window.col_off + cw.width))
+                data[s.index - t0, r, q] = computed[s.index][var][r, q]
+        arr[t0:t1, rows, cols] = data
+        changed += keys
+    return changed
+
+
 def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
                       rasters: OpenRasters) -> None:
     """Drop decoded strips of products whose last chunk row is behind us (bounded memory)."""
@@ -197,31 +224,23 @@ def apply_plan(
             by_tchunk.setdefault(slot.index // tc, []).append(slot)
         work = [(k, block) for k, slots in sorted(by_tchunk.items())
                 for block in _blocks(grid, set().union(*(s.chunks for s in slots)))]
-        for k, (window, block_chunks) in tqdm(work, desc="warp+write", unit="block",
-                                              disable=not progress):
-            slots = by_tchunk[k]
-            t0, t1 = k * tc, min((k + 1) * tc, t_new)
-            target = WarpTarget(grid, window)
-            computed = {s.index: _slot_block(s, products, target, resampling, pool, rasters)
-                        for s in slots if s.chunks & block_chunks}
-            _release_finished(slots, window, grid, rasters)
-            rows = slice(int(window.row_off), int(window.row_off + window.height))
-            cols = slice(int(window.col_off), int(window.col_off + window.width))
-            for var in VARIABLES:
-                arr = arrays[var]
-                keys = [_chunk_key(group, var, k, c) for c in block_chunks]
-                tx.protect(keys)
-                data = arr[t0:t1, rows, cols]
-                for s in slots:
-                    if s.index not in computed:
-                        continue
-                    for c in s.chunks & block_chunks:
-                        cw = grid.chunk_window(c)
-                        r = slice(int(cw.row_off - window.row_off), int(cw.row_off - window.row_off + cw.height))
-                        q = slice(int(cw.col_off - window.col_off), int(cw.col_off - window.col_off + cw.width))
-                        data[s.index - t0, r, q] = computed[s.index][var][r, q]
-                arr[t0:t1, rows, cols] = data
-                changed += keys
+        # DESIGN CHOICE: one writer thread compresses and writes block k while the pool warps
+        # block k+1 (writes stay in order, and the undo log is only touched by that thread).
+        pending = None
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            for k, (window, block_chunks) in tqdm(work, desc="warp+write", unit="block",
+                                                  disable=not progress):
+                slots = by_tchunk[k]
+                target = WarpTarget(grid, window)
+                computed = {s.index: _slot_block(s, products, target, resampling, pool, rasters)
+                            for s in slots if s.chunks & block_chunks}
+                _release_finished(slots, window, grid, rasters)
+                if pending is not None:
+                    changed += pending.result()
+                pending = writer.submit(_write_block, tx, arrays, grid, group, k, t_new,
+                                        window, block_chunks, slots, computed)
+            if pending is not None:
+                changed += pending.result()
         version = max(version or 0, old.version + 1)
         g.attrs["s2ingest_cube_version"] = version
         _write_change_list(tx, version, group, changed)
