@@ -13,11 +13,11 @@ from typing import Callable, Sequence
 
 from rasterio.enums import Resampling
 
-from .errors import ProductError, StoreError
+from .errors import StoreError
 from .footprint import majority_epsg, planned
 from .grid import CubeGrid
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
-from .product import Product
+from .product import Product, ProductName
 from .safe import check_orbit, check_overlaps
 from .store import create_group, group_exists, group_path, init_store, read_published
 from .write import WriteReport, apply_plan
@@ -52,12 +52,29 @@ def validate(product: Product, cube: Cube) -> None:
     check_overlaps(product, cube.grid)
 
 
-def published_products(cube: Cube, resolve: Resolver) -> dict[DatatakeKey, list[PlannedProduct]]:
-    """The planning view of what is published, keyed by the stored time axis."""
+def _from_name(name: str, key: DatatakeKey) -> PlannedProduct:
+    """A published product known only by its name (enough when its time step is untouched)."""
+    n = ProductName.parse(name)
+    epsg = 32600 + int(n.tile[:2])  # MGRS zone of the tile; Sentinel-2 tiles over NL are north
+    return PlannedProduct(n.name, key, n.tile, epsg, n.baseline, n.discriminator)
+
+
+def published_products(cube: Cube, resolve: Resolver,
+                       touched: set[tuple[str, float]] | None = None) -> dict[DatatakeKey, list[PlannedProduct]]:
+    """The planning view of what is published, keyed by the stored time axis.
+
+    DESIGN CHOICE: only products of time steps in ``touched`` ((platform, epoch seconds)
+    pairs; None: all) are resolved to their full metadata (their chunks may be recomputed);
+    the others are planned from their names, so a sync never reads or re-fetches the whole
+    archive just to plan.
+    """
     state = read_published(cube.path, cube.group)
     result: dict[DatatakeKey, list[PlannedProduct]] = {}
     for t, platform, names in zip(state.times, state.platforms, state.products):
         key = (t, platform)
+        if touched is not None and (platform, round(t.timestamp(), 3)) not in touched:
+            result[key] = [_from_name(name, key) for name in names]
+            continue
         members = []
         for name in names:
             p = planned(resolve(name), cube.grid)
@@ -68,7 +85,8 @@ def published_products(cube: Cube, resolve: Resolver) -> dict[DatatakeKey, list[
 
 
 def make_plan(cube: Cube, incoming: Sequence[Product], resolve: Resolver) -> WritePlan:
-    published = published_products(cube, resolve)
+    touched = {(p.platform, round(p.datatake_start.timestamp(), 3)) for p in incoming}
+    published = published_products(cube, resolve, touched)
     fresh = [planned(p, cube.grid) for p in incoming]
     # Snap each product's datatake key onto a published one when they are the same datatake
     # (the stored time has millisecond precision; metadata may carry more).
@@ -100,8 +118,6 @@ def ingest_products(
             if member.name not in needed:
                 try:
                     needed[member.name] = known.get(member.name) or resolve(member.name)
-                except ProductError:
-                    raise
                 except (OSError, KeyError) as exc:
                     raise StoreError(
                         f"time step {slot.datatake[0]:%Y-%m-%dT%H:%M:%S} must be recomputed but "

@@ -90,3 +90,25 @@ def test_a_vanished_cache_file_fails_the_product_not_the_run(tmp_path, six_datat
     assert r.exit_code == 10
     assert "cannot read" in r.stderr
     assert read_published(store, GROUP).length == 5
+
+
+def test_a_new_datatake_is_planned_without_touching_the_published_archive(tmp_path, six_datatakes):
+    """Only time steps the incoming products touch need their products' files (which may be
+    gone from the cache); the others are planned from their names alone."""
+    from ingest.engine import Cube, ingest_products
+    from ingest.grid import NL_GRID
+    from ingest.safe import read_product
+    from ingest.warp import parse_resampling
+
+    paths = sorted(six_datatakes.glob("*.zip"))
+    products = [read_product(p) for p in paths]
+    cube = Cube(tmp_path / "cube.zarr", NL_GRID, 51)
+    ingest_products(cube, products[:5], lambda n: pytest.fail(f"resolved {n}"),
+                    parse_resampling({}), progress=False)
+
+    def archive_gone(name):
+        raise AssertionError(f"planning resolved the untouched product {name}")
+
+    plan, report = ingest_products(cube, products[5:], archive_gone, parse_resampling({}), progress=False)
+    assert report is not None and [s.is_new for s in plan.slots] == [True]
+    assert read_published(cube.path, GROUP).length == 6
