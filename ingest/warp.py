@@ -10,6 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import rasterio
 from affine import Affine
@@ -19,6 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
+from . import remap
 from .errors import ConfigError, CorruptProductError
 from .grid import CubeGrid
 from .product import Product
@@ -82,18 +84,24 @@ class WarpTarget:
         return (int(self.window.height), int(self.window.width))
 
 
-def _harmonise(data: np.ndarray, offset: int) -> np.ndarray:
-    """Apply BOA_ADD_OFFSET (PB >= 04.00) so every baseline encodes rho = value / 10000.
+def harmonise(data: np.ndarray, offset: int) -> np.ndarray:
+    """Apply BOA_ADD_OFFSET (PB >= 04.00) in place so every baseline encodes rho = value / 10000.
 
-    DESIGN CHOICE: a valid pixel that would drop below 1 is clamped to 1 so it never turns
-    into the fill value 0; 0 stays 0 (nodata), whatever the offset.
+    DESIGN CHOICE: applied to the decoded source, before resampling, so that a PB >= 04.00
+    product and its PB < 04.00 twin are warped from identical numbers (identical cubes, bit
+    for bit, whatever the resampling's rounding). A valid pixel that would drop below 1 is
+    clamped to 1 so it never turns into the fill value 0; 0 stays 0 (nodata).
     """
     if offset == 0:
         return data
     valid = data != 0
-    shifted = data.astype(np.int32) + offset
-    np.clip(shifted, 1, 65535, out=shifted)
-    return np.where(valid, shifted, 0).astype(np.uint16)
+    if offset < 0:
+        np.maximum(data, data.dtype.type(1 - offset), out=data, where=valid)
+        np.subtract(data, data.dtype.type(-offset), out=data, where=valid)
+    else:
+        np.minimum(data, data.dtype.type(np.iinfo(data.dtype).max - offset), out=data, where=valid)
+        np.add(data, data.dtype.type(offset), out=data, where=valid)
+    return data
 
 
 class StripReader:
@@ -105,8 +113,9 @@ class StripReader:
     each tile row exactly once, walking output windows north to south, and warp from memory.
     """
 
-    def __init__(self, product: Product, relpath: str, ds: rasterio.DatasetReader) -> None:
-        self.product, self.relpath, self.ds = product, relpath, ds
+    def __init__(self, product: Product, relpath: str, ds: rasterio.DatasetReader,
+                 offset: int = 0) -> None:
+        self.product, self.relpath, self.ds, self.offset = product, relpath, ds, offset
         self.strip = int(ds.block_shapes[0][0]) if ds.block_shapes else 1024
         self.strip = max(256, min(self.strip, 2048))
         self._strips: dict[int, np.ndarray] = {}
@@ -116,9 +125,10 @@ class StripReader:
             r0 = index * self.strip
             h = min(self.strip, self.ds.height - r0)
             try:
-                self._strips[index] = self.ds.read(1, window=Window(0, r0, self.ds.width, h))
+                data = self.ds.read(1, window=Window(0, r0, self.ds.width, h))
             except RasterioError as exc:
                 raise CorruptProductError(self.product.name, f"cannot decode {self.relpath}: {exc}") from exc
+            self._strips[index] = harmonise(data, self.offset)
         return self._strips[index]
 
     def rows(self, r0: int, r1: int) -> np.ndarray:
@@ -143,7 +153,8 @@ class OpenRasters:
         self._open: dict[str, StripReader] = {}
         self._lock = threading.Lock()
 
-    def get(self, product: Product, relpath: str) -> StripReader:
+    def get(self, product: Product, relpath: str, offset: int = 0) -> StripReader:
+        """The reader of one raster; ``offset``: the BOA_ADD_OFFSET its strips get."""
         path = product.gdal_path(relpath)
         with self._lock:
             reader = self._open.get(path)
@@ -152,7 +163,7 @@ class OpenRasters:
                     ds = rasterio.open(path)
                 except RasterioError as exc:
                     raise CorruptProductError(product.name, f"cannot open {relpath}: {exc}") from exc
-                reader = self._open[path] = StripReader(product, relpath, ds)
+                reader = self._open[path] = StripReader(product, relpath, ds, offset)
             return reader
 
     def release(self, product_name: str) -> None:
@@ -174,6 +185,13 @@ class OpenRasters:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def variable_reader(rasters: OpenRasters, product: Product, name: str, resolution: int) -> StripReader:
+    """The reader of a variable's raster; reflectance strips come harmonised (``harmonise``)."""
+    spec = VARIABLES[name]
+    offset = int(product.boa_add_offset.get(name, 0)) if spec.is_reflectance else 0
+    return rasters.get(product, product.file_for(name, resolution), offset)
 
 
 # Source pixels a resampling kernel reaches beyond the mapped footprint.
@@ -262,7 +280,7 @@ class _Group:
 MAX_GROUP = 4
 
 
-def warp_groups(resampling: dict[str, Resampling]) -> list[_Group]:
+def warp_groups(resampling: dict[str, Resampling], names=None) -> list[_Group]:
     """Group the variables so that one GDAL warp call serves several bands.
 
     DESIGN CHOICE: the warp geometry (coordinate transformation, source window) is computed
@@ -271,6 +289,8 @@ def warp_groups(resampling: dict[str, Resampling]) -> list[_Group]:
     """
     groups: dict[tuple, list[str]] = {}
     for name, spec in VARIABLES.items():
+        if names is not None and name not in names:
+            continue
         nodata = None if spec.kind == "probability" else 0
         key = (spec.resolution, resampling[name], nodata, spec.dtype)
         groups.setdefault(key, []).append(name)
@@ -299,7 +319,7 @@ def _column_windows(grid: CubeGrid, sub: Window) -> list[Window]:
 
 def _warp_group(product: Product, group: _Group, target: WarpTarget, sub: Window,
                 rasters: OpenRasters) -> dict[str, np.ndarray]:
-    readers = [rasters.get(product, product.file_for(v, group.resolution)) for v in group.variables]
+    readers = [variable_reader(rasters, product, v, group.resolution) for v in group.variables]
     out = np.empty((len(readers), int(sub.height), int(sub.width)), dtype=group.dtype)
     for i, v in enumerate(group.variables):
         out[i].fill(VARIABLES[v].fill_value if group.nodata is not None else 0)
@@ -357,14 +377,18 @@ def warp_product(
     sub = footprint_window(product, some, target)
     if sub is None:
         return None
-    groups = warp_groups(resampling)
     mapper = pool.map if pool is not None else map
+    fast = [n for n in VARIABLES if resampling[n] in remap.FAST_METHODS]
+    groups = warp_groups(resampling, [n for n in VARIABLES if n not in fast])
     warped: dict[str, np.ndarray] = {}
+
     def work(group: _Group) -> dict[str, np.ndarray]:
         # rasterio's Env (GDAL config options) is thread-local: enter it in every worker
         with rasterio.Env(**GDAL_ENV):
             return _warp_group(product, group, target, sub, rasters)
 
+    if fast:
+        warped.update(_remap_variables(product, fast, resampling, target.grid, sub, rasters, mapper))
     for part in mapper(work, groups):
         warped.update(part)
     h, w = target.shape
@@ -373,14 +397,46 @@ def warp_product(
     result: dict[str, np.ndarray] = {}
     for name, spec in VARIABLES.items():
         data = warped[name]
-        if spec.is_reflectance:
-            data = _harmonise(data, int(product.boa_add_offset.get(name, 0)))
-        elif spec.kind == "probability":
+        if spec.kind == "probability":
             data = np.where(warped["SCL"] == 0, np.uint8(spec.fill_value), data).astype(spec.dtype)
         full = np.full((h, w), spec.fill_value, dtype=spec.dtype)
         full[inner] = data
         result[name] = full
     return result
+
+
+def _remap_variables(product: Product, names: list[str], resampling: dict[str, Resampling],
+                     grid: CubeGrid, sub: Window, rasters: OpenRasters, mapper) -> dict[str, np.ndarray]:
+    """The variables whose method has a fast path (``remap``), all on window ``sub``.
+
+    The geometry (lattice and pixel maps) is computed once per source resolution; decoding
+    and sampling run per variable, the biggest rasters first.
+    """
+    readers = {n: variable_reader(rasters, product, n, VARIABLES[n].resolution) for n in names}
+    crs = str(next(iter(readers.values())).ds.crs)
+    sx, sy = remap.lattice_coordinates(grid, sub, _inverse_transformer(crs, grid.crs))
+    maps: dict[tuple, remap.PixelMaps] = {}
+    for r in readers.values():
+        key = (tuple(r.ds.transform), r.ds.height, r.ds.width)
+        if key not in maps:
+            maps[key] = remap.pixel_maps(sx, sy, sub, r.ds.transform, (r.ds.height, r.ds.width))
+
+    def one(name: str) -> tuple[str, np.ndarray]:
+        spec, reader = VARIABLES[name], readers[name]
+        m = maps[(tuple(reader.ds.transform), reader.ds.height, reader.ds.width)]
+        nodata = None if spec.kind == "probability" else 0
+        fill = spec.fill_value if nodata is not None else 0
+        if m.rows is None:
+            return name, np.full(m.x.shape, fill, dtype=spec.dtype)
+        with rasterio.Env(**GDAL_ENV):
+            strip = reader.rows(*m.rows)
+        try:
+            return name, remap.remap(strip, m.rows[0], m, resampling[name], nodata, fill)
+        except cv2.error as exc:
+            raise CorruptProductError(product.name, f"cannot warp {name}: {exc}") from exc
+
+    order = sorted(names, key=lambda n: VARIABLES[n].resolution)
+    return dict(mapper(one, order))
 
 
 def warp_variable(
