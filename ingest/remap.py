@@ -91,8 +91,9 @@ class PixelMaps:
 
     ``x``/``y`` are float32 pixel-centre coordinates (pixel ``i`` spans ``[i - 0.5, i + 0.5)``)
     relative to the raster; ``inside`` marks output pixels whose centre falls inside the
-    raster (None: all of them); ``rows``/``cols`` are the raster ranges a bilinear kernel
-    reads (None: the window misses the raster); ``size`` is the raster's (height, width).
+    raster (None: all of them); ``rows``/``cols`` are raster ranges that hold every pixel a
+    bilinear kernel reads (None: the window misses the raster); ``size`` is the raster's
+    (height, width); ``transform`` its geotransform.
     """
 
     x: np.ndarray
@@ -101,26 +102,46 @@ class PixelMaps:
     rows: tuple[int, int] | None
     cols: tuple[int, int] | None
     size: tuple[int, int]
+    transform: Affine
 
 
 def pixel_maps(sx: np.ndarray, sy: np.ndarray, window: Window, transform: Affine,
-               size: tuple[int, int]) -> PixelMaps:
+               size: tuple[int, int], like: PixelMaps | None = None) -> PixelMaps:
     """Maps into a raster with geotransform ``transform`` and (height, width) ``size``,
-    from lattice coordinates ``sx``/``sy`` in the raster's CRS."""
+    from lattice coordinates ``sx``/``sy`` in the raster's CRS.
+
+    ``like``: maps of the same window into another raster of the product; when the two
+    rasters differ only in pixel size and offset (every resolution of a Sentinel-2 tile
+    shares its corner), the maps are derived from it with one multiply-add per pixel.
+    """
     inv = ~transform
     col = inv.a * sx + inv.b * sy + inv.c - 0.5  # pixel-centre convention
     row = inv.d * sx + inv.e * sy + inv.f - 0.5
-    x, y = densify(col, window), densify(row, window)
     h, w = size
-    lo = np.float32(-0.5)
-    inside = (x >= lo) & (x < np.float32(w - 0.5)) & (y >= lo) & (y < np.float32(h - 0.5))
-    if not inside.any():
-        return PixelMaps(x, y, inside, None, None, size)
-    everywhere = bool(inside.all())
-    xs, ys = (x, y) if everywhere else (x[inside], y[inside])
-    rows = max(0, int(np.floor(ys.min())) - 1), min(h, int(np.ceil(ys.max())) + 2)
-    cols = max(0, int(np.floor(xs.min())) - 1), min(w, int(np.ceil(xs.max())) + 2)
-    return PixelMaps(x, y, None if everywhere else inside, rows, cols, size)
+    # Bilinear interpolation stays within the range of a cell's corners, so the nodes bound
+    # every pixel's position: ranges and the all-inside test need no pass over the pixels.
+    if col.max() < -0.5 or col.min() >= w - 0.5 or row.max() < -0.5 or row.min() >= h - 0.5:
+        return PixelMaps(col[:0], row[:0], None, None, None, size, transform)
+    rel = (~like.transform) @ transform if like is not None else None
+    if rel is not None and rel.b == 0 and rel.d == 0:
+        # x_like = rel.a * (x + 0.5) + rel.c - 0.5, inverted: x = (x_like + 0.5 - rel.c) / rel.a - 0.5
+        x = like.x * np.float32(1 / rel.a) + np.float32((0.5 - rel.c) / rel.a - 0.5)
+        y = like.y * np.float32(1 / rel.e) + np.float32((0.5 - rel.f) / rel.e - 0.5)
+    else:
+        x, y = densify(col, window), densify(row, window)
+    inside = None
+    if not (col.min() >= -0.5 and col.max() < w - 0.5 and row.min() >= -0.5 and row.max() < h - 0.5):
+        lo = np.float32(-0.5)
+        inside = (x >= lo) & (x < np.float32(w - 0.5)) & (y >= lo) & (y < np.float32(h - 0.5))
+        if not inside.any():
+            return PixelMaps(x, y, inside, None, None, size, transform)
+    rows = max(0, int(np.floor(row.min())) - 1), min(h, int(np.ceil(row.max())) + 2)
+    cols = max(0, int(np.floor(col.min())) - 1), min(w, int(np.ceil(col.max())) + 2)
+    return PixelMaps(x, y, inside, rows, cols, size, transform)
+
+
+_NEIGHBOURS = np.ones((3, 3), np.uint8)
+_BATCH = 4096  # flagged pixels are sampled through maps of this width
 
 
 def remap(strip: np.ndarray, row0: int, maps: PixelMaps, method: Resampling,
@@ -130,11 +151,12 @@ def remap(strip: np.ndarray, row0: int, maps: PixelMaps, method: Resampling,
 
     ``nodata``: the source value that carries no weight (None: every value is valid).
 
-    DESIGN CHOICE: every output pixel is a function of its own four source neighbours only
-    (never of how much of the raster this call was given), so the result does not depend on
-    the window: a pixel whose four neighbours are valid and inside the raster takes OpenCV's
-    direct value; one with a missing neighbour takes the renormalised weighted mean, and the
-    weights are only computed when the piece holds nodata or touches the raster's edge.
+    DESIGN CHOICE: every output pixel is a function of its own source neighbours only (never
+    of how much of the raster this call was given), so the result does not depend on the
+    window. A pixel whose neighbours are all valid takes OpenCV's direct value (a neighbour
+    beyond the raster's edge replicates the edge pixel: the same as renormalising the
+    weights); a pixel near nodata takes the renormalised weighted mean of its valid
+    neighbours, computed for those pixels only.
     """
     (r0, r1), (c0, c1) = maps.rows, maps.cols
     source = strip[r0 - row0:r1 - row0, c0:c1]
@@ -142,28 +164,38 @@ def remap(strip: np.ndarray, row0: int, maps: PixelMaps, method: Resampling,
     x = maps.x if c0 == 0 else maps.x - np.float32(c0)
     y = maps.y if r0 == 0 else maps.y - np.float32(r0)
     flag = _CV_METHOD[method]
-    out = cv2.remap(source, x, y, flag, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    if method is Resampling.bilinear:
-        holes = nodata is not None and bool((source == nodata).any())
-        height, width = maps.size
-        edge = r0 == 0 or c0 == 0 or r1 == height or c1 == width
-        if holes or edge:
-            valid = (source != nodata) if holes else np.ones(source.shape, dtype=bool)
-            weight = cv2.remap(valid.astype(np.float32), x, y, flag,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            partial = weight < 1.0
-            if partial.any():
-                values = np.where(valid, source, 0).astype(np.float32)
-                total = cv2.remap(values, x, y, flag, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-                # weights are multiples of 1/1024 and the sums of integers times them are
-                # exact in float32; dividing in float64 keeps the mean exact to the last bit,
-                # so a constant offset in the source (BOA_ADD_OFFSET) shifts it exactly
-                w, t = weight[partial].astype(np.float64), total[partial].astype(np.float64)
-                info = np.iinfo(source.dtype)
-                mean = np.clip(np.rint(t / np.maximum(w, 1e-5)), info.min, info.max).astype(source.dtype)
-                out[partial] = np.where(w > 1e-5, mean, fill)
-    elif nodata is not None and fill != nodata:
-        out[out == nodata] = fill
+    out = cv2.remap(source, x, y, flag, borderMode=cv2.BORDER_REPLICATE)
+    if nodata is not None:
+        bad = source == nodata
+        if method is Resampling.bilinear and bad.any():
+            _renormalise(out, source, ~bad, x, y, fill)
+        elif fill != nodata:
+            out[out == nodata] = fill
     if maps.inside is not None:
         out[~maps.inside] = fill
     return out
+
+
+def _renormalise(out: np.ndarray, source: np.ndarray, valid: np.ndarray,
+                 x: np.ndarray, y: np.ndarray, fill: int) -> None:
+    """Replace, in place, the bilinear values of pixels that have an invalid neighbour by the
+    weighted mean of their valid neighbours (GDAL's rule); ``fill`` where none is valid."""
+    # a pixel's bilinear neighbours lie within one pixel of its nearest source pixel
+    near_bad = cv2.dilate((~valid).view(np.uint8), _NEIGHBOURS)
+    flagged = np.flatnonzero(cv2.remap(near_bad, x, y, cv2.INTER_NEAREST,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+    if flagged.size == 0:
+        return
+    n = flagged.size
+    pad = -n % _BATCH
+    px = np.concatenate([x.ravel()[flagged], np.full(pad, -10, np.float32)]).reshape(-1, _BATCH)
+    py = np.concatenate([y.ravel()[flagged], np.full(pad, -10, np.float32)]).reshape(-1, _BATCH)
+    values = np.where(valid, source, 0).astype(np.float32)
+    total = cv2.remap(values, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    weight = cv2.remap(valid.astype(np.float32), px, py, cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    # weights are multiples of 1/1024; dividing in float64 keeps the mean's rounding stable
+    t, w = total.ravel()[:n].astype(np.float64), weight.ravel()[:n].astype(np.float64)
+    info = np.iinfo(source.dtype)
+    mean = np.clip(np.rint(t / np.maximum(w, 1e-5)), info.min, info.max).astype(source.dtype)
+    out.ravel()[flagged] = np.where(w > 1e-5, mean, fill)

@@ -373,6 +373,25 @@ def warp_product(
     (BOA_ADD_OFFSET); CLD and SNW, which have no nodata value of their own (0 means
     "clear"), take their footprint from the product's SCL.
     """
+    part = warp_product_part(product, target, resampling, rasters, pool)
+    if part is None:
+        return None
+    inner, warped = part
+    result: dict[str, np.ndarray] = {}
+    for name, spec in VARIABLES.items():
+        full = np.full(target.shape, spec.fill_value, dtype=spec.dtype)
+        full[inner] = warped[name]
+        result[name] = full
+    return result
+
+
+def warp_product_part(
+    product: Product, target: WarpTarget, resampling: dict[str, Resampling],
+    rasters: OpenRasters, pool=None,
+) -> tuple[tuple[slice, slice], dict[str, np.ndarray]] | None:
+    """Like ``warp_product``, but only over the part of ``target`` the product can reach:
+    returns that part (slices of the target window) and the arrays on it (no full-window
+    copies: the mosaic merges them in place)."""
     some = rasters.get(product, product.file_for("SCL", VARIABLES["SCL"].resolution))
     sub = footprint_window(product, some, target)
     if sub is None:
@@ -391,18 +410,11 @@ def warp_product(
         warped.update(_remap_variables(product, fast, resampling, target.grid, sub, rasters, mapper))
     for part in mapper(work, groups):
         warped.update(part)
-    h, w = target.shape
-    r0, c0 = int(sub.row_off - target.window.row_off), int(sub.col_off - target.window.col_off)
-    inner = (slice(r0, r0 + int(sub.height)), slice(c0, c0 + int(sub.width)))
-    result: dict[str, np.ndarray] = {}
     for name, spec in VARIABLES.items():
-        data = warped[name]
         if spec.kind == "probability":
-            data = np.where(warped["SCL"] == 0, np.uint8(spec.fill_value), data).astype(spec.dtype)
-        full = np.full((h, w), spec.fill_value, dtype=spec.dtype)
-        full[inner] = data
-        result[name] = full
-    return result
+            warped[name][warped["SCL"] == 0] = spec.fill_value
+    r0, c0 = int(sub.row_off - target.window.row_off), int(sub.col_off - target.window.col_off)
+    return (slice(r0, r0 + int(sub.height)), slice(c0, c0 + int(sub.width))), warped
 
 
 def _remap_variables(product: Product, names: list[str], resampling: dict[str, Resampling],
@@ -416,10 +428,14 @@ def _remap_variables(product: Product, names: list[str], resampling: dict[str, R
     crs = str(next(iter(readers.values())).ds.crs)
     sx, sy = remap.lattice_coordinates(grid, sub, _inverse_transformer(crs, grid.crs))
     maps: dict[tuple, remap.PixelMaps] = {}
-    for r in readers.values():
+    first: remap.PixelMaps | None = None
+    for r in sorted(readers.values(), key=lambda r: r.ds.transform.a):  # finest first
         key = (tuple(r.ds.transform), r.ds.height, r.ds.width)
         if key not in maps:
-            maps[key] = remap.pixel_maps(sx, sy, sub, r.ds.transform, (r.ds.height, r.ds.width))
+            maps[key] = remap.pixel_maps(sx, sy, sub, r.ds.transform, (r.ds.height, r.ds.width),
+                                         like=first)
+            if first is None and maps[key].rows is not None:
+                first = maps[key]
 
     def one(name: str) -> tuple[str, np.ndarray]:
         spec, reader = VARIABLES[name], readers[name]
@@ -427,7 +443,7 @@ def _remap_variables(product: Product, names: list[str], resampling: dict[str, R
         nodata = None if spec.kind == "probability" else 0
         fill = spec.fill_value if nodata is not None else 0
         if m.rows is None:
-            return name, np.full(m.x.shape, fill, dtype=spec.dtype)
+            return name, np.full((int(sub.height), int(sub.width)), fill, dtype=spec.dtype)
         with rasterio.Env(**GDAL_ENV):
             strip = reader.rows(*m.rows)
         try:

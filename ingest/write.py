@@ -27,7 +27,7 @@ from .plan import SlotWrite, WritePlan
 from .product import Product
 from .store import META_DIR, PROVENANCE, PublishedState, _store, read_published, to_ms
 from .variables import VARIABLES
-from .warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product
+from .warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,12 @@ def _slot_block(
             continue
         # DESIGN CHOICE: variable groups go to a thread pool (GDAL releases the GIL while it
         # decodes and warps), so both cores stay busy.
-        warped = warp_product(products[planned.name], target, resampling, rasters, pool)
-        if warped is None:
+        part = warp_product_part(products[planned.name], target, resampling, rasters, pool)
+        if part is None:
             continue
+        inner, warped = part
         for var, data in warped.items():
-            fill_gaps(out[var], data, VARIABLES[var].fill_value)
+            fill_gaps(out[var][inner], data, VARIABLES[var].fill_value)
     return out
 
 
