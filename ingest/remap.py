@@ -93,7 +93,8 @@ class PixelMaps:
     relative to the raster; ``inside`` marks output pixels whose centre falls inside the
     raster (None: all of them); ``rows``/``cols`` are raster ranges that hold every pixel a
     bilinear kernel reads (None: the window misses the raster); ``size`` is the raster's
-    (height, width); ``transform`` its geotransform.
+    (height, width); ``transform`` its geotransform; ``rel_x``/``rel_y`` the positions
+    relative to the piece ``rows`` x ``cols``.
     """
 
     x: np.ndarray
@@ -103,6 +104,8 @@ class PixelMaps:
     cols: tuple[int, int] | None
     size: tuple[int, int]
     transform: Affine
+    rel_x: np.ndarray | None = None
+    rel_y: np.ndarray | None = None
 
 
 def pixel_maps(sx: np.ndarray, sy: np.ndarray, window: Window, transform: Affine,
@@ -137,7 +140,12 @@ def pixel_maps(sx: np.ndarray, sy: np.ndarray, window: Window, transform: Affine
             return PixelMaps(x, y, inside, None, None, size, transform)
     rows = max(0, int(np.floor(row.min())) - 1), min(h, int(np.ceil(row.max())) + 2)
     cols = max(0, int(np.floor(col.min())) - 1), min(w, int(np.ceil(col.max())) + 2)
-    return PixelMaps(x, y, inside, rows, cols, size, transform)
+    # Positions relative to the piece the kernel reads. Every pixel that is sampled lies
+    # right of cols[0] and below rows[0], so float32 minus the integer offset is exact: a
+    # position does not depend on the piece, nor does the pixel's value.
+    rel_x = x - np.float32(cols[0]) if cols[0] else x
+    rel_y = y - np.float32(rows[0]) if rows[0] else y
+    return PixelMaps(x, y, inside, rows, cols, size, transform, rel_x, rel_y)
 
 
 _NEIGHBOURS = np.ones((3, 3), np.uint8)
@@ -160,9 +168,7 @@ def remap(strip: np.ndarray, row0: int, maps: PixelMaps, method: Resampling,
     """
     (r0, r1), (c0, c1) = maps.rows, maps.cols
     source = strip[r0 - row0:r1 - row0, c0:c1]
-    # float32 minus an integer is exact here, so positions do not depend on the piece either
-    x = maps.x if c0 == 0 else maps.x - np.float32(c0)
-    y = maps.y if r0 == 0 else maps.y - np.float32(r0)
+    x, y = maps.rel_x, maps.rel_y
     flag = _CV_METHOD[method]
     out = cv2.remap(source, x, y, flag, borderMode=cv2.BORDER_REPLICATE)
     if nodata is not None:

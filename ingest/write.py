@@ -72,6 +72,7 @@ def _slot_block(
     for var in VARIABLES:
         spec = VARIABLES[var]
         out[var] = np.full((h, w), spec.fill_value, dtype=spec.dtype)
+    untouched = set(VARIABLES)  # nothing merged yet: ``out`` holds only fill values
     for planned in slot.products:  # highest priority first
         if not _touches(planned.chunks, target):
             continue
@@ -82,7 +83,11 @@ def _slot_block(
             continue
         inner, warped = part
         for var, data in warped.items():
-            fill_gaps(out[var][inner], data, VARIABLES[var].fill_value)
+            if var in untouched:  # the first product here: a plain copy is the same, and cheaper
+                out[var][inner] = data
+            else:
+                fill_gaps(out[var][inner], data, VARIABLES[var].fill_value)
+        untouched.clear()
     return out
 
 
@@ -94,11 +99,10 @@ def _write_block(tx: Transaction, arrays: dict, grid: CubeGrid, group: str, k: i
     t0, t1 = k * tc, min((k + 1) * tc, t_new)
     rows = slice(int(window.row_off), int(window.row_off + window.height))
     cols = slice(int(window.col_off), int(window.col_off + window.width))
-    changed: list[str] = []
+    changed = [_chunk_key(group, var, k, c) for var in VARIABLES for c in block_chunks]
+    tx.protect(changed)  # one undo-log sync for the whole block
     for var in VARIABLES:
         arr = arrays[var]
-        keys = [_chunk_key(group, var, k, c) for c in block_chunks]
-        tx.protect(keys)
         data = arr[t0:t1, rows, cols]
         for s in slots:
             if s.index not in computed:
@@ -109,7 +113,6 @@ def _write_block(tx: Transaction, arrays: dict, grid: CubeGrid, group: str, k: i
                 q = slice(int(cw.col_off - window.col_off), int(cw.col_off - window.col_off + cw.width))
                 data[s.index - t0, r, q] = computed[s.index][var][r, q]
         arr[t0:t1, rows, cols] = data
-        changed += keys
     return changed
 
 
