@@ -15,10 +15,9 @@ warp is the same for every band of a product, so we compute it once:
   maps. It quantises sub-pixel positions to 1/32 pixel, well inside the half-pixel
   agreement with an independent GDAL warp that the tests hold it to.
 
-Nodata follows GDAL's rules: source pixels equal to the nodata value and pixels beyond the
-raster's edge carry no weight, the remaining bilinear weights are renormalised, and an
-output pixel whose centre maps outside the raster, or that has no valid neighbour, is
-nodata. Other resampling methods (cubic, lanczos, average, ...) go through GDAL (``warp``).
+Nodata follows GDAL's rules: an output pixel whose centre falls outside the raster or on a
+nodata source pixel is nodata; otherwise source pixels equal to the nodata value and pixels
+beyond the raster's edge carry no weight and the remaining bilinear weights are renormalised. Other resampling methods (cubic, lanczos, average, ...) go through GDAL (``warp``).
 """
 from __future__ import annotations
 
@@ -169,12 +168,15 @@ def remap(strip: np.ndarray, row0: int, maps: PixelMaps, method: Resampling,
     (r0, r1), (c0, c1) = maps.rows, maps.cols
     source = strip[r0 - row0:r1 - row0, c0:c1]
     x, y = maps.rel_x, maps.rel_y
-    flag = _CV_METHOD[method]
-    out = cv2.remap(source, x, y, flag, borderMode=cv2.BORDER_REPLICATE)
+    if method is Resampling.nearest:
+        # the source pixel under the centre, from exact integer positions: OpenCV would round
+        # x.5 to even, which would depend on the piece's offset
+        x, y = np.floor(x + np.float32(0.5)), np.floor(y + np.float32(0.5))
+    out = cv2.remap(source, x, y, _CV_METHOD[method], borderMode=cv2.BORDER_REPLICATE)
     if nodata is not None:
         bad = source == nodata
         if method is Resampling.bilinear and bad.any():
-            _renormalise(out, source, ~bad, x, y, fill)
+            _renormalise(out, source, bad, x, y, fill)
         elif fill != nodata:
             out[out == nodata] = fill
     if maps.inside is not None:
@@ -182,26 +184,31 @@ def remap(strip: np.ndarray, row0: int, maps: PixelMaps, method: Resampling,
     return out
 
 
-def _renormalise(out: np.ndarray, source: np.ndarray, valid: np.ndarray,
+def _renormalise(out: np.ndarray, source: np.ndarray, bad: np.ndarray,
                  x: np.ndarray, y: np.ndarray, fill: int) -> None:
-    """Replace, in place, the bilinear values of pixels that have an invalid neighbour by the
-    weighted mean of their valid neighbours (GDAL's rule); ``fill`` where none is valid."""
-    # a pixel's bilinear neighbours lie within one pixel of its nearest source pixel
-    near_bad = cv2.dilate((~valid).view(np.uint8), _NEIGHBOURS)
-    flagged = np.flatnonzero(cv2.remap(near_bad, x, y, cv2.INTER_NEAREST,
-                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+    """GDAL's rules for the pixels next to nodata, in place: ``fill`` where the source pixel
+    under the centre is nodata, else the weighted mean of the valid neighbours."""
+    # a pixel's bilinear neighbours lie within one pixel of the source pixel under its centre
+    near_bad = cv2.dilate(bad.view(np.uint8), _NEIGHBOURS)
+    flagged = np.flatnonzero(cv2.remap(near_bad, np.floor(x + np.float32(0.5)), np.floor(y + np.float32(0.5)),
+                                       cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0))
     if flagged.size == 0:
         return
     n = flagged.size
+    fx, fy = x.ravel()[flagged], y.ravel()[flagged]
+    h, w = source.shape
+    centre_bad = bad[np.clip(np.floor(fy + np.float32(0.5)).astype(np.intp), 0, h - 1),
+                     np.clip(np.floor(fx + np.float32(0.5)).astype(np.intp), 0, w - 1)]
     pad = -n % _BATCH
-    px = np.concatenate([x.ravel()[flagged], np.full(pad, -10, np.float32)]).reshape(-1, _BATCH)
-    py = np.concatenate([y.ravel()[flagged], np.full(pad, -10, np.float32)]).reshape(-1, _BATCH)
+    px = np.concatenate([fx, np.full(pad, -10, np.float32)]).reshape(-1, _BATCH)
+    py = np.concatenate([fy, np.full(pad, -10, np.float32)]).reshape(-1, _BATCH)
+    valid = ~bad
     values = np.where(valid, source, 0).astype(np.float32)
     total = cv2.remap(values, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     weight = cv2.remap(valid.astype(np.float32), px, py, cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     # weights are multiples of 1/1024; dividing in float64 keeps the mean's rounding stable
-    t, w = total.ravel()[:n].astype(np.float64), weight.ravel()[:n].astype(np.float64)
+    t, wt = total.ravel()[:n].astype(np.float64), weight.ravel()[:n].astype(np.float64)
     info = np.iinfo(source.dtype)
-    mean = np.clip(np.rint(t / np.maximum(w, 1e-5)), info.min, info.max).astype(source.dtype)
-    out.ravel()[flagged] = np.where(w > 1e-5, mean, fill)
+    mean = np.clip(np.rint(t / np.maximum(wt, 1e-5)), info.min, info.max).astype(source.dtype)
+    out.ravel()[flagged] = np.where(centre_bad | (wt <= 1e-5), fill, mean)

@@ -1,7 +1,9 @@
 """Warp one product's rasters onto a window of the cube grid.
 
-GDAL (through rasterio) does the resampling; we only choose the window, the pinned coordinate
-operation, the nodata rules and the harmonisation of reflectance across processing baselines.
+Here: which rasters a window needs, decoding them once (``StripReader``), the pinned
+coordinate operation, the nodata rules and the harmonisation of reflectance across
+processing baselines. The resampling itself: nearest and bilinear (the defaults) through
+``remap`` (exact lattice geometry + OpenCV), every other method through GDAL's warper.
 """
 from __future__ import annotations
 
@@ -341,18 +343,12 @@ def _warp_group(product: Product, group: _Group, target: WarpTarget, sub: Window
         part = np.empty((len(readers), int(win.height), int(win.width)), dtype=group.dtype)
         c = int(win.col_off - sub.col_off)
         part[:] = out[:, :, c:c + int(win.width)]
-        # DESIGN CHOICE: declare the nodata value only where the source piece holds it: GDAL
-        # then keeps its fast unmasked kernels for the (many) windows inside a tile's data.
-        # The choice depends only on this window's own source pixels, so it is deterministic.
-        src_nodata = group.nodata
-        if src_nodata is not None and not (piece == src_nodata).any():
-            src_nodata = None
         try:
             reproject(
                 source=piece, destination=part,
                 src_transform=readers[0].ds.transform @ Affine.translation(need[2], r0),
                 src_crs=readers[0].ds.crs, dst_transform=target.grid.window_transform(win),
-                dst_crs=target.grid.crs, src_nodata=src_nodata, dst_nodata=group.nodata,
+                dst_crs=target.grid.crs, src_nodata=group.nodata, dst_nodata=group.nodata,
                 resampling=group.resampling, num_threads=1, warp_mem_limit=256,
                 init_dest_nodata=True, COORDINATE_OPERATION=operation,
             )

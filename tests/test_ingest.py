@@ -16,6 +16,7 @@ import rasterio
 from pyproj import Transformer
 from rasterio.warp import reproject
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from conftest import (
     D1, D2, D3, D_COORDS, GROUP, PROBES, assert_cubes_equal, build_cube, cube_arrays, ingest,
@@ -25,7 +26,8 @@ from ingest.grid import NL_GRID
 from ingest.safe import read_product
 from ingest.store import read_published
 from ingest.synth import decode_coords, get_tile
-from ingest.warp import pinned_operation
+from ingest.variables import VARIABLES
+from ingest.warp import WarpTarget, pinned_operation, warp_variable
 
 RIO = str(Path(sys.executable).with_name("rio"))
 RD = "EPSG:28992"
@@ -380,3 +382,27 @@ def test_reprocessed_product_supersedes_older_never_the_reverse(tmp_path, produc
         plan, report = ingest(cube, [late], products)
         assert report is None and plan.superseded == (_name(late),)
     assert snapshot_files(cube.path) == before
+
+
+def test_methods_without_a_fast_path_warp_through_gdal(products, tmp_path):
+    """cubic has no fast path (``ingest.remap`` does nearest and bilinear): GDAL warps it,
+    and the result agrees with GDAL's own whole-file warp up to its 1/8 px approximation."""
+    product = read_product(products.scene[(D1, "31UET")])
+    bounds = _grid_bounds_of(product)
+    src = product.gdal_path(product.file_for("B05", 20))
+    ref = _rio_warp(src, tmp_path / "ref.tif", bounds, "cubic",
+                    pin=pinned_operation(product.crs, RD)).astype(np.int64)
+    rows, cols = _grid_slices(bounds)
+    target = WarpTarget(NL_GRID, Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start))
+    got = warp_variable(product, VARIABLES["B05"], target, Resampling.cubic).astype(np.int64)
+    bilinear = warp_variable(product, VARIABLES["B05"], target).astype(np.int64)
+    interior = _erode(ref != 0, 3)
+    assert interior.sum() > 100_000
+    diff = np.abs(got - ref)
+    grad = np.zeros_like(ref)
+    grad[1:-1, 1:-1] = np.max([np.abs(ref[1 + dy:ref.shape[0] - 1 + dy, 1 + dx:ref.shape[1] - 1 + dx] - ref[1:-1, 1:-1])
+                               for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))], axis=0)
+    print(f"\ncubic: {float((diff[interior] == 0).mean()):.4f} equal, max |diff| {diff[interior].max()}")
+    assert (diff[interior] <= np.ceil(0.125 * 1.5 * grad[interior]) + 1).all()
+    assert (got[ref != 0] != 0).all(), "cubic overshoot must never turn a valid pixel into nodata"
+    assert not np.array_equal(got[interior], bilinear[interior]), "cubic must not fall back to bilinear"
