@@ -91,29 +91,29 @@ def _slot_block(
     return out
 
 
-def _write_block(tx: Transaction, arrays: dict, grid: CubeGrid, group: str, k: int, t_new: int,
-                 window: Window, block_chunks: set[ChunkIndex], slots: list[SlotWrite],
-                 computed: dict[int, dict[str, np.ndarray]]) -> list[str]:
-    """Merge the computed time steps into time chunk ``k`` over one block and write it."""
+def _block_keys(group: str, k: int, block_chunks: set[ChunkIndex]) -> list[str]:
+    """The chunk keys one block writes in time chunk ``k``."""
+    return [_chunk_key(group, var, k, c) for var in VARIABLES for c in block_chunks]
+
+
+def _write_var_block(arr: zarr.Array, grid: CubeGrid, var: str, k: int, t_new: int,
+                     window: Window, block_chunks: set[ChunkIndex], slots: list[SlotWrite],
+                     computed: dict[int, dict[str, np.ndarray]]) -> None:
+    """Merge the computed time steps of one variable into time chunk ``k`` over one block."""
     tc = grid.time_chunk
     t0, t1 = k * tc, min((k + 1) * tc, t_new)
     rows = slice(int(window.row_off), int(window.row_off + window.height))
     cols = slice(int(window.col_off), int(window.col_off + window.width))
-    changed = [_chunk_key(group, var, k, c) for var in VARIABLES for c in block_chunks]
-    tx.protect(changed)  # one undo-log sync for the whole block
-    for var in VARIABLES:
-        arr = arrays[var]
-        data = arr[t0:t1, rows, cols]
-        for s in slots:
-            if s.index not in computed:
-                continue
-            for c in s.chunks & block_chunks:
-                cw = grid.chunk_window(c)
-                r = slice(int(cw.row_off - window.row_off), int(cw.row_off - window.row_off + cw.height))
-                q = slice(int(cw.col_off - window.col_off), int(cw.col_off - window.col_off + cw.width))
-                data[s.index - t0, r, q] = computed[s.index][var][r, q]
-        arr[t0:t1, rows, cols] = data
-    return changed
+    data = arr[t0:t1, rows, cols]
+    for s in slots:
+        if s.index not in computed:
+            continue
+        for c in s.chunks & block_chunks:
+            cw = grid.chunk_window(c)
+            r = slice(int(cw.row_off - window.row_off), int(cw.row_off - window.row_off + cw.height))
+            q = slice(int(cw.col_off - window.col_off), int(cw.col_off - window.col_off + cw.width))
+            data[s.index - t0, r, q] = computed[s.index][var][r, q]
+    arr[t0:t1, rows, cols] = data
 
 
 def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
@@ -228,10 +228,11 @@ def apply_plan(
             by_tchunk.setdefault(slot.index // tc, []).append(slot)
         work = [(k, block) for k, slots in sorted(by_tchunk.items())
                 for block in _blocks(grid, set().union(*(s.chunks for s in slots)))]
-        # DESIGN CHOICE: one writer thread compresses and writes block k while the pool warps
-        # block k+1 (writes stay in order, and the undo log is only touched by that thread).
-        pending = None
-        with ThreadPoolExecutor(max_workers=1) as writer:
+        # DESIGN CHOICE: writer threads compress and write the variables of block k while the
+        # pool warps block k+1; at most two blocks are in flight (bounded memory). The undo log
+        # is written here, before a block's writes are submitted; blocks own disjoint chunks.
+        in_flight: list[list] = []
+        with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="write") as writer:
             for k, (window, block_chunks) in tqdm(work, desc="warp+write", unit="block",
                                                   disable=not progress):
                 slots = by_tchunk[k]
@@ -239,12 +240,18 @@ def apply_plan(
                 computed = {s.index: _slot_block(s, products, target, resampling, pool, rasters)
                             for s in slots if s.chunks & block_chunks}
                 _release_finished(slots, window, grid, rasters)
-                if pending is not None:
-                    changed += pending.result()
-                pending = writer.submit(_write_block, tx, arrays, grid, group, k, t_new,
-                                        window, block_chunks, slots, computed)
-            if pending is not None:
-                changed += pending.result()
+                while len(in_flight) >= 2:
+                    for f in in_flight.pop(0):
+                        f.result()
+                keys = _block_keys(group, k, block_chunks)
+                tx.protect(keys)  # one undo-log sync for the whole block
+                changed += keys
+                in_flight.append([writer.submit(_write_var_block, arrays[var], grid, var, k, t_new,
+                                                window, block_chunks, slots, computed)
+                                  for var in VARIABLES])
+            for futures in in_flight:
+                for f in futures:
+                    f.result()
         version = max(version or 0, old.version + 1)
         g.attrs["s2ingest_cube_version"] = version
         _write_change_list(tx, version, group, changed)
