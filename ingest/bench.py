@@ -228,7 +228,6 @@ class _Timers:
 def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
             resampling: dict[str, str], threads: int) -> dict:
     import numpy as np
-    import zarr
 
     from . import engine, write
     from .engine import Cube, ingest_products
@@ -248,8 +247,7 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
     timers.wrap(engine, "apply_plan", "apply_plan")  # engine imported it by name
     timers.wrap(write, "_slot_block", "warp_mosaic")
     timers.wrap(write, "warp_product_part", "warp")
-    timers.wrap(zarr.Array, "__setitem__", "zarr_write")
-    timers.wrap(zarr.Array, "__getitem__", "zarr_read")
+    timers.wrap(write, "_write_var_block", "write")  # read + decode + merge + compress + store
     t0 = time.perf_counter()
     plan, report = ingest_products(cube, products, known.__getitem__, parse_resampling(resampling),
                                    progress=False, threads=threads)
@@ -559,7 +557,8 @@ NOTES = [
     ("output Mpix/s = time steps x area of the chunks written (10 m px, nodata included) x variables / ingest s; "
     "input Mpix/s = pixels of the JP2 files decoded / ingest s"),
     ("phase times are cumulative times inside ingest.write.apply_plan, _slot_block (warp+mosaic), "
-    "warp_product_part (decode+warp of one product) and zarr.Array.__getitem__/__setitem__ (read/write incl. compression); "
+    "warp_product_part (decode+warp of one product) and _write_var_block (read, decode, merge, compress and store "
+    "one variable of a block, in the writer threads); "
     "they overlap if called from several threads"),
     ("compression ratio = logical bytes of the chunks written (time steps x chunk area x itemsize, summed over "
     "variables; fill pixels outside the product footprint included) / bytes of the chunk files: it is higher "

@@ -1,0 +1,64 @@
+"""``write._write_var_block``: chunk-by-chunk merge through the array's own codec.
+
+It bypasses ``zarr.Array.__setitem__`` (which decodes partly written chunks a second time),
+so it must keep zarr's semantics: the other time steps of a chunk survive, edge chunks keep
+their padding, and an all-fill chunk is not stored (``write_empty_chunks=False``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from rasterio.windows import Window
+
+from ingest.grid import CubeGrid
+from ingest.plan import SlotWrite
+from ingest.store import COMPRESSOR
+from ingest.write import _write_var_block
+
+GRID = CubeGrid("tiny", "EPSG:28992", 10.0, (0.0, 0.0, 130.0, 70.0), chunk_shape=(4, 5), time_chunk=3)
+
+
+def make_array(tmp_path, fill=0) -> zarr.Array:
+    store = zarr.storage.DirectoryStore(str(tmp_path / "c.zarr"), dimension_separator=".")
+    ny, nx = GRID.shape
+    return zarr.open_array(store, path="g/v", mode="w", shape=(3, ny, nx), chunks=(3, 4, 5),
+                           dtype="u2", fill_value=fill, compressor=COMPRESSOR, write_empty_chunks=False)
+
+
+def slot(index: int, chunks) -> SlotWrite:
+    return SlotWrite(datatake=None, index=index, products=(), chunks=frozenset(chunks), is_new=True)
+
+
+def write(arr, slots_data: dict[int, np.ndarray], chunks) -> None:
+    """Write full-grid arrays for the given time steps over the chunks (one block: all rows)."""
+    window = GRID.full_window
+    slots = [slot(i, chunks) for i in slots_data]
+    computed = {i: {"v": data} for i, data in slots_data.items()}
+    _write_var_block(arr, GRID, "v", 0, set(chunks), slots, computed, window)
+
+
+def test_merges_time_steps_and_keeps_the_others(tmp_path):
+    arr = make_array(tmp_path)
+    chunks = list(GRID.chunks_in_window(GRID.full_window))
+    a = np.arange(1, 7 * 13 + 1, dtype="u2").reshape(GRID.shape)
+    write(arr, {0: a}, chunks)
+    write(arr, {2: a * 2}, chunks)
+    assert np.array_equal(arr[0], a) and np.array_equal(arr[2], a * 2)
+    assert (arr[1] == 0).all()
+    # edge chunks (13 = 5 + 5 + 3 columns, 7 = 4 + 3 rows) are stored whole and read back clipped
+    assert arr.shape == (3, 7, 13) and arr.nchunks_initialized == len(chunks)
+
+
+def test_all_fill_chunks_are_not_stored_and_emptied_ones_are_deleted(tmp_path):
+    arr = make_array(tmp_path, fill=255)
+    chunks = list(GRID.chunks_in_window(GRID.full_window))
+    empty = np.full(GRID.shape, 255, dtype="u2")
+    write(arr, {0: empty}, chunks)
+    assert arr.nchunks_initialized == 0
+    some = empty.copy()
+    some[0, 0] = 7  # only chunk (0, 0) holds data
+    write(arr, {1: some}, chunks)
+    assert sorted(arr.store.listdir("g/v")) == [".zarray", "0.0.0"]
+    write(arr, {1: empty}, chunks)
+    assert arr.nchunks_initialized == 0
+    assert (arr[:] == 255).all()
