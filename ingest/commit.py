@@ -72,6 +72,11 @@ class Transaction:
                 self._lock_fd = None
 
     # -- undo log --------------------------------------------------------------------------
+    @property
+    def logged_keys(self) -> frozenset[str]:
+        """Every key this transaction may have written or deleted so far."""
+        return frozenset(self._logged)
+
     def protect(self, keys: Iterable[str]) -> None:
         """Log the current state of ``keys`` before they are written or deleted."""
         lines = []

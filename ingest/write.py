@@ -5,6 +5,7 @@ Everything happens inside one ``commit.Transaction``: either the whole plan is p
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,9 @@ from .warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
 
 log = logging.getLogger(__name__)
 
+
+
+Digest = tuple[int, str] | None  # (size, sha256 hex) of a stored key; None: no such key
 
 
 @dataclass
@@ -98,8 +102,9 @@ def _block_keys(group: str, k: int, block_chunks: set[ChunkIndex]) -> list[str]:
 
 def _write_var_block(arr: zarr.Array, grid: CubeGrid, var: str, k: int,
                      block_chunks: set[ChunkIndex], slots: list[SlotWrite],
-                     computed: dict[int, dict[str, np.ndarray]], window: Window) -> None:
-    """Merge the computed time steps of one variable into time chunk ``k`` over one block.
+                     computed: dict[int, dict[str, np.ndarray]], window: Window) -> dict[str, Digest]:
+    """Merge the computed time steps of one variable into time chunk ``k`` over one block;
+    returns each chunk key's (size, sha256) after the write, None where no chunk is stored.
 
     DESIGN CHOICE: chunk by chunk through the array's own codec, not ``arr[...] = data``.
     zarr 2 re-reads and re-decodes every chunk that a write does not cover whole, and a time
@@ -109,6 +114,7 @@ def _write_var_block(arr: zarr.Array, grid: CubeGrid, var: str, k: int,
     """
     tc = grid.time_chunk
     fill = arr.fill_value
+    digests: dict[str, Digest] = {}
     for c in block_chunks:
         key = f"{arr.path}/{k}.{c[0]}.{c[1]}"
         old = arr.store.get(key)
@@ -127,9 +133,14 @@ def _write_var_block(arr: zarr.Array, grid: CubeGrid, var: str, k: int,
                 chunk[s.index - k * tc, :h, :w] = part
                 has_data = has_data or bool((part != fill).any())
         if has_data or not (chunk == fill).all():
-            arr.store[key] = arr.compressor.encode(chunk)
-        elif old is not None:
-            del arr.store[key]
+            encoded = arr.compressor.encode(chunk)
+            arr.store[key] = encoded
+            digests[key] = (len(encoded), hashlib.sha256(encoded).hexdigest())
+        else:
+            if old is not None:
+                del arr.store[key]
+            digests[key] = None
+    return digests
 
 
 def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
@@ -251,6 +262,7 @@ def apply_plan(
         # pool warps block k+1; at most two blocks are in flight (bounded memory). The undo log
         # is written here, before a block's writes are submitted; blocks own disjoint chunks.
         in_flight: list[list] = []
+        digests: dict[str, Digest] = {}
         with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="write") as writer:
             for k, (window, block_chunks) in tqdm(work, desc="warp+write", unit="block",
                                                   disable=not progress):
@@ -261,7 +273,7 @@ def apply_plan(
                 _release_finished(slots, window, grid, rasters)
                 while len(in_flight) >= 2:
                     for f in in_flight.pop(0):
-                        f.result()
+                        digests.update(f.result())
                 keys = _block_keys(group, k, block_chunks)
                 tx.protect(keys)  # one undo-log sync for the whole block
                 changed += keys
@@ -270,24 +282,48 @@ def apply_plan(
                                   for var in VARIABLES])
             for futures in in_flight:
                 for f in futures:
-                    f.result()
+                    digests.update(f.result())
         version = max(version or 0, old.version + 1)
         g.attrs["s2ingest_cube_version"] = version
-        _write_change_list(tx, version, group, changed)
+        _write_change_list(tx, version, group, digests)
         if before_commit is not None:
             before_commit()
         tx.commit()
     return WriteReport(version, t_new, len(plan.slots), len(changed), plan.superseded, changed)
 
 
-def _write_change_list(tx: Transaction, version: int, group: str, keys: list[str]) -> None:
-    """Record which chunk keys this version changed (mirrors copy only these)."""
+METADATA_NAMES = (".zmetadata", ".zattrs", ".zarray", ".zgroup")
+
+
+def file_digest(path: Path) -> Digest:
+    """(size, sha256) of a file, None if it does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _write_change_list(tx: Transaction, version: int, group: str, digests: dict[str, Digest]) -> None:
+    """Record what this version changed: every data key with its size and sha256 (null: no
+    longer stored), and the metadata files, which are rewritten by the commit itself.
+
+    Mirrors copy only these keys, verify them by hash, and copy the metadata last
+    (DESIGN.md §5: each publish records a manifest of chunk key -> size, hash).
+    """
     rel = f"{META_DIR}/versions/{group.replace('/', '_')}-v{version:06d}.json"
     tx.protect([rel])
+    chunks: dict[str, dict | None] = {}
+    metadata: list[str] = []
+    for key in sorted(tx.logged_keys):
+        if key.startswith(META_DIR + "/"):
+            continue
+        if key.rsplit("/", 1)[-1] in METADATA_NAMES:
+            metadata.append(key)
+            continue
+        d = digests[key] if key in digests else file_digest(tx.root / key)
+        chunks[key] = None if d is None else {"size": d[0], "sha256": d[1]}
     path = tx.root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for key in sorted(set(keys)):
-        f = tx.root / key
-        entries[key] = f.stat().st_size if f.exists() else None  # None: chunk is empty now
-    path.write_text(json.dumps({"version": version, "group": group, "chunks": entries}))
+    path.write_text(json.dumps({"version": version, "group": group, "chunks": chunks,
+                                "metadata": metadata}, indent=0))

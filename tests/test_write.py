@@ -62,3 +62,33 @@ def test_all_fill_chunks_are_not_stored_and_emptied_ones_are_deleted(tmp_path):
     write(arr, {1: empty}, chunks)
     assert arr.nchunks_initialized == 0
     assert (arr[:] == 255).all()
+
+
+# -- the per-version change list (DESIGN.md §5: chunk key -> size, hash) ----------------------
+def test_change_list_names_every_changed_file_with_its_size_and_hash(tmp_path, products):
+    import hashlib
+    import json
+
+    from conftest import D1, D2, build_cube, ingest, snapshot_files
+    from ingest.store import META_DIR, read_published
+
+    cube = build_cube(tmp_path / "cube.zarr", [products.scene[(D2, t)] for t in ("31UET", "31UFT")], products)
+    before = snapshot_files(cube.path)
+    ingest(cube, [products.scene[(D1, "31UET")]], products)  # a late datatake: moves D2 too
+    after = snapshot_files(cube.path)
+    version = read_published(cube.path, "S2/R051").version
+    listing = json.loads((cube.path / META_DIR / "versions" / f"S2_R051-v{version:06d}.json").read_text())
+    assert listing["version"] == version and listing["group"] == "S2/R051"
+    changed = {k for k in before.keys() | after.keys()
+               if not k.startswith(META_DIR) and before.get(k, (None,))[0] != after.get(k, (None,))[0]}
+    listed = set(listing["chunks"]) | set(listing["metadata"])
+    assert changed <= listed, sorted(changed - listed)[:5]
+    assert any("/B04/0." in k for k in changed), "the test must change image chunks"
+    for key, entry in listing["chunks"].items():
+        f = cube.path / key
+        if entry is None:
+            assert not f.exists(), key
+        else:
+            data = f.read_bytes()
+            assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, key
+    assert all(k.rsplit("/", 1)[-1] in (".zmetadata", ".zattrs", ".zarray", ".zgroup") for k in listing["metadata"])
