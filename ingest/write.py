@@ -112,35 +112,45 @@ def _write_var_block(arr: zarr.Array, grid: CubeGrid, var: str, k: int,
     each chunk was decoded twice. Here each chunk is read and decoded once, merged in place,
     encoded once; an all-fill result deletes the key, as ``write_empty_chunks=False`` does.
     """
-    tc = grid.time_chunk
-    fill = arr.fill_value
     digests: dict[str, Digest] = {}
     for c in block_chunks:
         key = f"{arr.path}/{k}.{c[0]}.{c[1]}"
-        old = arr.store.get(key)
-        chunk = np.empty(arr.chunks, dtype=arr.dtype)
-        if old is None:
-            chunk.fill(fill)
-        else:
-            arr.compressor.decode(old, out=chunk)
-        cw = grid.chunk_window(c)
-        r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
-        h, w = int(cw.height), int(cw.width)
-        has_data = False
-        for s in slots:
-            if s.index in computed and c in s.chunks:
-                part = computed[s.index][var][r0:r0 + h, c0:c0 + w]
-                chunk[s.index - k * tc, :h, :w] = part
-                has_data = has_data or bool((part != fill).any())
-        if has_data or not (chunk == fill).all():
-            encoded = arr.compressor.encode(chunk)
-            arr.store[key] = encoded
-            digests[key] = (len(encoded), hashlib.sha256(encoded).hexdigest())
-        else:
-            if old is not None:
-                del arr.store[key]
-            digests[key] = None
+        try:
+            digests[key] = _merge_chunk(arr, grid, var, k, c, key, slots, computed, window)
+        except OSError as exc:  # full disk, lost mount, permissions: name the key and the cause
+            raise StoreError(f"cannot write chunk {key}: {exc.strerror or exc}; "
+                             "nothing was published") from exc
     return digests
+
+
+def _merge_chunk(arr: zarr.Array, grid: CubeGrid, var: str, k: int, c: ChunkIndex, key: str,
+                 slots: list[SlotWrite], computed: dict[int, dict[str, np.ndarray]],
+                 window: Window) -> Digest:
+    """Read, merge, encode and store one chunk (see ``_write_var_block``)."""
+    tc = grid.time_chunk
+    fill = arr.fill_value
+    old = arr.store.get(key)
+    chunk = np.empty(arr.chunks, dtype=arr.dtype)
+    if old is None:
+        chunk.fill(fill)
+    else:
+        arr.compressor.decode(old, out=chunk)
+    cw = grid.chunk_window(c)
+    r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
+    h, w = int(cw.height), int(cw.width)
+    has_data = False
+    for s in slots:
+        if s.index in computed and c in s.chunks:
+            part = computed[s.index][var][r0:r0 + h, c0:c0 + w]
+            chunk[s.index - k * tc, :h, :w] = part
+            has_data = has_data or bool((part != fill).any())
+    if has_data or not (chunk == fill).all():
+        encoded = arr.compressor.encode(chunk)
+        arr.store[key] = encoded
+        return len(encoded), hashlib.sha256(encoded).hexdigest()
+    if old is not None:
+        del arr.store[key]
+    return None
 
 
 def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
@@ -228,7 +238,27 @@ def apply_plan(
     before_commit: Callable[[], None] | None = None, version: int | None = None,
 ) -> WriteReport:
     """Write ``plan`` into the store in one transaction and publish it as ``version``
-    (default: the store's version + 1; the catalog passes its cube-wide counter)."""
+    (default: the store's version + 1; the catalog passes its cube-wide counter).
+
+    A failing write (full disk, lost mount) rolls the transaction back and raises one
+    ``StoreError`` that names the cause: the published cube is left as it was.
+    """
+    try:
+        return _apply_plan(store_path, grid, group, plan, products, resampling, threads=threads,
+                           progress=progress, before_commit=before_commit, version=version)
+    except StoreError:  # already says what and why (StoreError is an OSError too)
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot write to {store_path}: {exc.strerror or exc}; "
+                         "nothing was published") from exc
+
+
+def _apply_plan(
+    store_path: str | Path, grid: CubeGrid, group: str, plan: WritePlan,
+    products: dict[str, Product], resampling: dict[str, Resampling],
+    *, threads: int, progress: bool,
+    before_commit: Callable[[], None] | None, version: int | None,
+) -> WriteReport:
     group = group.strip("/")
     tc = grid.time_chunk
     with (Transaction(store_path, group) as tx, rasterio.Env(**GDAL_ENV), OpenRasters() as rasters,

@@ -92,3 +92,33 @@ def test_change_list_names_every_changed_file_with_its_size_and_hash(tmp_path, p
             data = f.read_bytes()
             assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, key
     assert all(k.rsplit("/", 1)[-1] in (".zmetadata", ".zattrs", ".zarray", ".zgroup") for k in listing["metadata"])
+
+
+def test_a_full_disk_mid_write_raises_one_store_error_and_publishes_nothing(tmp_path, products, monkeypatch):
+    import errno
+
+    import pytest
+
+    from conftest import D1, D2, build_cube, ingest, snapshot_files
+    from ingest.errors import StoreError
+    from ingest.store import META_DIR
+
+    cube = build_cube(tmp_path / "cube.zarr", [products.scene[(D2, "31UET")]], products)
+    before = {k: v[:2] for k, v in snapshot_files(cube.path).items() if not k.startswith(META_DIR)}
+    original = zarr.storage.DirectoryStore.__setitem__
+    writes = {"n": 0}
+
+    def filling_up(self, key, value):
+        writes["n"] += 1
+        if writes["n"] > 20 and not key.rsplit("/", 1)[-1].startswith("."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.DirectoryStore, "__setitem__", filling_up)
+    with pytest.raises(StoreError, match="No space left on device"):
+        ingest(cube, [products.scene[(D1, "31UET")], products.scene[(D2, "31UFT")]], products)
+    assert writes["n"] > 20, "the failure must happen in the middle of the write"
+    monkeypatch.setattr(zarr.storage.DirectoryStore, "__setitem__", original)
+    after = {k: v[:2] for k, v in snapshot_files(cube.path).items() if not k.startswith(META_DIR)}
+    assert after == before, "the published cube must be exactly as it was"
+    ingest(cube, [products.scene[(D1, "31UET")], products.scene[(D2, "31UFT")]], products)  # the rerun completes
