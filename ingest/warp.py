@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import cv2
@@ -282,8 +283,8 @@ class _Group:
 MAX_GROUP = 4
 
 
-def warp_groups(resampling: dict[str, Resampling], names=None) -> list[_Group]:
-    """Group the variables so that one GDAL warp call serves several bands.
+def warp_groups(resampling: dict[str, Resampling], names: Collection[str] | None = None) -> list[_Group]:
+    """Group the variables (all, or ``names``) so that one GDAL warp call serves several bands.
 
     DESIGN CHOICE: the warp geometry (coordinate transformation, source window) is computed
     once per call, so stacking the bands of one resolution into one call costs about half of

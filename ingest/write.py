@@ -32,8 +32,6 @@ from .warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
 
 log = logging.getLogger(__name__)
 
-
-
 Digest = tuple[int, str] | None  # (size, sha256 hex) of a stored key; None: no such key
 
 
@@ -134,7 +132,11 @@ def _merge_chunk(arr: zarr.Array, grid: CubeGrid, var: str, k: int, c: ChunkInde
     if old is None:
         chunk.fill(fill)
     else:
-        arr.compressor.decode(old, out=chunk)
+        try:
+            arr.compressor.decode(old, out=chunk)
+        except (RuntimeError, ValueError) as exc:  # numcodecs' errors for a damaged chunk
+            raise StoreError(f"store chunk {key} is damaged ({exc}); restore it from a mirror "
+                             "or backup, nothing was written") from exc
     cw = grid.chunk_window(c)
     r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
     h, w = int(cw.height), int(cw.width)
@@ -217,7 +219,12 @@ def _move_published(tx: Transaction, g: zarr.Group, group: str, plan: WritePlan,
             keys = [_chunk_key(group, var, t, c) for t in range(t_lo // tc, -(-t_new // tc))]
             tx.protect(keys)
             win = g_grid_window(arr, c)
-            old = arr[t_lo:t_old, win[0], win[1]]
+            try:
+                old = arr[t_lo:t_old, win[0], win[1]]
+            except (RuntimeError, ValueError) as exc:  # numcodecs' errors for a damaged chunk
+                raise StoreError(f"a store chunk of {group}/{var} at {c[0]}.{c[1]} (time chunks "
+                                 f"{t_lo // tc}..) is damaged ({exc}); restore it from a mirror "
+                                 "or backup, nothing was written") from exc
             new = np.full((t_new - t_lo,) + old.shape[1:], arr.fill_value, dtype=arr.dtype)
             for o, n in plan.old_to_new.items():
                 if o >= t_lo:

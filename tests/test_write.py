@@ -122,3 +122,22 @@ def test_a_full_disk_mid_write_raises_one_store_error_and_publishes_nothing(tmp_
     after = {k: v[:2] for k, v in snapshot_files(cube.path).items() if not k.startswith(META_DIR)}
     assert after == before, "the published cube must be exactly as it was"
     ingest(cube, [products.scene[(D1, "31UET")], products.scene[(D2, "31UFT")]], products)  # the rerun completes
+
+
+def test_a_damaged_store_chunk_is_named_and_nothing_is_published(tmp_path, products):
+    import pytest
+
+    from conftest import D1, D2, D3, build_cube, ingest, snapshot_files
+    from ingest.errors import StoreError
+    from ingest.store import META_DIR
+
+    cube = build_cube(tmp_path / "cube.zarr", [products.scene[(D2, "31UET")]], products)
+    victim = sorted((cube.path / "S2" / "R051" / "B04").glob("0.*"))[0]
+    victim.write_bytes(b"not a blosc frame" * 10)
+    before = {k: v[:2] for k, v in snapshot_files(cube.path).items() if not k.startswith(META_DIR)}
+    # a later datatake merges into the chunk; an earlier one moves the published step
+    for when, pattern in ((D3, rf"B04/{victim.name} is damaged"), (D1, r"B04 at \d+\.\d+ .* is damaged")):
+        with pytest.raises(StoreError, match=pattern):
+            ingest(cube, [products.scene[(when, "31UET")]], products)
+        after = {k: v[:2] for k, v in snapshot_files(cube.path).items() if not k.startswith(META_DIR)}
+        assert after == before
