@@ -13,13 +13,16 @@ from typing import Callable, Sequence
 
 from rasterio.enums import Resampling
 
-from .errors import StoreError
+from .errors import ProductError, StoreError
 from .footprint import majority_epsg, planned
 from .grid import CubeGrid
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from .product import Product, ProductName
 from .safe import check_orbit, check_overlaps
-from .store import create_group, group_exists, group_path, init_store, read_published
+from .store import CubeStore, PublishedState, Transaction, group_path
+from .store.cube import DEFAULT_LOCK_TIMEOUT
+from .store.imagery import ensure_imagery_group
+from .store.layout import GROUP_VERSION_ATTR
 from .write import WriteReport, apply_plan
 
 log = logging.getLogger(__name__)
@@ -39,11 +42,20 @@ class Cube:
     def group(self) -> str:
         return group_path(self.orbit)
 
-    def ensure(self) -> None:
-        """Create the store and the orbit group if needed; refuse a store of another grid."""
-        init_store(self.path, self.grid)
-        if not group_exists(self.path, self.group):
-            create_group(self.path, self.grid, self.group)
+    def open(self, *, write: bool = True) -> CubeStore:
+        """The store (to write: created by its first commit if nothing is there); checks the grid."""
+        if write:
+            return CubeStore.for_writing(self.path, self.grid)
+        return CubeStore.open(self.path, self.grid)
+
+    def ensure(self) -> CubeStore:
+        """The store with this orbit's (empty) group, created if needed."""
+        store = CubeStore.for_writing(self.path, self.grid)
+        if not store.group_exists(self.group):
+            with store.transaction() as tx:  # root and group in one commit
+                if ensure_imagery_group(tx, self.grid, self.group) or tx.creates_store:
+                    tx.commit()
+        return store
 
 
 def validate(product: Product, cube: Cube) -> None:
@@ -59,7 +71,7 @@ def _from_name(name: str, key: DatatakeKey) -> PlannedProduct:
     return PlannedProduct(n.name, key, n.tile, epsg, n.baseline, n.discriminator)
 
 
-def published_products(cube: Cube, resolve: Resolver,
+def published_products(state: PublishedState, grid: CubeGrid, resolve: Resolver,
                        touched: set[tuple[str, float]] | None = None) -> dict[DatatakeKey, list[PlannedProduct]]:
     """The planning view of what is published, keyed by the stored time axis.
 
@@ -68,7 +80,6 @@ def published_products(cube: Cube, resolve: Resolver,
     the others are planned from their names, so a sync never reads or re-fetches the whole
     archive just to plan.
     """
-    state = read_published(cube.path, cube.group)
     result: dict[DatatakeKey, list[PlannedProduct]] = {}
     for t, platform, names in zip(state.times, state.platforms, state.products):
         key = (t, platform)
@@ -77,17 +88,19 @@ def published_products(cube: Cube, resolve: Resolver,
             continue
         members = []
         for name in names:
-            p = planned(resolve(name), cube.grid)
+            p = planned(resolve(name), grid)
             members.append(PlannedProduct(p.name, key, p.tile, p.epsg, p.baseline,
                                           p.generation_time, p.chunks))
         result[key] = members
     return result
 
 
-def make_plan(cube: Cube, incoming: Sequence[Product], resolve: Resolver) -> WritePlan:
+def make_plan(state: PublishedState, grid: CubeGrid, incoming: Sequence[Product],
+              resolve: Resolver) -> WritePlan:
+    """Plan ``incoming`` against the published ``state`` (pure but for ``resolve``)."""
     touched = {(p.platform, round(p.datatake_start.timestamp(), 3)) for p in incoming}
-    published = published_products(cube, resolve, touched)
-    fresh = [planned(p, cube.grid) for p in incoming]
+    published = published_products(state, grid, resolve, touched)
+    fresh = [planned(p, grid) for p in incoming]
     # Snap each product's datatake key onto a published one when they are the same datatake
     # (the stored time has millisecond precision; metadata may carry more).
     stored = {(k[1], round(k[0].timestamp(), 3)): k for k in published}
@@ -95,22 +108,16 @@ def make_plan(cube: Cube, incoming: Sequence[Product], resolve: Resolver) -> Wri
     for p in fresh:
         k = stored.get((p.datatake[1], round(p.datatake[0].timestamp(), 3)), p.datatake)
         snapped.append(PlannedProduct(p.name, k, p.tile, p.epsg, p.baseline, p.generation_time, p.chunks))
-    return plan_write(published, snapped, majority_epsg(cube.grid))
+    return plan_write(published, snapped, majority_epsg(grid), state.version)
 
 
-def ingest_products(
-    cube: Cube, products: Sequence[Product], resolve: Resolver,
-    resampling: dict[str, Resampling], *, progress: bool = True, threads: int = 2,
-    before_commit: Callable[[], None] | None = None, version: int | None = None,
-) -> tuple[WritePlan, WriteReport | None]:
-    """Validate, plan and write ``products``; returns the plan and what was written."""
-    cube.ensure()
-    for p in products:
-        validate(p, cube)
-    plan = make_plan(cube, products, resolve)
-    if plan.is_empty:
-        log.info("nothing to write: every product is already published")
-        return plan, None
+def plan_products(cube: Cube, store: CubeStore, products: Sequence[Product], resolve: Resolver) -> WritePlan:
+    """A plan from the published state as it is now, without the lock (e.g. a dry run);
+    ``write_plan`` refuses it if the store has moved on since."""
+    return make_plan(store.published(cube.group), cube.grid, products, resolve)
+
+
+def _needed(plan: WritePlan, products: Sequence[Product], resolve: Resolver) -> dict[str, Product]:
     known = {p.name: p for p in products}
     needed: dict[str, Product] = {}
     for slot in plan.slots:
@@ -118,12 +125,69 @@ def ingest_products(
             if member.name not in needed:
                 try:
                     needed[member.name] = known.get(member.name) or resolve(member.name)
+                except ProductError:
+                    raise
                 except (OSError, KeyError) as exc:
                     raise StoreError(
                         f"time step {slot.datatake[0]:%Y-%m-%dT%H:%M:%S} must be recomputed but "
                         f"product {member.name} is not available any more: {exc}"
                     ) from exc
-    report = apply_plan(cube.path, cube.grid, cube.group, plan, needed, resampling,
-                        threads=threads, progress=progress, before_commit=before_commit,
-                        version=version)
+    return needed
+
+
+def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Product],
+           resolve: Resolver, resampling: dict[str, Resampling], *, progress: bool, threads: int,
+           before_commit: Callable[[], None] | None) -> WriteReport:
+    report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
+                        resampling, threads=threads, progress=progress)
+    tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+    if before_commit is not None:
+        before_commit()
+    report.version = tx.commit().version
+    report.commit = tx.report
+    return report
+
+
+def write_plan(cube: Cube, store: CubeStore, plan: WritePlan, products: Sequence[Product],
+               resolve: Resolver, resampling: dict[str, Resampling], *, progress: bool = True,
+               threads: int = 2) -> WriteReport:
+    """Write a plan made earlier; ``StalePlanError`` if the store is no longer at its base."""
+    with store.transaction() as tx:
+        tx.check_base(plan.base_version)
+        return _write(tx, cube, plan, products, resolve, resampling, progress=progress,
+                      threads=threads, before_commit=None)
+
+
+def ingest_products(
+    cube: Cube, products: Sequence[Product], resolve: Resolver,
+    resampling: dict[str, Resampling], *, progress: bool = True, threads: int = 2,
+    before_commit: Callable[[], None] | None = None, store: CubeStore | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait: Callable[[str], None] | None = None,
+) -> tuple[WritePlan, WriteReport | None]:
+    """Validate, plan and write ``products`` in one locked transaction.
+
+    DESIGN CHOICE (DESIGN.md §5): recovery, reading the published state, planning and
+    writing all happen under the writer lock, so a plan can never be made from a state
+    that an unfinished or concurrent commit is changing.
+    """
+    for p in products:
+        validate(p, cube)
+    store = store or cube.open()
+    if store.group_exists(cube.group) and not store.has_unfinished_commit():
+        # DESIGN CHOICE: a rerun with nothing new takes no lock and writes nothing. Safe
+        # without the lock: a published version is never taken back, so products already in
+        # the readers' view stay published whatever a concurrent writer does.
+        plan = plan_products(cube, store, products, resolve)
+        if plan.is_empty:
+            log.info("nothing to write: every product is already published")
+            return plan, None
+    with store.transaction(timeout=lock_timeout, on_wait=on_wait) as tx:
+        created = ensure_imagery_group(tx, cube.grid, cube.group)
+        plan = make_plan(tx.published(cube.group), cube.grid, products, resolve)
+        tx.check_base(plan.base_version)
+        if plan.is_empty and not created:
+            log.info("nothing to write: every product is already published")
+            return plan, None
+        report = _write(tx, cube, plan, products, resolve, resampling, progress=progress,
+                        threads=threads, before_commit=before_commit)
     return plan, report

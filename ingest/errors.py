@@ -60,6 +60,18 @@ class StoreError(S2IngestError, OSError):
     """The Zarr store cannot be read or written (permissions, full disk, corruption)."""
 
 
+class StoreBusyError(StoreError):
+    """Another process holds the store's writer lock longer than we were willing to wait."""
+
+
+class StalePlanError(StoreError):
+    """A write plan was made from another version than the store holds now (re-plan)."""
+
+
+class NotACubeError(StoreError):
+    """A path that is not an s2ingest cube (and not empty), or a Zarr store of another tool."""
+
+
 class CatalogError(S2IngestError):
     """The catalog database is unreachable, outdated or inconsistent."""
 

@@ -56,6 +56,7 @@ class WritePlan:
     old_to_new: dict[int, int]  # published index -> index after this write
     slots: tuple[SlotWrite, ...]  # sorted by index
     superseded: tuple[str, ...]  # product names replaced by a newer version
+    base_version: int = 0  # the store version whose published state this plan was made from
 
     @property
     def is_empty(self) -> bool:
@@ -93,8 +94,11 @@ def plan_write(
     published: Mapping[DatatakeKey, Sequence[PlannedProduct]],
     incoming: Sequence[PlannedProduct],
     majority_epsg: int,
+    base_version: int = 0,
 ) -> WritePlan:
-    """Plan one commit. ``published`` maps each stored time step to its products."""
+    """Plan one commit. ``published`` maps each stored time step to its products, as read at
+    store version ``base_version`` (the plan carries it; the writer refuses a plan whose base
+    is not the version it holds under the lock)."""
     old_axis = sorted(published)
     published_names = {p.name for ps in published.values() for p in ps}
     fresh = [p for p in incoming if p.name not in published_names]
@@ -123,4 +127,4 @@ def plan_write(
         members = sorted(by_datatake.get(key, []), key=lambda p: priority_key(p, majority_epsg))
         slots.append(SlotWrite(key, index[key], tuple(members), frozenset(chunks), key not in published))
     slots.sort(key=lambda s: s.index)
-    return WritePlan(axis, old_to_new, tuple(slots), tuple(superseded))
+    return WritePlan(axis, old_to_new, tuple(slots), tuple(superseded), base_version)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from catalog import (
     ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded,
-    mark_failed, mark_offline, mark_published, mark_rejected, next_version, open_catalog, record_deleted_from_hub,
+    mark_failed, mark_offline, mark_published, mark_rejected, open_catalog, record_deleted_from_hub,
     record_discovered, record_publish, release, renew_lease, session_scope, transition,
 )
 from catalog import Product as Row
@@ -30,7 +30,7 @@ from .product import Product
 from .safe import read_product
 from .sources.base import ProductRecord, Source
 from .sources.download import fetch_many
-from .store import read_published
+from .store import faults, manifest_key
 from .warp import parse_resampling
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Syncer:
         if self.opts.dry_run:
             self.plan_dry_run(records)
             return self.report
-        self.cube.ensure()
+        self.store = self.cube.open()
         self.reclaim_from_dead_workers()
         self.discover(records)
         self.download()
@@ -307,14 +307,13 @@ class Syncer:
             with session_scope(self.engine) as s:
                 renew_lease(s, ids, self.worker, LEASE_SECONDS)
 
-        with session_scope(self.engine) as s:
-            version = next_version(s)
         plan, written = ingest_products(
             self.cube, list(products.values()), self._resolve, self.resampling,
             progress=self.opts.progress, threads=self.settings.threads, before_commit=renew,
-            version=version,
+            store=self.store, on_wait=self.echo,
         )
-        state = read_published(self.cube.path, self.cube.group)
+        faults.point("catalog.before-commit")
+        state = self.store.published(self.cube.group)
         in_store = {n for names in state.products for n in names}
         superseded = set(plan.superseded)
         steps = [TimeStepRecord(t, p, d) for t, p, d in zip(state.times, state.platforms, state.datatake_ids)]
@@ -326,9 +325,12 @@ class Syncer:
                                reason="a newer processing of this datatake and tile is published")
                     self.report.superseded.append(n)
             if done and written is not None:
-                record_publish(s, group=f"/{self.cube.group}", version=state.version, product_ids=done,
+                c = written.commit
+                record_publish(s, group=f"/{self.cube.group}", version=written.version, product_ids=done,
                                worker=self.worker, n_chunks_written=written.chunks_written,
-                               time_steps=steps)
+                               time_steps=steps, manifest_path=manifest_key(c.version),
+                               manifest={"parent": c.parent, "sha256": c.manifest_sha256,
+                                         "n_keys": c.n_keys, "n_changes": len(c.changes)})
             elif done:  # the store already had them (a crash between store and catalog commit)
                 mark_published(s, done, self.worker, state.version)
         self.report.published += [n for n in products if n in in_store]

@@ -15,17 +15,18 @@ def command(settings, orbit, limit) -> None:
     rejection, supersede and hub deletion with its reason."""
     from catalog import open_catalog, session_scope, status
 
-    from ..store import group_exists, group_path, read_published
+    from ..store import CubeStore, group_path
 
     engine = open_catalog(settings.db_url, create=False)
     with session_scope(engine) as s:
         st = status(s, limit=limit)
     click.echo(f"store   {settings.store}")
     group = group_path(orbit or settings.orbit)
-    if group_exists(settings.store, group):
-        pub = read_published(settings.store, group)
+    store = CubeStore.open(settings.store)
+    if store.group_exists(group):
+        pub = store.published(group)
         span = f" ({pub.times[0]:%Y-%m-%d} .. {pub.times[-1]:%Y-%m-%d})" if pub.length else ""
-        click.echo(f"cube    /{group}: {pub.length} time steps{span}, version {pub.version}")
+        click.echo(f"cube    /{group}: {pub.length} time steps{span}, store version {pub.version}")
     else:
         click.echo(f"cube    /{group}: not created yet")
     click.echo("products " + ", ".join(f"{k} {v}" for k, v in st.counts.items()))

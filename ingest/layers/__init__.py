@@ -6,7 +6,7 @@ store with the commit protocol, ``stats`` answers per-region / per-parcel questi
 ``synth`` makes realistic test inputs.
 """
 from .codes import BBG_CLASSES, GROUPS, SPECS, CodeTable, LayerSpec
-from .publish import LayerRecord, add_layer, consolidate, list_layers
+from .publish import LayerRecord, add_layer, list_layers
 
 __all__ = ["BBG_CLASSES", "GROUPS", "SPECS", "CodeTable", "LayerSpec", "LayerRecord", "add_layer",
-           "consolidate", "list_layers"]
+           "list_layers"]

@@ -7,28 +7,28 @@ Layout of one layer group (``/NL``, ``/NL/BBG``, ``/NL/BRP``), a plain xarray Da
     spatial_ref ()               CF grid mapping (crs_wkt, spatial_ref, GeoTransform)
     <variable> (edition, y, x)   uint codes, _FillValue 0, chunks (1, 625, 500)
 
-Commit order: (1) every chunk of the new slice, encoded with the array's own codec and written
-under its final key (one atomic rename each); (2) stale chunks of a replaced slice removed;
-(3) array metadata: create/resize arrays, append the edition, code tables and provenance;
-(4) consolidated metadata, group first and root last. Readers of the previous ``.zmetadata``
-never see a half-written new edition; a replaced edition switches chunk by chunk.
+Everything is staged in one store transaction (``ingest.store``): every chunk of the new slice,
+encoded with the array's own codec; stale chunks of a replaced slice removed; array metadata
+(create/resize arrays, the edition coordinate, code tables, provenance). The commit switches
+them in, consolidated metadata last. Readers of the previous ``.zmetadata`` never see a
+half-written new edition; a replaced edition switches chunk by chunk in a few milliseconds.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import zarr
 from numcodecs import Blosc
 from pyproj import CRS
 
 from ..errors import LayerError
 from ..grid import NL_GRID, CubeGrid
-from ..commit import Transaction
-from ..store import consolidate as store_consolidate
-from ..store import init_store, read_grid
+from ..store import CubeStore, Transaction, join
+from ..store.imagery import write_1d
+from ..store.zarrdocs import ArrayMeta, new_array, read_array
 from . import codes as codes_mod
 from .codes import CodeTable, LayerSpec
 from .rasterize import iter_rasterized
@@ -86,22 +86,20 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
     vec = read_vector(source, attribute, grid, name_attribute=name_attr)
     spec = codes_mod.resolve_spec(group, variable, vec.values)
     plans = _plans(spec, vec)
-    store_path = Path(store_path)
-    index, replacing = _check_store(store_path, group, [p.spec for p in plans], edition, force, grid)
     stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
-    init_store(store_path, grid)  # root group + grid.json, shared with the imagery writer
-    store = zarr.DirectoryStore(str(store_path), dimension_separator=".")
+    store = CubeStore.for_writing(store_path, grid)
     records = []
-    # DESIGN CHOICE: the same transaction as the imagery (one writer per store, undo log,
-    # consolidated metadata last): a crash leaves the published layers exactly as they were.
-    with Transaction(store_path, group) as tx:
+    # DESIGN CHOICE: the same transaction as the imagery (one writer per store, checks under
+    # the lock, everything staged, consolidated metadata last): a crash or a refusal leaves
+    # the published layers exactly as they were.
+    with store.transaction() as tx:
+        index, replacing = _check_store(tx, group, [p.spec for p in plans], edition, force, grid)
+        _ensure_group(tx, group, grid)
         for plan in plans:
-            n_pixels, n_chunks = _write_chunks(store, group, plan, vec, grid, index, tx)
+            n_pixels, n_chunks = _write_chunks(tx, group, plan, vec, grid, index)
             records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
                                        vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
-        tx.protect_metadata()
-        tx.protect_tree(f"{group}/{EDITION}")
-        _write_metadata(store, group, plans, records, vec, grid, edition)
+        _write_metadata(tx, group, plans, records, vec, grid, edition)
         tx.commit()
     return records
 
@@ -130,22 +128,17 @@ def _plans(spec: LayerSpec, vec: VectorSource) -> list[_Plan]:
     return plans
 
 
-# -- checks (read only) -----------------------------------------------------------------------
-def _check_store(store_path: Path, group: str, specs: list[LayerSpec], edition: int,
+# -- checks (under the lock, before anything is staged) ---------------------------------------
+def _check_store(tx: Transaction, group: str, specs: list[LayerSpec], edition: int,
                  force: bool, grid: CubeGrid) -> tuple[int, bool]:
     """Edition slot to write and whether it replaces one; refuses before any write."""
-    stored = read_grid(store_path)  # StoreError for a Zarr store that is not an s2ingest cube
-    if stored is None:
+    if not tx.is_group(group):
         return 0, False
-    grid.check_same(stored, f"store {store_path}")
-    root = zarr.open_group(str(store_path), mode="r")
-    if group not in root:
-        return 0, False
-    g = root[group]
-    _check_grid(g.attrs.asdict().get("grid"), grid, f"{store_path}/{group}")
-    editions = [int(e) for e in g[EDITION][:]] if EDITION in g else []
+    _check_grid(tx.attrs(group).get("grid"), grid, f"{tx.store.url}/{group}")
+    editions = _editions(tx, group)
     index = editions.index(edition) if edition in editions else len(editions)
-    replacing = any(spec.variable in g and str(edition) in g[spec.variable].attrs.get("provenance", {})
+    replacing = any(tx.is_array(join(group, spec.variable))
+                    and str(edition) in tx.attrs(join(group, spec.variable)).get("provenance", {})
                     for spec in specs)
     if replacing and not force:
         raise LayerError(
@@ -155,126 +148,125 @@ def _check_store(store_path: Path, group: str, specs: list[LayerSpec], edition: 
     return index, replacing
 
 
+def _editions(tx: Transaction, group: str) -> list[int]:
+    path = join(group, EDITION)
+    if not tx.is_array(path):
+        return []
+    values = read_array(tx.array(path), lambda chunk: tx.get(join(path, chunk)))
+    return [int(e) for e in values]
+
+
 def _check_grid(stored: dict | None, grid: CubeGrid, where: str) -> None:
     if stored is not None:
         grid.check_same(CubeGrid.from_dict(stored), where)
 
 
 # -- chunks -------------------------------------------------------------------------------------
-def _template(dtype: str, grid: CubeGrid) -> zarr.Array:
-    """An in-memory one-edition array with the store array's exact encoding.
+def _write_chunks(tx: Transaction, group: str, plan: _Plan, vec: VectorSource,
+                  grid: CubeGrid, index: int) -> tuple[int, int]:
+    """Stage the slice's non-empty chunks; drop stale ones. Returns (pixels, chunks) written.
 
-    DESIGN CHOICE: chunks are encoded by this twin (public zarr API, same dtype, codec, fill and
-    chunking) and their bytes copied under their final key in the real store. That lets us write
-    every chunk of a *new* edition before the real array is resized, so the metadata change
-    really is the last step (zarr itself refuses writes beyond an array's current shape).
+    DESIGN CHOICE: chunks are encoded with the codec the array's ``.zarray`` names (the same
+    codec zarr-python uses for format 2) and staged under their final keys, before the array
+    is created or resized: the metadata change really is the last step.
     """
-    return zarr.create(
-        shape=(1, *grid.shape), chunks=(1, *grid.chunk_shape), dtype=dtype, fill_value=0,
-        compressor=COMPRESSOR, store=zarr.KVStore({}), write_empty_chunks=False,
-        dimension_separator=".",
-    )
-
-
-def _write_chunks(store: zarr.DirectoryStore, group: str, plan: _Plan, vec: VectorSource,
-                  grid: CubeGrid, index: int, tx: Transaction) -> tuple[int, int]:
-    """Write the slice's non-empty chunks; drop stale ones. Returns (pixels, chunks) written."""
-    prefix = f"{group}/{plan.spec.variable}"
-    twin = _template(plan.spec.dtype, grid)
+    path = join(group, plan.spec.variable)
+    meta = _variable_meta(tx, path, plan.spec, grid)
     written: set[str] = set()
     n_pixels = 0
     for (iy, ix), block in iter_rasterized(vec.geometries, plan.values, grid, plan.spec.dtype):
-        win = grid.chunk_window((iy, ix))
-        twin[0, win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width] = block
-        key = f"{index}.{iy}.{ix}"
-        tx.protect([f"{prefix}/{key}"])
-        store[f"{prefix}/{key}"] = twin.store.pop(f"0.{iy}.{ix}")  # atomic: temp file + rename
-        written.add(key)
+        chunk = meta.empty_chunk()
+        chunk[0, :block.shape[0], :block.shape[1]] = block
+        name = f"{index}.{iy}.{ix}"
+        tx.put(join(path, name), meta.encode(chunk))
+        written.add(name)
         n_pixels += int(np.count_nonzero(block))
     if n_pixels == 0:
         raise LayerError(
             f"{vec.name}: no pixel centre of grid {grid.name} falls inside any feature; nothing published"
         )
     # Stale chunks: of the replaced edition, or orphans of an interrupted earlier run.
-    for key in _slice_keys(store, prefix, index) - written:
-        tx.protect([f"{prefix}/{key}"])
-        del store[f"{prefix}/{key}"]
+    for name in tx.chunk_keys(path):
+        if name.startswith(f"{index}.") and name not in written:
+            tx.delete(join(path, name))
     return n_pixels, len(written)
 
 
-def _slice_keys(store: zarr.DirectoryStore, prefix: str, index: int) -> set[str]:
-    try:
-        names = store.listdir(prefix)
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-    return {n for n in names if n.startswith(f"{index}.")}
+def _variable_meta(tx: Transaction, path: str, spec: LayerSpec, grid: CubeGrid) -> ArrayMeta:
+    """The array's encoding: the stored one, or the one it will be created with."""
+    if tx.is_array(path):
+        meta = tx.array(path)
+        if meta.dtype != np.dtype(spec.dtype) or meta.shape[1:] != grid.shape:
+            raise LayerError(f"/{path} has dtype {meta.dtype} shape {meta.shape}, "
+                             f"expected {spec.dtype} (*, {grid.shape})")
+        meta.check_plain(path)
+        return meta
+    docs = new_array("v", shape=(1, *grid.shape), chunks=(1, *grid.chunk_shape), dtype=spec.dtype,
+                     fill_value=0, compressor=COMPRESSOR, attrs={})
+    return ArrayMeta(json.loads(docs["v/.zarray"]))
 
 
 # -- metadata -----------------------------------------------------------------------------------
-def _write_metadata(store: zarr.DirectoryStore, group: str, plans: list[_Plan],
-                    records: list[LayerRecord], vec: VectorSource, grid: CubeGrid, edition: int) -> None:
-    """Arrays, coordinates and attributes, after every chunk is in place."""
-    g = zarr.open_group(store, path=group, mode="a")
-    if "grid" not in g.attrs:
-        g.attrs.update({"grid": grid.to_dict(), "title": f"reference layers /{group} on grid {grid.name}"})
-    _ensure_coords(g, grid)
-    editions = [int(e) for e in g[EDITION][:]]
-    if edition not in editions:
-        editions.append(int(edition))
-    n = len(editions)
-    for plan, rec in zip(plans, records):
-        _ensure_variable(g, plan.spec, grid, n)
-    for name, arr in g.arrays():
-        dims = list(arr.attrs.get("_ARRAY_DIMENSIONS", []))
-        if dims[:1] == [EDITION] and name != EDITION and arr.shape[0] < n:
-            arr.resize(n, *arr.shape[1:])
-    ed = g[EDITION]
-    ed.resize(n)
-    ed[:] = np.asarray(editions, dtype="int32")
-    for plan, rec in zip(plans, records):
-        _update_attrs(g[plan.spec.variable], plan, rec, vec, grid)
-
-
-def _ensure_coords(g: zarr.Group, grid: CubeGrid) -> None:
-    """x, y, edition and the CF grid mapping, created once per group."""
-    if "x" not in g:
-        for name, values, axis in (("x", grid.x, "X"), ("y", grid.y, "Y")):
-            a = g.create(name, shape=values.shape, chunks=values.shape, dtype="float64",
-                         fill_value=None, compressor=COMPRESSOR)
-            a[:] = values
-            a.attrs.update({"_ARRAY_DIMENSIONS": [name], "axis": axis, "units": "m",
-                            "standard_name": f"projection_{name}_coordinate",
-                            "long_name": f"{name} coordinate of pixel centre"})
-    if EDITION not in g:
-        a = g.create(EDITION, shape=(0,), chunks=(256,), dtype="int32", fill_value=None)
-        a.attrs.update({"_ARRAY_DIMENSIONS": [EDITION], "long_name": "edition (reference year)"})
-    if "spatial_ref" not in g:
+def _ensure_group(tx: Transaction, group: str, grid: CubeGrid) -> None:
+    """The layer group with x, y, edition and the CF grid mapping, created once."""
+    parts = group.split("/")
+    for depth in range(1, len(parts) + 1):
+        path = "/".join(parts[:depth])
+        if not tx.is_group(path):
+            tx.create_group(path)
+    attrs = tx.attrs(group)
+    if "grid" not in attrs:
+        tx.update_attrs(group, {"grid": grid.to_dict(),
+                                "title": f"reference layers /{group} on grid {grid.name}"})
+    for name, values, axis in (("x", grid.x, "X"), ("y", grid.y, "Y")):
+        if not tx.is_array(join(group, name)):
+            tx.create_array(join(group, name), shape=values.shape, chunks=values.shape,
+                            dtype="float64", fill_value=None, compressor=COMPRESSOR, data=values,
+                            attrs={"_ARRAY_DIMENSIONS": [name], "axis": axis, "units": "m",
+                                   "standard_name": f"projection_{name}_coordinate",
+                                   "long_name": f"{name} coordinate of pixel centre"})
+    if not tx.is_array(join(group, EDITION)):
+        tx.create_array(join(group, EDITION), shape=(0,), chunks=(256,), dtype="int32",
+                        fill_value=None, compressor=COMPRESSOR,
+                        attrs={"_ARRAY_DIMENSIONS": [EDITION], "long_name": "edition (reference year)"})
+    if not tx.is_array(join(group, "spatial_ref")):
         crs = CRS.from_user_input(grid.crs)
-        a = g.create("spatial_ref", shape=(), dtype="int32", fill_value=None)
-        a[...] = 0
         t = grid.transform
         attrs = crs.to_cf()
         attrs.update({"_ARRAY_DIMENSIONS": [], "crs_wkt": crs.to_wkt(), "spatial_ref": crs.to_wkt(),
                       "GeoTransform": " ".join(repr(float(v)) for v in (t.c, t.a, t.b, t.f, t.d, t.e))})
-        a.attrs.update(attrs)
+        tx.create_array(join(group, "spatial_ref"), shape=(), chunks=(), dtype="int32",
+                        fill_value=None, compressor=COMPRESSOR, data=np.array(0, dtype="int32"),
+                        attrs=attrs)
 
 
-def _ensure_variable(g: zarr.Group, spec: LayerSpec, grid: CubeGrid, n: int) -> None:
-    if spec.variable in g:
-        arr = g[spec.variable]
-        if arr.dtype != np.dtype(spec.dtype) or arr.shape[1:] != grid.shape:
-            raise LayerError(f"/{g.path}/{spec.variable} has dtype {arr.dtype} shape {arr.shape}, "
-                             f"expected {spec.dtype} (*, {grid.shape})")
-        return
-    # overwrite=False: chunks already written under this path are kept, only metadata is added.
-    g.create(spec.variable, shape=(n, *grid.shape), chunks=(1, *grid.chunk_shape), dtype=spec.dtype,
-             fill_value=0, compressor=COMPRESSOR, dimension_separator=".", overwrite=False,
-             write_empty_chunks=False)
+def _write_metadata(tx: Transaction, group: str, plans: list[_Plan],
+                    records: list[LayerRecord], vec: VectorSource, grid: CubeGrid, edition: int) -> None:
+    """Arrays, coordinates and attributes, after every chunk is staged."""
+    editions = _editions(tx, group)
+    if edition not in editions:
+        editions.append(int(edition))
+    n = len(editions)
+    for plan in plans:
+        path = join(group, plan.spec.variable)
+        if not tx.is_array(path):
+            tx.put(join(path, ".zarray"),
+                   _variable_meta(tx, path, plan.spec, grid).resized((n, *grid.shape)).to_bytes())
+    for name in tx.children(group):
+        path = join(group, name)
+        if name == EDITION or not tx.is_array(path):
+            continue
+        meta = tx.array(path)
+        if list(tx.attrs(path).get("_ARRAY_DIMENSIONS", []))[:1] == [EDITION] and meta.shape[0] < n:
+            tx.resize(path, (n, *meta.shape[1:]))
+    write_1d(tx, join(group, EDITION), np.asarray(editions, dtype="int32"))
+    for plan, rec in zip(plans, records):
+        _update_attrs(tx, join(group, plan.spec.variable), plan, rec, vec, grid)
 
 
-def _update_attrs(arr: zarr.Array, plan: _Plan, rec: LayerRecord, vec: VectorSource,
+def _update_attrs(tx: Transaction, path: str, plan: _Plan, rec: LayerRecord, vec: VectorSource,
                   grid: CubeGrid) -> None:
-    attrs = arr.attrs.asdict()
+    attrs = tx.attrs(path)
     prov = dict(attrs.get("provenance", {}))
     window = grid.window_for_bounds(vec.bounds)
     prov[str(rec.edition)] = {
@@ -294,26 +286,21 @@ def _update_attrs(arr: zarr.Array, plan: _Plan, rec: LayerRecord, vec: VectorSou
         table = CodeTable.from_attrs(attrs).merged(plan.table)
         new.update(table.cf_attrs())
     attrs.update(new)
-    arr.attrs.put(attrs)
-
-
-# -- consolidation ------------------------------------------------------------------------------
-def consolidate(store_path: str | Path, group: str) -> None:
-    """Rewrite ``.zmetadata`` of ``group`` and each ancestor, root last (the imagery's rule)."""
-    store_consolidate(store_path, group)
+    tx.put_json(join(path, ".zattrs"), attrs)
 
 
 def list_layers(store_path: str | Path) -> list[dict]:
     """One row per published (group, variable, edition), from the consolidated metadata."""
     rows = []
-    try:
-        root = zarr.open_consolidated(str(store_path), mode="r")
-    except (KeyError, ValueError, OSError) as exc:
-        raise LayerError(f"{store_path}: no consolidated Zarr store ({exc})") from None
+    meta = CubeStore.open(store_path).consolidated("")
+    if meta is None:
+        raise LayerError(f"{store_path}: no consolidated metadata; not a published cube")
     for group in codes_mod.GROUPS:
-        if group not in root:
-            continue
-        for name, arr in root[group].arrays():
-            for ed, p in arr.attrs.get("provenance", {}).items():
-                rows.append({"group": group, "variable": name, "edition": int(ed), **p})
+        prefix = f"{group}/"
+        for key, doc in sorted(meta.items()):
+            rest = key[len(prefix):] if key.startswith(prefix) else ""
+            if rest.count("/") != 1 or not rest.endswith("/.zattrs"):
+                continue
+            for ed, p in doc.get("provenance", {}).items():
+                rows.append({"group": group, "variable": rest.split("/")[0], "edition": int(ed), **p})
     return rows

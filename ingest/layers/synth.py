@@ -9,12 +9,13 @@ strips with ditches between them, inside agricultural land.
 """
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 
 import numpy as np
 import pyogrio.raw
 import shapely
-import zarr
 from pyproj import Transformer
 
 from ..grid import NL_GRID, Bounds, CubeGrid
@@ -204,37 +205,50 @@ def imagery_group(store: str | Path, bounds: Bounds, n_times: int = 3, group: st
     For tests of layer/imagery alignment and statistics without running the ingest pipeline.
     Not the real imagery layout (that is ``ingest.store``); just enough for xarray.
     """
+    from ..store import COMPRESSOR, CubeStore, join
+
     rng = np.random.default_rng(seed)
-    g = zarr.open_group(str(store), mode="a", path=group)
     ny, nx = grid.shape
     win = grid.window_for_bounds(bounds)
-    sl = (slice(None), slice(win.row_off, win.row_off + win.height), slice(win.col_off, win.col_off + win.width))
-    for name, vals in (("x", grid.x), ("y", grid.y)):
-        a = g.create(name, shape=vals.shape, dtype="f8", chunks=vals.shape, fill_value=None, overwrite=True)
-        a[:] = vals
-        a.attrs["_ARRAY_DIMENSIONS"] = [name]
-    t = g.create("time", shape=(n_times,), dtype="i8", fill_value=None, overwrite=True)
-    t[:] = np.arange(n_times) * 5
-    t.attrs.update({"_ARRAY_DIMENSIONS": ["time"], "units": "days since 2023-06-01", "calendar": "proleptic_gregorian"})
-    out = {}
+    r0, c0 = int(win.row_off), int(win.col_off)
     shape = (n_times, int(win.height), int(win.width))
-    for name, dtype, vals in (
-        ("B04", "u2", rng.integers(300, 1500, shape)), ("B08", "u2", rng.integers(2000, 5000, shape)),
-        ("SCL", "u1", rng.choice([4, 5, 8, 9], shape)),
-    ):
-        a = g.create(name, shape=(n_times, ny, nx), chunks=(5, 625, 500), dtype=dtype, fill_value=0,
-                     overwrite=True, write_empty_chunks=False)
-        a[sl] = vals
-        attrs = {"_ARRAY_DIMENSIONS": ["time", "y", "x"]}
-        if name != "SCL":
-            attrs["scale_factor"] = 1e-4
-        a.attrs.update(attrs)
-        out[name] = vals
-    from .publish import consolidate
-
-    consolidate(store, group)
+    store = CubeStore.for_writing(store, grid)
+    out = {}
+    with store.transaction() as tx:
+        parts = group.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            if not tx.is_group("/".join(parts[:depth])):
+                tx.create_group("/".join(parts[:depth]))
+        for name, vals in (("x", grid.x), ("y", grid.y)):
+            tx.create_array(join(group, name), shape=vals.shape, chunks=vals.shape, dtype="f8",
+                            fill_value=None, compressor=COMPRESSOR, data=vals,
+                            attrs={"_ARRAY_DIMENSIONS": [name]})
+        tx.create_array(join(group, "time"), shape=(n_times,), chunks=(n_times,), dtype="i8",
+                        fill_value=None, compressor=COMPRESSOR, data=np.arange(n_times) * 5,
+                        attrs={"_ARRAY_DIMENSIONS": ["time"], "units": "days since 2023-06-01",
+                               "calendar": "proleptic_gregorian"})
+        for name, dtype, vals in (
+            ("B04", "u2", rng.integers(300, 1500, shape)), ("B08", "u2", rng.integers(2000, 5000, shape)),
+            ("SCL", "u1", rng.choice([4, 5, 8, 9], shape)),
+        ):
+            attrs = {"_ARRAY_DIMENSIONS": ["time", "y", "x"]}
+            if name != "SCL":
+                attrs["scale_factor"] = 1e-4
+            path = join(group, name)
+            meta = tx.create_array(path, shape=(n_times, ny, nx), chunks=(5, 625, 500), dtype=dtype,
+                                   fill_value=0, compressor=COMPRESSOR, attrs=attrs)
+            for k, (iy, ix) in itertools.product(range(-(-n_times // 5)), grid.chunks_in_window(win)):
+                cw = grid.chunk_window((iy, ix))
+                ry, rx = int(cw.row_off), int(cw.col_off)
+                ys = slice(max(r0, ry), min(r0 + shape[1], ry + int(cw.height)))
+                xs = slice(max(c0, rx), min(c0 + shape[2], rx + int(cw.width)))
+                part = vals[k * 5:(k + 1) * 5, ys.start - r0:ys.stop - r0, xs.start - c0:xs.stop - c0]
+                chunk = meta.empty_chunk()
+                chunk[:len(part), ys.start - ry:ys.stop - ry, xs.start - rx:xs.stop - rx] = part
+                tx.put(join(path, f"{k}.{iy}.{ix}"), meta.encode(chunk))
+            out[name] = vals
+        tx.commit()
     return out
-
 
 
 # -- demo ---------------------------------------------------------------------------------------

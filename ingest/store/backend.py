@@ -1,0 +1,287 @@
+"""Where the bytes of a cube live: the backend interface of the store owner.
+
+``CubeStore`` (``ingest.store.cube``) is the only code that knows the layout of a cube; it
+reads and writes keys through a ``Backend``. A backend knows nothing of Zarr: it moves bytes
+under string keys (``"S2/R051/B04/0.3.7"``), replaces a key atomically, and gives the writer
+an exclusive lock. ``LocalBackend`` keeps keys as files under a directory; ``HTTPBackend``
+reads a cube served by any static web server (read only, e.g. for ``s2ingest verify``).
+An object-store backend implements the same methods (``move`` and ``preserve`` become
+copies; the lock moves into the catalog's database).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import time
+import uuid
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import StoreError, StoreBusyError
+
+
+class Backend(ABC):
+    """Bytes under keys. Keys use ``/``; no key starts or ends with ``/``."""
+
+    url: str
+    writable: bool = True
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The bytes of ``key``, or None where no such key exists."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing any old value atomically."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Every key below ``prefix`` (recursive), in no particular order."""
+
+    @abstractmethod
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        """(keys, sub-prefixes) directly below ``prefix`` (names, not full keys)."""
+
+    # -- what transactions need --------------------------------------------------------
+    @abstractmethod
+    def move(self, src: str, dst: str) -> None:
+        """Replace ``dst`` by ``src`` atomically; ``src`` is gone afterwards."""
+
+    @abstractmethod
+    def preserve(self, key: str, dst: str) -> None:
+        """Keep the current value of ``key`` also under ``dst`` (the undo copy)."""
+
+    @abstractmethod
+    def sync(self, key: str) -> None:
+        """Make ``key`` (and the entry naming it) durable."""
+
+    @abstractmethod
+    def lock(self, timeout: float, on_wait: Callable[[str], None] | None = None):
+        """Context manager: the exclusive writer lock, waiting at most ``timeout`` seconds."""
+
+    def write_new(self, key: str, data: bytes) -> None:
+        """Write a key that nobody reads yet (the staging area)."""
+        self.put(key, data)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key below ``prefix``."""
+        for key in list(self.list(prefix)):
+            self.delete(key)
+
+    def remove_empty_dirs(self, key: str) -> None:
+        """Tidy up after a removed key (only file systems have directories)."""
+
+
+class LocalBackend(Backend):
+    """Keys as files under a directory (POSIX: rename is atomic, hard links are cheap)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        # DESIGN CHOICE: temp file in the same directory + rename: a reader sees the old
+        # bytes or the new ones, never a torn file (what zarr-python's LocalStore does too).
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_new(self, key: str, data: bytes) -> None:
+        """Write a key nobody reads yet (staging): no temp file needed."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root)
+            for name in files:
+                if name.endswith(".partial"):
+                    continue
+                yield name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        keys, dirs = [], []
+        try:
+            with os.scandir(self.path(prefix)) as entries:
+                for e in entries:
+                    if e.is_dir():
+                        dirs.append(e.name)
+                    elif not e.name.endswith(".partial"):
+                        keys.append(e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return keys, dirs
+
+    def move(self, src: str, dst: str) -> None:
+        target = self.path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path(src), target)
+
+    def preserve(self, key: str, dst: str) -> None:
+        # DESIGN CHOICE: a hard link, not a copy: keys are only ever replaced by rename, so
+        # the old inode survives unchanged under the undo name at no cost.
+        target = self.path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(self.path(key), target)
+
+    def sync(self, key: str) -> None:
+        p = self.path(key)
+        for target in (p, p.parent):
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def remove_empty_dirs(self, key: str) -> None:
+        """Remove the now empty directories above ``key`` (after a rolled-back creation)."""
+        p = self.path(key).parent
+        while p != self.root and self.root in p.parents:
+            try:
+                p.rmdir()
+            except OSError:
+                return
+            p = p.parent
+
+    @contextmanager
+    def lock(self, timeout: float, on_wait: Callable[[str], None] | None = None):
+        """``flock`` on ``.s2ingest/lock``, polled until ``timeout`` (the kernel drops it when
+        the holder dies, so a crashed writer never blocks the next one)."""
+        lock_path = self.root / ".s2ingest" / "lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                holder = _read_holder(lock_path)
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(
+                        f"{self.root} is being written by another process{holder}; "
+                        f"gave up after waiting {timeout:.0f} s") from None
+                if not told and on_wait is not None:
+                    on_wait(f"waiting for {self.root}: another process{holder} is writing it")
+                    told = True
+                time.sleep(0.2)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.uname().nodename}:{os.getpid()}".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" ({text})" if text else ""
+
+
+class HTTPBackend(Backend):
+    """A cube served over plain HTTP(S) by a static file server: read only."""
+
+    writable = False
+
+    def __init__(self, url: str, session=None) -> None:
+        import requests
+
+        self.url = url.rstrip("/")
+        self._session = session or requests.Session()
+
+    def get(self, key: str) -> bytes | None:
+        import requests
+
+        try:
+            r = self._session.get(f"{self.url}/{key}", timeout=60)
+        except requests.RequestException as exc:
+            raise StoreError(f"cannot read {self.url}/{key}: {exc.__class__.__name__}") from exc
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise StoreError(f"cannot read {self.url}/{key}: HTTP {r.status_code}")
+        return r.content
+
+    def exists(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def _read_only(self, *_a, **_k):
+        raise StoreError(f"{self.url} is read only (HTTP)")
+
+    put = delete = move = preserve = sync = _read_only  # type: ignore[assignment]
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        raise StoreError(f"{self.url}: a static HTTP server cannot list keys; use the manifest")
+
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        raise StoreError(f"{self.url}: a static HTTP server cannot list keys; use the manifest")
+
+    def lock(self, timeout: float, on_wait=None):
+        self._read_only()
+
+
+def backend_for(location: str | os.PathLike[str]) -> Backend:
+    """The backend of a store location: a local path or an http(s):// URL."""
+    text = str(location)
+    if text.startswith(("http://", "https://")):
+        return HTTPBackend(text)
+    if "://" in text:
+        raise StoreError(f"{text}: unsupported store URL (a local path or http(s):// URL)")
+    return LocalBackend(text)

@@ -1,0 +1,641 @@
+"""The store owner: every key of a cube is read and written here (DESIGN.md §3, §5).
+
+``CubeStore`` is opened once per command on a ``Backend`` and checks the grid. Readers use
+``published()`` and ``version()`` (lock-free: the consolidated metadata is their view).
+Writers use one ``Transaction``:
+
+1. **lock** (bounded wait, with a message), **recover** whatever a crashed writer left,
+   read the published state and its version (``base_version``);
+2. **stage**: every new chunk, coordinate and metadata document is written under
+   ``.s2ingest/txn/stage/``; nothing a reader can see changes (plans are made and checked
+   against ``base_version`` here, under the lock);
+3. **journal**: the list of keys to switch, in order, made durable;
+4. **switch**: each key is replaced by one rename (its old value kept under
+   ``.s2ingest/txn/undo/``): data chunks, then coordinates, then array metadata, then the
+   groups' ``.zmetadata`` deepest first, the root's last; the version manifest sits in place
+   before all of them;
+5. **done**: the journal is dropped.
+
+Recovery: a journal without a switched ``.zmetadata`` is rolled back (every reader still
+sees the previous version); once the first ``.zmetadata`` is switched, some reader may
+have seen the new version, so it is rolled *forward*: a published version is never taken
+back. A crash before the journal leaves only the staging area, which is discarded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import GridMismatchError, NotACubeError, StalePlanError, StoreError
+from ..grid import CubeGrid
+from . import faults
+from .backend import Backend, LocalBackend, backend_for
+from .layout import (
+    GRID_FILE, GROUP_VERSION_ATTR, META_DIR, MANIFEST_DIR, STORE_FORMAT, TIME_COORDS, TXN_DIR,
+    VERSION_ATTR, is_metadata, join, manifest_key,
+)
+from .zarrdocs import ArrayMeta, dumps, new_array, new_group, read_array
+
+log = logging.getLogger(__name__)
+
+STAGE = f"{TXN_DIR}/stage"
+UNDO = f"{TXN_DIR}/undo"
+JOURNAL = f"{TXN_DIR}/journal.json"
+COMMITTED = f"{TXN_DIR}/committed"
+MANIFEST_HISTORY = 20  # versions whose manifests are kept (a mirror copies one of them)
+DEFAULT_LOCK_TIMEOUT = 3600.0
+COORD_ARRAYS = frozenset({*TIME_COORDS, "edition", "x", "y", "spatial_ref"})
+
+Digest = tuple[int, str]  # (size, sha256 hex)
+
+
+def digest(data: bytes) -> Digest:
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+# -- what readers see ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PublishedState:
+    """The time axis and provenance of one imagery group as readers see it."""
+
+    times: tuple[datetime, ...]
+    platforms: tuple[str, ...]
+    datatake_ids: tuple[str, ...]
+    products: tuple[tuple[str, ...], ...]
+    version: int  # the store-wide version these were read at
+
+    @property
+    def length(self) -> int:
+        return len(self.times)
+
+
+EMPTY_STATE = PublishedState((), (), (), (), 0)
+
+
+def to_ms(t: datetime) -> int:
+    return int(round(t.timestamp() * 1000))
+
+
+class CubeStore:
+    """One cube: its backend, grid and published state. Open it once per command."""
+
+    def __init__(self, backend: Backend, grid: CubeGrid | None) -> None:
+        self.backend = backend
+        self._grid = grid
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str | Path, grid: CubeGrid | None = None) -> "CubeStore":
+        """An existing cube (read only as far as this call goes); checks ``grid`` if given."""
+        backend = backend_for(location)
+        stored = cls._stored_grid(backend)
+        if stored is None:
+            raise NotACubeError(f"{backend.url} is not an s2ingest cube "
+                                "(no grid.json); create one with `s2ingest init`")
+        if grid is not None:
+            check_grid(stored, grid, backend.url)
+        return cls(backend, stored)
+
+    @classmethod
+    def for_writing(cls, location: str | Path, grid: CubeGrid) -> "CubeStore":
+        """The cube at ``location`` to write into; if nothing is there yet, its first commit
+        creates it (nothing is written before that, and a failed first commit leaves nothing).
+
+        Refuses a file, a non-empty directory that is not a cube, a Zarr store of another tool,
+        and a cube of another grid, before writing anything.
+        """
+        backend = backend_for(location)
+        if not backend.writable:
+            raise StoreError(f"{backend.url} is read only")
+        stored = cls._stored_grid(backend)
+        if stored is not None:
+            check_grid(stored, grid, backend.url)
+            return cls(backend, stored)
+        if isinstance(backend, LocalBackend):
+            _check_empty_dir(backend.root)
+        return cls(backend, grid)
+
+    @classmethod
+    def create(cls, location: str | Path, grid: CubeGrid, *,
+               on_wait: Callable[[str], None] | None = None) -> tuple["CubeStore", bool]:
+        """The cube at ``location``, created empty if nothing is there. (store, created)."""
+        store = cls.for_writing(location, grid)
+        if cls._stored_grid(store.backend) is not None:
+            return store, False
+        with store.transaction(on_wait=on_wait) as tx:
+            created = tx.creates_store
+            if created:
+                tx.commit()
+        return store, created
+
+    def _root_documents(self) -> dict[str, bytes]:
+        grid = self.grid
+        docs = {GRID_FILE: grid.to_json().encode()}
+        docs.update(new_group({
+            "title": "Sentinel-2 L2A surface reflectance cube",
+            "Conventions": "CF-1.8",
+            "source": "Sentinel-2 Level-2A (sen2cor) SAFE products",
+            "s2ingest_format": STORE_FORMAT,
+            "s2ingest_version": __version__,
+            "grid": grid.to_dict(),
+        }))
+        return docs
+
+    @staticmethod
+    def _stored_grid(backend: Backend) -> CubeGrid | None:
+        raw = backend.get(GRID_FILE)
+        if raw is None:
+            if backend.get(".zgroup") is not None:
+                raise NotACubeError(f"{backend.url}: a Zarr store without {GRID_FILE}; "
+                                    "not an s2ingest cube")
+            return None
+        try:
+            return CubeGrid.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{backend.url}: unreadable {GRID_FILE}: {exc}") from exc
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    @property
+    def grid(self) -> CubeGrid:
+        if self._grid is None:
+            raise NotACubeError(f"{self.url} is not an s2ingest cube")
+        return self._grid
+
+    # -- reading the published view ----------------------------------------------------------
+    def consolidated(self, group: str = "") -> dict[str, dict] | None:
+        """The ``.zmetadata`` documents of ``group`` (keys relative to it), None if absent."""
+        raw = self.backend.get(join(group, ".zmetadata"))
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)["metadata"]
+        except (ValueError, KeyError) as exc:
+            raise StoreError(f"{self.url}/{join(group, '.zmetadata')} is damaged: {exc}") from exc
+
+    def version(self) -> int:
+        """The store-wide version readers see (root consolidated metadata)."""
+        return version_of(self.consolidated("") or {})
+
+    def group_exists(self, group: str) -> bool:
+        return self.backend.get(join(group, ".zmetadata")) is not None
+
+    def published(self, group: str) -> PublishedState:
+        return read_state(self.backend, group, self.consolidated(group), self.version())
+
+    def manifest(self, version: int | None = None) -> dict:
+        """The manifest of ``version`` (default: the published one)."""
+        v = self.version() if version is None else version
+        raw = self.backend.get(manifest_key(v))
+        if raw is None:
+            raise StoreError(f"{self.url}: no manifest of version {v} "
+                             f"(only the last {MANIFEST_HISTORY} versions are kept)")
+        return json.loads(raw)
+
+    def manifest_versions(self) -> list[int]:
+        if not isinstance(self.backend, LocalBackend):
+            raise StoreError(f"{self.url}: cannot list versions here")
+        keys, _ = self.backend.list_dir(MANIFEST_DIR)
+        return sorted(int(k[1:9]) for k in keys if k.startswith("v") and k.endswith(".json"))
+
+    # -- writing -------------------------------------------------------------------------------
+    def transaction(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT,
+                    on_wait: Callable[[str], None] | None = None) -> "Transaction":
+        return Transaction(self, timeout=timeout, on_wait=on_wait)
+
+    def has_unfinished_commit(self) -> bool:
+        """True if a writer left a journal or staging area (the next transaction recovers it)."""
+        return self.backend.get(JOURNAL) is not None or (
+            isinstance(self.backend, LocalBackend) and self.backend.path(TXN_DIR).exists())
+
+    def recover(self) -> str | None:
+        """Finish or undo a commit a crashed writer left (under the lock)."""
+        return recover(self.backend)
+
+
+def check_grid(stored: CubeGrid, grid: CubeGrid, where: str) -> None:
+    if stored.to_dict() != grid.to_dict():
+        raise GridMismatchError(f"store {where} has grid {stored.name} {stored.to_dict()}, "
+                                f"not {grid.name}")
+
+
+def _check_empty_dir(root: Path) -> None:
+    if root.is_file() or (root.exists() and not root.is_dir()):
+        raise NotACubeError(f"{root} is a file, not a cube store (a directory)")
+    if root.is_dir():
+        others = [p.name for p in root.iterdir() if p.name != META_DIR]
+        if others:
+            raise NotACubeError(
+                f"{root} is not empty and not an s2ingest cube (holds {', '.join(sorted(others)[:3])}"
+                f"{', …' if len(others) > 3 else ''}); choose an empty or new directory")
+
+
+def version_of(root_meta: dict) -> int:
+    """The store version in a root ``.zmetadata``; stores written before store-wide versions
+    carry it only per group (their versions came from one cube-wide counter)."""
+    attrs = root_meta.get(".zattrs", {})
+    if VERSION_ATTR in attrs:
+        return int(attrs[VERSION_ATTR])
+    found = [int(doc.get(GROUP_VERSION_ATTR, 0)) for key, doc in root_meta.items()
+             if key.endswith(".zattrs")]
+    return max(found, default=0)
+
+
+def read_state(backend: Backend, group: str, meta: dict[str, dict] | None, version: int) -> PublishedState:
+    if meta is None or "time/.zarray" not in meta:
+        return PublishedState((), (), (), (), version)
+
+    def column(name: str) -> np.ndarray:
+        m = ArrayMeta(meta[f"{name}/.zarray"])
+        return read_array(m, lambda chunk: backend.get(join(group, name, chunk)))
+
+    ms = column("time")
+    times = tuple(datetime.fromtimestamp(int(v) / 1000, tz=timezone.utc) for v in ms)
+
+    def col(name: str) -> tuple[str, ...]:
+        return tuple(str(v) for v in column(name)) if len(ms) else ()
+
+    products = tuple(tuple(p for p in s.split(",") if p) for s in col("products"))
+    return PublishedState(times, col("platform"), col("datatake_id"), products, version)
+
+
+# -- the transaction ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CommitReport:
+    version: int
+    parent: int
+    changes: dict[str, Digest | None]  # every changed key (not metadata); None: deleted
+    metadata: tuple[str, ...]  # metadata keys rewritten
+    manifest_sha256: str
+    n_keys: int
+
+
+class Transaction:
+    """Exclusive, staged, journalled write session on one store (a context manager)."""
+
+    def __init__(self, store: CubeStore, *, timeout: float, on_wait) -> None:
+        self.store = store
+        self.backend = store.backend
+        self._timeout = timeout
+        self._on_wait = on_wait
+        self._lock_cm = None
+        self._ops: dict[str, Digest | None] = {}  # key -> digest of the staged value; None: delete
+        self._mutex = threading.Lock()
+        self._done = False
+        self._made_root = False
+        self.base_version = 0
+        self.creates_store = False
+        self.report: CommitReport | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "Transaction":
+        if isinstance(self.backend, LocalBackend) and not self.backend.root.exists():
+            self._made_root = True  # removed again unless something is committed
+        self._lock_cm = self.backend.lock(self._timeout, self._on_wait)
+        self._lock_cm.__enter__()
+        try:
+            faults.point("txn.locked")
+            recover(self.backend)
+            self.base_version = self.store.version()
+            stored = CubeStore._stored_grid(self.backend)
+            if stored is None:  # the first commit creates the cube
+                self.creates_store = True
+                for key, value in self.store._root_documents().items():
+                    self.put(key, value)
+            else:
+                check_grid(stored, self.store.grid, self.store.url)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if not self._done:
+                if self.backend.get(JOURNAL) is not None:
+                    recover(self.backend)  # an error mid-switch: undo (or finish) it now
+                else:
+                    self.backend.delete_prefix(TXN_DIR)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_cm is not None:
+            cm, self._lock_cm = self._lock_cm, None
+            cm.__exit__(None, None, None)
+        if self._made_root and not self._done and isinstance(self.backend, LocalBackend):
+            shutil.rmtree(self.backend.root, ignore_errors=True)  # a failed first commit
+
+    def check_base(self, version: int) -> None:
+        """Refuse a plan made from another version than the one this transaction holds."""
+        if version != self.base_version:
+            raise StalePlanError(f"{self.store.url}: the plan was made from version {version}, "
+                                 f"the store is at version {self.base_version}; re-plan")
+
+    # -- reading what this transaction would publish ------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        with self._mutex:
+            staged = key in self._ops
+            op = self._ops.get(key)
+        if not staged:
+            return self.backend.get(key)
+        if op is None:
+            return None
+        return self.backend.get(f"{STAGE}/{key}")
+
+    def get_json(self, key: str) -> dict | None:
+        raw = self.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def array(self, path: str) -> ArrayMeta:
+        return ArrayMeta.parse(self.get(join(path, ".zarray")), f"{self.store.url}/{path}")
+
+    def attrs(self, path: str) -> dict:
+        return self.get_json(join(path, ".zattrs")) or {}
+
+    def is_group(self, path: str) -> bool:
+        return self.get(join(path, ".zgroup")) is not None
+
+    def is_array(self, path: str) -> bool:
+        return self.get(join(path, ".zarray")) is not None
+
+    def children(self, path: str) -> list[str]:
+        """Names of the arrays and groups directly below ``path`` (staged ones included)."""
+        _, dirs = self.backend.list_dir(path)
+        prefix = f"{path.strip('/')}/" if path.strip("/") else ""
+        with self._mutex:
+            staged = [k for k, op in self._ops.items() if op is not None and k.startswith(prefix)]
+        names = set(d for d in dirs if not d.startswith("."))
+        for k in staged:
+            rest = k[len(prefix):].split("/")
+            if len(rest) == 2 and rest[1] in (".zarray", ".zgroup"):
+                names.add(rest[0])
+        return sorted(n for n in names
+                      if self.is_array(join(path, n)) or self.is_group(join(path, n)))
+
+    def chunk_keys(self, path: str) -> list[str]:
+        """Chunk names of an array as this transaction would publish it."""
+        keys, _ = self.backend.list_dir(path)
+        prefix = f"{path.strip('/')}/"
+        names = {k for k in keys if not k.startswith(".")}
+        with self._mutex:
+            for k, op in self._ops.items():
+                if k.startswith(prefix) and "/" not in k[len(prefix):] and not is_metadata(k):
+                    name = k[len(prefix):]
+                    if op is None:
+                        names.discard(name)
+                    else:
+                        names.add(name)
+        return sorted(names)
+
+    def published(self, group: str) -> PublishedState:
+        """The published state of ``group`` at ``base_version`` (read under the lock)."""
+        return self.store.published(group)
+
+    # -- staging writes ----------------------------------------------------------------------
+    def put(self, key: str, data: bytes, checksum: Digest | None = None) -> Digest:
+        """Stage ``data`` for ``key`` (thread-safe); returns its (size, sha256)."""
+        if self._done:
+            raise StoreError("transaction already committed")
+        d = checksum or digest(data)
+        self.backend.write_new(f"{STAGE}/{key}", data)
+        faults.point("stage.chunk")
+        with self._mutex:
+            self._ops[key] = d
+        return d
+
+    def delete(self, key: str) -> None:
+        with self._mutex:
+            was_staged = self._ops.get(key) is not None
+            self._ops[key] = None
+        if was_staged:
+            self.backend.delete(f"{STAGE}/{key}")
+
+    def put_json(self, key: str, doc: dict) -> None:
+        self.put(key, dumps(doc))
+
+    def update_attrs(self, path: str, updates: dict) -> None:
+        self.put_json(join(path, ".zattrs"), {**self.attrs(path), **updates})
+
+    def resize(self, path: str, shape: Iterable[int]) -> ArrayMeta:
+        meta = self.array(path).resized(shape)
+        self.put(join(path, ".zarray"), meta.to_bytes())
+        return meta
+
+    def create_group(self, path: str, attrs: dict | None = None) -> None:
+        for key, value in new_group(attrs).items():
+            self.put(join(path, key), value)
+
+    def create_array(self, path: str, *, shape, chunks, dtype, fill_value, compressor,
+                     attrs: dict, data: np.ndarray | None = None) -> ArrayMeta:
+        """A new array (any chunks already stored under ``path`` are removed)."""
+        parent, _, name = path.strip("/").rpartition("/")
+        for old in self.chunk_keys(path):
+            self.delete(join(path, old))
+        for key, value in new_array(name, shape=shape, chunks=chunks, dtype=dtype,
+                                    fill_value=fill_value, compressor=compressor, attrs=attrs,
+                                    data=data).items():
+            self.put(join(parent, key), value)
+        return self.array(path)
+
+    # -- commit --------------------------------------------------------------------------------
+    def commit(self) -> CommitReport:
+        """Publish everything staged as version ``base_version + 1``."""
+        faults.point("stage.done")
+        version = self.base_version + 1
+        self.update_attrs("", {VERSION_ATTR: version})
+        for group_key, doc in self._consolidated().items():
+            raw = dumps(doc)
+            if raw != self.backend.get(group_key):
+                self.put(group_key, raw)
+        with self._mutex:
+            ops = dict(self._ops)
+        manifest = self._manifest(version, ops)
+        raw_manifest = dumps(manifest)
+        self.put(manifest_key(version), raw_manifest)
+        ops[manifest_key(version)] = digest(raw_manifest)
+        order = sorted(ops, key=_switch_rank)
+        journal = {"version": version, "base": self.base_version,
+                   "ops": [[k, "put" if ops[k] is not None else "delete",
+                            self.backend.exists(k)] for k in order]}
+        self.backend.put(JOURNAL, dumps(journal))
+        self.backend.sync(JOURNAL)
+        faults.point("journal.written")
+        _switch(self.backend, journal["ops"])
+        self.backend.put(COMMITTED, b"")
+        faults.point("commit.marked")
+        self.backend.delete_prefix(TXN_DIR)
+        self._done = True
+        _prune_manifests(self.backend, version)
+        changes = {k: d for k, d in ops.items()
+                   if not is_metadata(k) and not k.startswith(META_DIR + "/")}
+        self.report = CommitReport(version, self.base_version, changes,
+                                   tuple(sorted(k for k in ops if is_metadata(k))),
+                                   hashlib.sha256(raw_manifest).hexdigest(), len(manifest["keys"]))
+        return self.report
+
+    def _consolidated(self) -> dict[str, dict]:
+        """``.zmetadata`` of every group as this transaction will leave it."""
+        docs: dict[str, dict] = {}  # relative to the root: "S2/R051/B04/.zarray" -> doc
+        groups = []
+        pending = [""]
+        while pending:
+            path = pending.pop()
+            groups.append(path)
+            for name in (".zgroup", ".zattrs"):
+                doc = self.get_json(join(path, name))
+                if doc is not None:
+                    docs[join(path, name)] = doc
+            for child in self.children(path):
+                cpath = join(path, child)
+                if self.is_group(cpath):
+                    pending.append(cpath)
+                else:
+                    for name in (".zarray", ".zattrs"):
+                        doc = self.get_json(join(cpath, name))
+                        if doc is not None:
+                            docs[join(cpath, name)] = doc
+        out = {}
+        # DESIGN CHOICE: every group gets its own ``.zmetadata`` (keys relative to the group):
+        # zarr-python 3 and GDAL look for it in the group they open, zarr-python 2 and xarray
+        # with zarr 2 read the root one.
+        for g in groups:
+            prefix = f"{g}/" if g else ""
+            meta = {k[len(prefix):]: v for k, v in docs.items() if k.startswith(prefix)}
+            out[join(g, ".zmetadata")] = {"zarr_consolidated_format": 1, "metadata": meta}
+        return out
+
+    def _manifest(self, version: int, ops: dict[str, Digest | None]) -> dict:
+        parent_raw = self.backend.get(manifest_key(self.base_version))
+        if parent_raw is not None:
+            keys = json.loads(parent_raw)["keys"]
+        else:  # a store from before manifests, or the first commit: hash what is there
+            keys = full_listing(self.backend)
+        changes = {}
+        for k, d in ops.items():
+            if k.startswith(META_DIR + "/"):
+                continue
+            changes[k] = None if d is None else list(d)
+            if d is None:
+                keys.pop(k, None)
+            else:
+                keys[k] = list(d)
+        return {"format": 1, "version": version, "parent": self.base_version,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "keys": dict(sorted(keys.items())), "changes": dict(sorted(changes.items()))}
+
+
+def full_listing(backend: Backend) -> dict[str, list]:
+    """Size and sha256 of every key of the store outside ``.s2ingest/``."""
+    out = {}
+    for key in backend.list(""):
+        if key.startswith(META_DIR + "/"):
+            continue
+        raw = backend.get(key)
+        if raw is not None:
+            out[key] = list(digest(raw))
+    return out
+
+
+def _switch_rank(key: str) -> tuple:
+    """Switch order: invisible keys, data chunks, coordinates, metadata, .zmetadata deepest
+    first and the root's last (DESIGN CHOICE: readers reach new content only through the
+    consolidated metadata, so it goes last; the root one is what zarr 2 readers open)."""
+    name = key.rsplit("/", 1)[-1]
+    depth = key.count("/")
+    if key.startswith(META_DIR + "/") or key == GRID_FILE:
+        return (0, key)
+    if name == ".zmetadata":
+        return (4, -depth, key)
+    if is_metadata(key):
+        return (3, key)
+    array = key.rsplit("/", 2)[-2] if depth >= 1 else ""
+    if array in COORD_ARRAYS:
+        return (2, key)
+    return (1, key)
+
+
+def _switch(backend: Backend, ops: list) -> None:
+    for i, (key, op, existed) in enumerate(ops):
+        if existed:
+            backend.preserve(key, f"{UNDO}/{i}")
+        if op == "put":
+            backend.move(f"{STAGE}/{key}", key)
+        else:
+            backend.delete(key)
+        rank = _switch_rank(key)[0]
+        if rank == 1:
+            faults.point("switch.data")
+        elif rank == 2:
+            faults.point("switch.coords")
+        elif rank == 3:
+            faults.point("switch.metadata")
+        elif rank == 4:
+            faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
+
+
+def recover(backend: Backend) -> str | None:
+    """Finish or undo an unfinished commit; returns what was done (None: nothing to do).
+
+    Call with the writer lock held. See the module docstring for the rule.
+    """
+    journal_raw = backend.get(JOURNAL)
+    if journal_raw is None:
+        if backend.get(COMMITTED) is not None or next(iter(backend.list(TXN_DIR)), None) is not None:
+            backend.delete_prefix(TXN_DIR)
+            return "discarded"
+        return None
+    if backend.get(COMMITTED) is not None:
+        backend.delete_prefix(TXN_DIR)
+        return "finished"
+    try:
+        journal = json.loads(journal_raw)
+        ops = journal["ops"]
+    except (ValueError, KeyError):  # a torn journal was never acted on (it is written whole)
+        backend.delete_prefix(TXN_DIR)
+        return "discarded"
+    flip = next((i for i, (k, op, _) in enumerate(ops) if k.endswith(".zmetadata") and op == "put"), None)
+    published = flip is not None and not backend.exists(f"{STAGE}/{ops[flip][0]}")
+    if published:
+        for key, op, _existed in ops:  # roll forward
+            if op == "put":
+                if backend.exists(f"{STAGE}/{key}"):
+                    backend.move(f"{STAGE}/{key}", key)
+            else:
+                backend.delete(key)
+        log.warning("finished the commit of version %s that a crashed writer left in %s",
+                    journal.get("version"), backend.url)
+        action = "rolled forward"
+    else:
+        for i in range(len(ops) - 1, -1, -1):  # roll back, newest first
+            key, op, existed = ops[i]
+            undo = f"{UNDO}/{i}"
+            if existed:
+                if backend.exists(undo):
+                    backend.move(undo, key)
+            elif op == "put" and not backend.exists(f"{STAGE}/{key}"):
+                backend.delete(key)
+                backend.remove_empty_dirs(key)
+        log.warning("rolled back an unfinished write of %d keys (version %s) in %s",
+                    len(ops), journal.get("version"), backend.url)
+        action = "rolled back"
+    backend.delete_prefix(TXN_DIR)
+    return action
+
+
+def _prune_manifests(backend: Backend, version: int) -> None:
+    old = version - MANIFEST_HISTORY
+    if old >= 0:
+        backend.delete(manifest_key(old))

@@ -1,0 +1,50 @@
+"""Fault-injection points of the commit protocol (tests kill the process at each one).
+
+``point(name)`` does nothing unless the environment variable ``S2INGEST_FAULT`` names it:
+``S2INGEST_FAULT=switch.data`` kills the process (SIGKILL, as ``kill -9`` would) at the
+first pass; ``S2INGEST_FAULT=switch.data@3`` at the third; ``S2INGEST_FAULT=stage.chunk=enospc``
+raises ``OSError(ENOSPC)`` there instead (a disk that fills up). Every point is listed in
+``POINTS`` so a test can walk all of them.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+
+POINTS = (
+    "txn.locked",          # lock held, before recovery
+    "stage.chunk",         # a chunk written to the staging area
+    "stage.done",          # everything staged, journal not yet written
+    "journal.written",     # the switch journal is durable; nothing published changed yet
+    "switch.data",         # one data chunk switched
+    "switch.coords",       # one coordinate chunk switched
+    "switch.metadata",     # one array/group metadata document switched
+    "switch.group-zmetadata",  # a group's consolidated metadata replaced (root not yet)
+    "switch.root-zmetadata",   # the root's consolidated metadata replaced: the version is out
+    "commit.marked",       # the journal is marked committed, not yet removed
+    "catalog.before-commit",   # the store is committed; the catalog not yet
+)
+
+_lock = threading.Lock()
+_hits: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    """Crash or fail here if ``S2INGEST_FAULT`` asks for it (see the module docstring)."""
+    spec = os.environ.get("S2INGEST_FAULT")
+    if not spec:
+        return
+    target, _, action = spec.partition("=")
+    target, _, nth = target.partition("@")
+    if target != name:
+        return
+    with _lock:
+        _hits[name] = _hits.get(name, 0) + 1
+        hit = _hits[name]
+    if hit != int(nth or 1):
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    os.kill(os.getpid(), signal.SIGKILL)
