@@ -143,7 +143,13 @@ def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Prod
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
     if before_commit is not None:
         before_commit()
-    report.version = tx.commit().version
+    try:
+        report.version = tx.commit().version
+    except StoreError:
+        raise
+    except OSError as exc:  # full disk, lost mount while committing: nothing was switched
+        raise StoreError(f"cannot write to {tx.store.url}: {exc.strerror or exc}; "
+                         "nothing was published") from exc
     report.commit = tx.report
     return report
 

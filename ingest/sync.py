@@ -251,8 +251,22 @@ class Syncer:
                 except OSError as exc:  # the cached file vanished or is unreadable: retry later
                     mark_failed(s, pid, self.worker, f"cannot read {path}: {exc}")
                     self.report.failed.append((name, f"cannot read {path}: {exc}"))
-        for batch in self._batches(products):
-            self._publish_batch(batch, claimed)
+        try:
+            for batch in self._batches(products):
+                self._publish_batch(batch, claimed)
+        except BaseException:
+            # DESIGN CHOICE: a run that stops (store error, lock timeout, Ctrl-C) gives its
+            # unpublished claims back at once, so the next run takes them without waiting for
+            # the leases to lapse.
+            self._release_unfinished(claimed)
+            raise
+
+    def _release_unfinished(self, claimed: dict[str, tuple[int, str]]) -> None:
+        try:
+            with session_scope(self.engine) as s:
+                release(s, [pid for pid, _ in claimed.values()], self.worker)
+        except Exception as exc:  # the original error matters more
+            log.warning("could not release the claims of this run: %s", exc)
 
     def _batches(self, products: dict[str, Product]) -> list[dict[str, Product]]:
         """Products grouped by whole time chunks of datatakes, oldest first.

@@ -85,13 +85,13 @@ def _env() -> dict[str, str]:
 def _run_and_kill(store: Path, source: Path, config: Path, delay: float) -> bool:
     """Start a sync, wait until its transaction has logged a key (it is writing), wait ``delay``
     seconds more and SIGKILL it. True if it died inside the transaction."""
-    journal = store / META_DIR / "txn" / "keys.log"
+    journal = store / META_DIR / "txn" / "stage"  # the transaction is staging its writes
     proc = subprocess.Popen([S2INGEST, *_sync_args(store, source, config)], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if journal.exists() and journal.stat().st_size > 0:
+            if journal.exists():
                 break
             time.sleep(0.01)
         end = time.monotonic() + delay

@@ -61,13 +61,13 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, fi
 def _record(db_url: str, records: list[LayerRecord]) -> None:
     """The catalog side: one cube version for this publish, one row per layer variable."""
     try:
-        from catalog import next_version, open_catalog, record_layer, record_publish, session_scope
+        from catalog import open_catalog, record_layer, record_publish, session_scope
     except ImportError:  # pragma: no cover - catalog not installed
         return
     try:
         engine = open_catalog(db_url)
         with session_scope(engine) as s:
-            version = next_version(s)
+            version = records[0].version  # the store's version of this commit
             record_publish(s, group=records[0].group, version=version, product_ids=[],
                            worker=f"layers@{socket.gethostname()}:{os.getpid()}",
                            n_chunks_written=sum(r.n_chunks for r in records))

@@ -16,7 +16,7 @@ half-written new edition; a replaced edition switches chunk by chunk in a few mi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class LayerRecord:
     n_pixels: int
     replaced: bool = False
     n_chunks: int = 0  # chunks written for this edition
+    version: int = 0  # the store version that published it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,8 +101,8 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
             records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
                                        vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
         _write_metadata(tx, group, plans, records, vec, grid, edition)
-        tx.commit()
-    return records
+        version = tx.commit().version
+    return [replace(r, version=version) for r in records]
 
 
 def _default_name_attribute(group: str, variable: str | None) -> str | None:

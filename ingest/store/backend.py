@@ -5,8 +5,8 @@ reads and writes keys through a ``Backend``. A backend knows nothing of Zarr: it
 under string keys (``"S2/R051/B04/0.3.7"``), replaces a key atomically, and gives the writer
 an exclusive lock. ``LocalBackend`` keeps keys as files under a directory; ``HTTPBackend``
 reads a cube served by any static web server (read only, e.g. for ``s2ingest verify``).
-An object-store backend implements the same methods (``move`` and ``preserve`` become
-copies; the lock moves into the catalog's database).
+An object-store backend implements the same methods (``move`` becomes copy + delete, which
+the roll-forward journal tolerates; the lock moves into the catalog's database).
 """
 from __future__ import annotations
 
@@ -59,10 +59,6 @@ class Backend(ABC):
         """Replace ``dst`` by ``src`` atomically; ``src`` is gone afterwards."""
 
     @abstractmethod
-    def preserve(self, key: str, dst: str) -> None:
-        """Keep the current value of ``key`` also under ``dst`` (the undo copy)."""
-
-    @abstractmethod
     def sync(self, key: str) -> None:
         """Make ``key`` (and the entry naming it) durable."""
 
@@ -74,13 +70,15 @@ class Backend(ABC):
         """Write a key that nobody reads yet (the staging area)."""
         self.put(key, data)
 
+    def size(self, key: str) -> int | None:
+        """The size of ``key`` in bytes, None where no such key exists."""
+        data = self.get(key)
+        return None if data is None else len(data)
+
     def delete_prefix(self, prefix: str) -> None:
         """Remove every key below ``prefix``."""
         for key in list(self.list(prefix)):
             self.delete(key)
-
-    def remove_empty_dirs(self, key: str) -> None:
-        """Tidy up after a removed key (only file systems have directories)."""
 
 
 class LocalBackend(Backend):
@@ -161,13 +159,6 @@ class LocalBackend(Backend):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path(src), target)
 
-    def preserve(self, key: str, dst: str) -> None:
-        # DESIGN CHOICE: a hard link, not a copy: keys are only ever replaced by rename, so
-        # the old inode survives unchanged under the undo name at no cost.
-        target = self.path(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(self.path(key), target)
-
     def sync(self, key: str) -> None:
         p = self.path(key)
         for target in (p, p.parent):
@@ -179,16 +170,6 @@ class LocalBackend(Backend):
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
-
-    def remove_empty_dirs(self, key: str) -> None:
-        """Remove the now empty directories above ``key`` (after a rolled-back creation)."""
-        p = self.path(key).parent
-        while p != self.root and self.root in p.parents:
-            try:
-                p.rmdir()
-            except OSError:
-                return
-            p = p.parent
 
     @contextmanager
     def lock(self, timeout: float, on_wait: Callable[[str], None] | None = None):
@@ -260,12 +241,26 @@ class HTTPBackend(Backend):
         return r.content
 
     def exists(self, key: str) -> bool:
-        return self.get(key) is not None
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        import requests
+
+        try:
+            r = self._session.head(f"{self.url}/{key}", timeout=60, allow_redirects=True)
+        except requests.RequestException as exc:
+            raise StoreError(f"cannot read {self.url}/{key}: {exc.__class__.__name__}") from exc
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise StoreError(f"cannot read {self.url}/{key}: HTTP {r.status_code}")
+        length = r.headers.get("Content-Length")
+        return int(length) if length is not None else len(self.get(key) or b"")
 
     def _read_only(self, *_a, **_k):
         raise StoreError(f"{self.url} is read only (HTTP)")
 
-    put = delete = move = preserve = sync = _read_only  # type: ignore[assignment]
+    put = delete = move = sync = _read_only  # type: ignore[assignment]
 
     def list(self, prefix: str = "") -> Iterator[str]:
         raise StoreError(f"{self.url}: a static HTTP server cannot list keys; use the manifest")

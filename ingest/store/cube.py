@@ -6,20 +6,19 @@ Writers use one ``Transaction``:
 
 1. **lock** (bounded wait, with a message), **recover** whatever a crashed writer left,
    read the published state and its version (``base_version``);
-2. **stage**: every new chunk, coordinate and metadata document is written under
-   ``.s2ingest/txn/stage/``; nothing a reader can see changes (plans are made and checked
-   against ``base_version`` here, under the lock);
-3. **journal**: the list of keys to switch, in order, made durable;
-4. **switch**: each key is replaced by one rename (its old value kept under
-   ``.s2ingest/txn/undo/``): data chunks, then coordinates, then array metadata, then the
-   groups' ``.zmetadata`` deepest first, the root's last; the version manifest sits in place
-   before all of them;
+2. **stage**: every new chunk, coordinate and metadata document (and the new version's
+   manifest) is written under ``.s2ingest/txn/stage/``; nothing a reader can see changes.
+   Plans are made and checked against ``base_version`` here, under the lock;
+3. **journal**: the list of keys to switch, in order, made durable in one atomic write.
+   This is the commit point: from here on the commit is completed, never undone;
+4. **switch**: each key is replaced by one rename: data chunks, then coordinates, then array
+   metadata, then the groups' ``.zmetadata`` deepest first, the root's last;
 5. **done**: the journal is dropped.
 
-Recovery: a journal without a switched ``.zmetadata`` is rolled back (every reader still
-sees the previous version); once the first ``.zmetadata`` is switched, some reader may
-have seen the new version, so it is rolled *forward*: a published version is never taken
-back. A crash before the journal leaves only the staging area, which is discarded.
+Recovery: a staging area without a journal is discarded (the store never changed); a journal
+is rolled *forward* (the renames are idempotent). A published version is therefore never
+taken back, and a reader who saw part of a rewrite during a crash sees all of it after the
+next run, never the old content again.
 """
 from __future__ import annotations
 
@@ -49,7 +48,6 @@ from .zarrdocs import ArrayMeta, dumps, new_array, new_group, read_array
 log = logging.getLogger(__name__)
 
 STAGE = f"{TXN_DIR}/stage"
-UNDO = f"{TXN_DIR}/undo"
 JOURNAL = f"{TXN_DIR}/journal.json"
 COMMITTED = f"{TXN_DIR}/committed"
 MANIFEST_HISTORY = 20  # versions whose manifests are kept (a mirror copies one of them)
@@ -468,8 +466,8 @@ class Transaction:
         ops[manifest_key(version)] = digest(raw_manifest)
         order = sorted(ops, key=_switch_rank)
         journal = {"version": version, "base": self.base_version,
-                   "ops": [[k, "put" if ops[k] is not None else "delete",
-                            self.backend.exists(k)] for k in order]}
+                   "ops": [[k, "put" if ops[k] is not None else "delete"] for k in order]}
+        faults.point("journal.write")
         self.backend.put(JOURNAL, dumps(journal))
         self.backend.sync(JOURNAL)
         faults.point("journal.written")
@@ -568,11 +566,12 @@ def _switch_rank(key: str) -> tuple:
 
 
 def _switch(backend: Backend, ops: list) -> None:
-    for i, (key, op, existed) in enumerate(ops):
-        if existed:
-            backend.preserve(key, f"{UNDO}/{i}")
+    """Apply a journal: rename every staged key into place, delete the deleted ones (in
+    order; idempotent, so recovery simply runs it again)."""
+    for key, op in ops:
         if op == "put":
-            backend.move(f"{STAGE}/{key}", key)
+            if backend.exists(f"{STAGE}/{key}"):
+                backend.move(f"{STAGE}/{key}", key)
         else:
             backend.delete(key)
         rank = _switch_rank(key)[0]
@@ -587,9 +586,10 @@ def _switch(backend: Backend, ops: list) -> None:
 
 
 def recover(backend: Backend) -> str | None:
-    """Finish or undo an unfinished commit; returns what was done (None: nothing to do).
+    """Finish or discard an unfinished commit; returns what was done (None: nothing to do).
 
-    Call with the writer lock held. See the module docstring for the rule.
+    Call with the writer lock held. A journal is the commit record: it is rolled forward.
+    Without one, nothing published was touched, and the staging area is discarded.
     """
     journal_raw = backend.get(JOURNAL)
     if journal_raw is None:
@@ -597,42 +597,18 @@ def recover(backend: Backend) -> str | None:
             backend.delete_prefix(TXN_DIR)
             return "discarded"
         return None
-    if backend.get(COMMITTED) is not None:
-        backend.delete_prefix(TXN_DIR)
-        return "finished"
     try:
         journal = json.loads(journal_raw)
         ops = journal["ops"]
-    except (ValueError, KeyError):  # a torn journal was never acted on (it is written whole)
-        backend.delete_prefix(TXN_DIR)
-        return "discarded"
-    flip = next((i for i, (k, op, _) in enumerate(ops) if k.endswith(".zmetadata") and op == "put"), None)
-    published = flip is not None and not backend.exists(f"{STAGE}/{ops[flip][0]}")
-    if published:
-        for key, op, _existed in ops:  # roll forward
-            if op == "put":
-                if backend.exists(f"{STAGE}/{key}"):
-                    backend.move(f"{STAGE}/{key}", key)
-            else:
-                backend.delete(key)
+    except (ValueError, KeyError):  # cannot happen: the journal is replaced whole
+        raise StoreError(f"{backend.url}: unreadable commit journal {JOURNAL}; "
+                         "restore the store from a mirror") from None
+    if backend.get(COMMITTED) is None:
+        _switch(backend, ops)
         log.warning("finished the commit of version %s that a crashed writer left in %s",
                     journal.get("version"), backend.url)
-        action = "rolled forward"
-    else:
-        for i in range(len(ops) - 1, -1, -1):  # roll back, newest first
-            key, op, existed = ops[i]
-            undo = f"{UNDO}/{i}"
-            if existed:
-                if backend.exists(undo):
-                    backend.move(undo, key)
-            elif op == "put" and not backend.exists(f"{STAGE}/{key}"):
-                backend.delete(key)
-                backend.remove_empty_dirs(key)
-        log.warning("rolled back an unfinished write of %d keys (version %s) in %s",
-                    len(ops), journal.get("version"), backend.url)
-        action = "rolled back"
     backend.delete_prefix(TXN_DIR)
-    return action
+    return "rolled forward"
 
 
 def _prune_manifests(backend: Backend, version: int) -> None:

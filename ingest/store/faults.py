@@ -17,7 +17,8 @@ POINTS = (
     "txn.locked",          # lock held, before recovery
     "stage.chunk",         # a chunk written to the staging area
     "stage.done",          # everything staged, journal not yet written
-    "journal.written",     # the switch journal is durable; nothing published changed yet
+    "journal.write",       # about to write the journal (=enospc: the disk is full there)
+    "journal.written",     # the journal (the commit record) is durable; no key switched yet
     "switch.data",         # one data chunk switched
     "switch.coords",       # one coordinate chunk switched
     "switch.metadata",     # one array/group metadata document switched
