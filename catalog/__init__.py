@@ -33,6 +33,8 @@ from .discovery import (
 )
 from ingest.errors import CatalogError, LeaseLostError
 
+from .locks import LockTimeout, StoreLock, StoreLockTimeout, store_lock
+
 from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, TimeStep
 from .publish import TimeStepRecord, next_version, record_layer, record_publish
 from .queries import CatalogStatus, get_product, status
@@ -51,7 +53,7 @@ from .work import (
 )
 
 __all__ = [
-    "Base", "CatalogError", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
+    "Base", "CatalogError", "LockTimeout", "StoreLock", "StoreLockTimeout", "store_lock", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
     "PublishProduct", "Replacement", "State", "TRANSITIONS", "TimeStep", "TimeStepRecord",
     "apply_supersede", "claim", "current_revision", "db_now", "default_url_for_store",
     "downgrade", "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",
