@@ -36,8 +36,16 @@ from ingest.errors import CatalogError, LeaseLostError
 from .locks import LockTimeout, StoreLock, StoreLockTimeout, store_lock
 
 from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, TimeStep
-from .publish import TimeStepRecord, next_version, record_layer, record_publish
-from .queries import CatalogStatus, get_product, status
+from .publish import (
+    ReconcileReport,
+    TimeStepRecord,
+    next_version,
+    reconcile_published,
+    record_layer,
+    record_publish,
+    record_version,
+)
+from .queries import CatalogStatus, VersionInfo, get_product, status, versions
 from .states import TRANSITIONS, Guard, State
 from .work import (
     claim,
@@ -48,6 +56,7 @@ from .work import (
     mark_published,
     mark_rejected,
     release,
+    release_all,
     renew_lease,
     transition,
 )
@@ -61,4 +70,5 @@ __all__ = [
     "next_version", "open_catalog", "pending_replacements", "record_deleted_from_hub",
     "record_discovered", "record_layer", "record_publish", "release", "renew_lease",
     "session_scope", "status", "transition", "upgrade",
+    "ReconcileReport", "VersionInfo", "reconcile_published", "record_version", "release_all", "versions",
 ]
