@@ -33,9 +33,19 @@ from .discovery import (
 )
 from ingest.errors import CatalogError, LeaseLostError
 
+from .locks import LockTimeout, StoreLock, StoreLockTimeout, store_lock
+
 from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, TimeStep
-from .publish import TimeStepRecord, next_version, record_layer, record_publish
-from .queries import CatalogStatus, get_product, status
+from .publish import (
+    ReconcileReport,
+    TimeStepRecord,
+    next_version,
+    reconcile_published,
+    record_layer,
+    record_publish,
+    record_version,
+)
+from .queries import CatalogStatus, VersionInfo, get_product, status, versions
 from .states import TRANSITIONS, Guard, State
 from .work import (
     claim,
@@ -46,12 +56,13 @@ from .work import (
     mark_published,
     mark_rejected,
     release,
+    release_all,
     renew_lease,
     transition,
 )
 
 __all__ = [
-    "Base", "CatalogError", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
+    "Base", "CatalogError", "LockTimeout", "StoreLock", "StoreLockTimeout", "store_lock", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
     "PublishProduct", "Replacement", "State", "TRANSITIONS", "TimeStep", "TimeStepRecord",
     "apply_supersede", "claim", "current_revision", "db_now", "default_url_for_store",
     "downgrade", "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",
@@ -59,4 +70,5 @@ __all__ = [
     "next_version", "open_catalog", "pending_replacements", "record_deleted_from_hub",
     "record_discovered", "record_layer", "record_publish", "release", "renew_lease",
     "session_scope", "status", "transition", "upgrade",
+    "ReconcileReport", "VersionInfo", "reconcile_published", "record_version", "release_all", "versions",
 ]

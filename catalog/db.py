@@ -237,13 +237,75 @@ def downgrade(url_or_engine: str | URL | Path | Engine, revision: str) -> str | 
     return _migrate(url_or_engine, revision, down=True)
 
 
-def _migrate(url_or_engine: str | URL | Path | Engine, revision: str, *, down: bool) -> str | None:
+MIGRATION_LOCK_TIMEOUT = 600.0  # seconds another migrating process may keep us waiting
+MIGRATION_LOCK_POLL = 0.2
+
+
+def migration_lock_path(engine: Engine) -> Path | None:
+    """``<db>.lock`` beside a SQLite catalog file; None for PostgreSQL and in-memory SQLite."""
+    u = engine.url
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    return Path(str(u.database) + ".lock")
+
+
+@contextmanager
+def migration_lock(conn: Connection, *, timeout: float | None = None) -> Iterator[None]:
+    """Serialise "check the revision + migrate" between processes, on the migration connection.
+
+    DESIGN CHOICE: PostgreSQL takes a session-level advisory lock with one fixed project key
+    (``locks.MIGRATION_LOCK_KEY``) on this very connection, so any number of processes may
+    find a fresh database at once: one migrates, the others wait, then see the new revision.
+    SQLite takes ``flock`` on ``<db>.lock`` beside the file (created only here, i.e. only when a
+    catalog is being created or migrated); its BEGIN IMMEDIATE would serialise the DDL as well,
+    but only for busy_timeout, and not the check before it. In-memory SQLite has one
+    connection and needs nothing. Waiting longer than ``timeout`` raises ``LockTimeout``
+    naming the holder.
+    """
+    from .locks import MIGRATION_LOCK_KEY, file_lock, pg_lock_wait, _unlock
+
+    what = f"catalog {display_url(conn.engine)} (being migrated)"
+    timeout = MIGRATION_LOCK_TIMEOUT if timeout is None else timeout
+    if conn.dialect.name == "postgresql":
+        pg_lock_wait(conn, MIGRATION_LOCK_KEY, what=what, timeout=timeout, poll=MIGRATION_LOCK_POLL)
+        try:
+            yield
+        finally:
+            try:
+                if conn.in_transaction():
+                    conn.rollback()
+                _unlock(conn, MIGRATION_LOCK_KEY)
+                conn.commit()
+            except DBAPIError:
+                # The session is broken; drop it, which releases its locks, rather than pool it.
+                conn.invalidate()
+        return
+    path = migration_lock_path(conn.engine)
+    if path is None:
+        yield
+        return
+    with file_lock(path, what=what, timeout=timeout):
+        yield
+
+
+def _is_empty(conn: Connection) -> bool:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision() is None and not inspect(conn).get_table_names()
+
+
+def _migrate(
+    url_or_engine: str | URL | Path | Engine, revision: str, *, down: bool, only_if_empty: bool = False
+) -> str | None:
+    """Run alembic under the migration lock. With ``only_if_empty`` (open_catalog creating a
+    fresh catalog) the emptiness is checked again under the lock, and a database that another
+    process created meanwhile is left alone."""
     from alembic import command
 
     run = command.downgrade if down else command.upgrade
     engine, owned = _engine(url_or_engine)
     try:
-        with engine.connect() as conn:
+        with engine.connect() as conn, migration_lock(conn):
             sqlite = conn.dialect.name == "sqlite"
             if sqlite:
                 # DESIGN CHOICE: SQLite ALTERs are table rebuilds (alembic batch mode); with
@@ -252,7 +314,8 @@ def _migrate(url_or_engine: str | URL | Path | Engine, revision: str, *, down: b
                 conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
             try:
                 with conn.begin():
-                    run(alembic_config(conn), revision)
+                    if not only_if_empty or _is_empty(conn):
+                        run(alembic_config(conn), revision)
                     if sqlite:
                         bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                         if bad:
@@ -285,11 +348,13 @@ def ensure_current(engine: Engine) -> str:
 def open_catalog(url: str | URL | Path, *, create: bool = True) -> Engine:
     """An engine on a usable catalog: an empty database is created at head when ``create``;
     an existing one is never migrated implicitly (it may be shared by other s2ingest versions).
+    Safe to call from many processes at once on a fresh database (``migration_lock``).
     """
     engine = make_engine(url)
     try:
         if create and current_revision(engine) is None and not _has_tables(engine):
-            upgrade(engine)
+            # Checked again under the migration lock: several processes may get here at once.
+            _migrate(engine, "head", down=False, only_if_empty=True)
         ensure_current(engine)
     except BaseException:
         engine.dispose()

@@ -175,6 +175,15 @@ class Publish(Base):
     n_chunks_written: Mapped[int] = mapped_column(Integer, default=0)
     manifest_path: Mapped[Optional[str]] = mapped_column(Text)
     manifest: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
+    # The version's manifest summary (migration 0002; record_version). NULL until recorded.
+    parent_version: Mapped[Optional[int]] = mapped_column(Integer)  # the version it was built on
+    manifest_sha256: Mapped[Optional[str]] = mapped_column(String(64))
+    n_keys: Mapped[Optional[int]] = mapped_column(Integer)  # keys the manifest lists
+    # [{"key", "size", "sha256"}] sorted by key; size/sha256 null: the key is no longer stored
+    changes: Mapped[Optional[list[dict[str, Any]]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)  # when this row was written
+    # True: written by reconcile_published after a crash, not by the publish that made it.
+    reconciled: Mapped[bool] = mapped_column(Boolean, default=False)
 
     products: Mapped[list[Product]] = relationship(secondary="publish_products", viewonly=True)
     __table_args__ = (Index(None, "group_path", "version"),)

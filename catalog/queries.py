@@ -26,6 +26,22 @@ class PublishInfo:
 
 
 @dataclass(frozen=True)
+class VersionInfo:
+    """One cube version with its manifest summary (None where it was never recorded)."""
+
+    version: int
+    group: str
+    parent_version: int | None
+    manifest_sha256: str | None
+    n_keys: int | None
+    changes: list[dict] | None  # [{"key", "size", "sha256"}], size/sha256 None: key removed
+    created_at: datetime
+    published_at: datetime
+    worker: str | None
+    reconciled: bool  # the row was written by reconcile_published, not by its publish
+
+
+@dataclass(frozen=True)
 class ProblemInfo:
     """A failed, rejected or offline product and why."""
 
@@ -121,6 +137,18 @@ def last_publish(session: Session, group: str | None = None) -> PublishInfo | No
         n_time_steps=pub.n_time_steps, n_chunks_written=pub.n_chunks_written,
         n_products=len(pub.products), manifest_path=pub.manifest_path,
     )
+
+
+def versions(session: Session, limit: int = 50, *, group: str | None = None) -> list[VersionInfo]:
+    """The newest ``limit`` cube versions (optionally of one group), newest first."""
+    stmt = select(Publish).order_by(Publish.version.desc()).limit(limit)
+    if group is not None:
+        stmt = stmt.where(Publish.group_path == group)
+    return [
+        VersionInfo(p.version, p.group_path, p.parent_version, p.manifest_sha256, p.n_keys,
+                    p.changes, p.created_at, p.published_at, p.worker, p.reconciled)
+        for p in session.scalars(stmt)
+    ]
 
 
 def problems(session: Session, limit: int = 50) -> list[ProblemInfo]:

@@ -1,7 +1,8 @@
 """Product states and the one table of allowed transitions (DESIGN.md §6).
 
 Everything that moves a product between states consults ``TRANSITIONS``; the guarded UPDATEs
-in ``catalog.queries`` are generated from it, so the table is the whole truth.
+in ``catalog.work`` are generated from it, so the table is the whole truth of the worker
+protocol. The only other moves are the crash repairs in ``REPAIRS`` (reconcile_published).
 """
 from __future__ import annotations
 
@@ -76,6 +77,21 @@ TRANSITIONS: Mapping[tuple[str, str], Guard] = {
     (f, S.SUPERSEDED.value): Guard.FREE
     for f in ALL_STATES
     if f not in TERMINAL_STATES
+}
+
+# DESIGN CHOICE: repairs from the store's truth are not worker transitions: they are not in
+# TRANSITIONS (so transition() and claim() can never take them, and "discovered -> published"
+# stays illegal for workers) but listed here, and applied only by
+# ``catalog.publish.reconcile_published`` after a crash between the store and catalog commits.
+# to-state -> the from-states a repair may move. Terminal states are never repaired.
+REPAIRS: Mapping[str, frozenset[str]] = {
+    # the store holds the product: whatever lease it carries, its work is done
+    S.PUBLISHED.value: frozenset({S.DISCOVERED.value, S.DOWNLOADING.value, S.DOWNLOADED.value,
+                                  S.INGESTING.value, S.FAILED.value, S.OFFLINE.value}),
+    # the catalog says published, the store does not hold it: ingest again (from the cache,
+    # or download first when no local copy was ever recorded)
+    S.DOWNLOADED.value: frozenset({S.PUBLISHED.value}),
+    S.DISCOVERED.value: frozenset({S.PUBLISHED.value}),
 }
 
 # Where release() sends a leased row back to.

@@ -293,10 +293,27 @@ def release(
     downloaded, lease cleared, due at once. Leases already lost are skipped, not an error."""
     ids = _ids(product_ids)
     now = db_now(session, now)
+    return _release_where(session, and_(P.id.in_(ids), P.lease_owner == worker, P.lease_expires_at > now), now)
+
+
+def release_all(session: Session, worker: str, *, now: datetime | None = None) -> list[int]:
+    """Give back every lease ``worker`` holds (the Ctrl-C / exit path); returns the ids released.
+
+    DESIGN CHOICE: lapsed leases of this worker are released too: nobody has reclaimed them
+    (the owner is still this worker), and releasing spares the product the "lease expired"
+    attempt a reclaim would count. A row another worker reclaimed has another owner and is
+    never touched.
+    """
+    if not worker:
+        raise CatalogError("release_all() needs a worker name")
+    return _release_where(session, P.lease_owner == worker, db_now(session, now))
+
+
+def _release_where(session: Session, where: ColumnElement[bool], now: datetime) -> list[int]:
     back = case(*[(P.state == f, literal(t)) for f, t in RELEASE_TO.items()], else_=P.state)
     stmt = (
         update(P)
-        .where(P.id.in_(ids), P.state.in_(sorted(RELEASE_TO)), P.lease_owner == worker, P.lease_expires_at > now)
+        .where(where, P.state.in_(sorted(RELEASE_TO)))
         .values(state=back, lease_owner=None, lease_expires_at=None, next_attempt_at=None, updated_at=now)
         .returning(P.id)
         .execution_options(synchronize_session=False)

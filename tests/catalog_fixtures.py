@@ -103,3 +103,19 @@ def memory_engine() -> Engine:
     engine = db.make_engine("sqlite://")
     Base.metadata.create_all(engine)
     return engine
+
+
+@pytest.fixture
+def pg_fresh_url(pg_database_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of its own for one test (no migrations run), dropped after."""
+    admin_url = db.normalize_url(PG_URL)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    name = f"s2ingest_fresh_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
