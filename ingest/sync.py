@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from catalog import (
-    ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded,
-    mark_failed, mark_offline, mark_published, mark_rejected, open_catalog, record_deleted_from_hub,
+    ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded, reconcile_published,
+    record_version,
+    mark_failed, mark_offline, mark_rejected, open_catalog, record_deleted_from_hub,
     record_discovered, record_publish, release, renew_lease, session_scope, transition,
 )
 from catalog import Product as Row
@@ -330,7 +331,6 @@ class Syncer:
         state = self.store.published(self.cube.group)
         in_store = {n for names in state.products for n in names}
         superseded = set(plan.superseded)
-        steps = [TimeStepRecord(t, p, d) for t, p, d in zip(state.times, state.platforms, state.datatake_ids)]
         with session_scope(self.engine) as s:
             done = [claimed[n][0] for n in products if n in in_store]
             for n in products:
@@ -338,15 +338,40 @@ class Syncer:
                     transition(s, claimed[n][0], "superseded", worker=self.worker,
                                reason="a newer processing of this datatake and tile is published")
                     self.report.superseded.append(n)
-            if done and written is not None:
+            if written is not None:
                 c = written.commit
                 record_publish(s, group=f"/{self.cube.group}", version=written.version, product_ids=done,
                                worker=self.worker, n_chunks_written=written.chunks_written,
-                               time_steps=steps, manifest_path=manifest_key(c.version),
+                               manifest_path=manifest_key(c.version),
                                manifest={"parent": c.parent, "sha256": c.manifest_sha256,
                                          "n_keys": c.n_keys, "n_changes": len(c.changes)})
-            elif done:  # the store already had them (a crash between store and catalog commit)
-                mark_published(s, done, self.worker, state.version)
+            self._reconcile(s, state)
+        self.report.published += [n for n in products if n in in_store]
+        self.report.version = state.version
+        self.report.time_steps = state.length
+        if not self.opts.keep_products:
+            self._drop_cached(products)
+
+    def _reconcile(self, s, state) -> None:
+        """Make the catalog say what the store says: its time axis, the published products
+        and a publish row with the manifest summary of the store's version.
+
+        DESIGN CHOICE: the store is the truth (DESIGN.md §5). After a normal commit this only
+        records the version's summary; after a crash between the store commit and the
+        catalog commit (or a commit a crashed writer left and this run completed), it writes
+        the rows that run never wrote.
+        """
+        steps = [TimeStepRecord(t, p, d) for t, p, d in zip(state.times, state.platforms, state.datatake_ids)]
+        in_store = {n for names in state.products for n in names}
+        reconcile_published(s, group=f"/{self.cube.group}", version=state.version, time_steps=steps,
+                            products_in_store=in_store, worker=self.worker)
+        try:
+            m = self.store.manifest(state.version)
+        except StoreError:  # a store written before manifests
+            return
+        record_version(s, state.version, m.get("parent"), self.store.manifest_sha256(state.version),
+                       len(m["keys"]), m["changes"], f"/{self.cube.group}", worker=self.worker)
+
         self.report.published += [n for n in products if n in in_store]
         self.report.version = state.version
         self.report.time_steps = state.length

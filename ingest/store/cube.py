@@ -202,6 +202,12 @@ class CubeStore:
                              f"(only the last {MANIFEST_HISTORY} versions are kept)")
         return json.loads(raw)
 
+    def manifest_sha256(self, version: int) -> str:
+        raw = self.backend.get(manifest_key(version))
+        if raw is None:
+            raise StoreError(f"{self.url}: no manifest of version {version}")
+        return hashlib.sha256(raw).hexdigest()
+
     def manifest_versions(self) -> list[int]:
         if not isinstance(self.backend, LocalBackend):
             raise StoreError(f"{self.url}: cannot list versions here")
