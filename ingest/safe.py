@@ -938,19 +938,21 @@ def check_rasters(product: Product, variables: Iterable[str] | None = None) -> N
     CorruptProductError when a raster cannot be opened, MetadataError when it disagrees.
     """
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import CRSError, RasterioError
 
     names = list(variables) if variables is not None else list(VARIABLES)
     geo = product.geocoding
-    for var in names:
-        spec = VARIABLES[var]
-        res = spec.resolution
-        rel = product.file_for(var, res)
-        try:
-            with rasterio.open(product.gdal_path(rel)) as src:
-                _check_one_raster(product, rel, res, spec.dtype, geo, src)
-        except RasterioIOError as exc:
-            raise CorruptProductError(product.name, f"cannot open {rel}: {exc}") from None
+    # headers only: no directory listing beside each file, no pixel decoded
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        for var in names:
+            spec = VARIABLES[var]
+            res = spec.resolution
+            rel = product.file_for(var, res)
+            try:
+                with rasterio.open(product.gdal_path(rel)) as src:
+                    _check_one_raster(product, rel, res, spec.dtype, geo, src)
+            except (RasterioError, CRSError) as exc:
+                raise CorruptProductError(product.name, f"cannot open {rel}: {exc}") from None
 
 
 def _check_one_raster(product: Product, rel: str, res: int, dtype: str, geo: TileGeocoding, src) -> None:
