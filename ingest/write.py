@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from .commit import Transaction
-from .errors import StoreError
+from .errors import ProductError, StoreError
 from .grid import ChunkIndex, CubeGrid
 from .mosaic import fill_gaps
 from .plan import SlotWrite, WritePlan
@@ -254,6 +254,8 @@ def apply_plan(
         return _apply_plan(store_path, grid, group, plan, products, resampling, threads=threads,
                            progress=progress, before_commit=before_commit, version=version)
     except StoreError:  # already says what and why (StoreError is an OSError too)
+        raise
+    except ProductError:  # a bad product found while warping (CorruptProductError is an OSError)
         raise
     except OSError as exc:
         raise StoreError(f"cannot write to {store_path}: {exc.strerror or exc}; "
