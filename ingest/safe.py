@@ -657,7 +657,7 @@ def _read_bounded(stream, product: str, rel: str, limit: int) -> bytes:
     data = stream.read(limit + 1)
     if len(data) > limit:
         raise CorruptProductError(product, f"{rel} has more than the {limit:,} bytes a real product's "
-                                           "file may have (more than its zip entry says)")
+                                           "file may have (more than its zip entry or stat said)")
     return data
 
 
@@ -671,6 +671,8 @@ class _Container:
 
     def read(self, rel: str) -> bytes:
         """A metadata member, whole: refused beyond ``metadata_size_limit``."""
+        ...
+
     def exists(self, rel: str) -> bool: ...
     def tile_metadata(self) -> list[str]: ...
     def close(self) -> None: ...
