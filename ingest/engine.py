@@ -18,7 +18,7 @@ from .footprint import majority_epsg, planned
 from .grid import CubeGrid
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from .product import Product, ProductName
-from .safe import check_orbit, check_overlaps
+from .safe import check_orbit, check_overlaps, check_rasters
 from .store import CubeStore, PublishedState, Transaction, group_path
 from .store.cube import DEFAULT_LOCK_TIMEOUT
 from .store.imagery import ensure_imagery_group
@@ -59,9 +59,18 @@ class Cube:
 
 
 def validate(product: Product, cube: Cube) -> None:
-    """Reject products of another orbit or outside the grid (raises ProductError)."""
+    """Reject products of another orbit, outside the grid, or whose rasters disagree with
+    their metadata (raises ProductError naming the file).
+
+    DESIGN CHOICE: the rasters are checked here, before any warping: planning and the warp
+    trust MTD_TL.xml, so a band that is shifted, cut short, of another resolution, CRS or
+    data type would otherwise be published in the wrong place or fail half way through a
+    write. ``check_rasters`` opens headers only (no pixel is decoded), so this is cheap;
+    damage found only when decoding surfaces from the warp as CorruptProductError.
+    """
     check_orbit(product, cube.orbit)
     check_overlaps(product, cube.grid)
+    check_rasters(product)
 
 
 def _from_name(name: str, key: DatatakeKey) -> PlannedProduct:

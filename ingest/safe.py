@@ -47,12 +47,24 @@ __all__ = [
     "PRODUCT_MTD",
     "TILE_MTD",
     "MANIFEST",
+    "metadata_size_limit",
+    "check_metadata_size",
 ]
 
 PRODUCT_MTD = "MTD_MSIL2A.xml"
 TILE_MTD = "MTD_TL.xml"
 MANIFEST = "manifest.safe"
 RESOLUTIONS: tuple[int, ...] = (10, 20, 60)
+
+# DESIGN CHOICE: the XML we parse is read whole into memory, so its size is checked (zip info
+# or stat) before it is read, and the read itself stops one byte past the limit (a zip entry
+# may lie about its size). The largest real ones (shared/samples, PB 02.08-05.11):
+# MTD_MSIL2A.xml 55 KB, MTD_TL.xml 630 KB (the angle grids), manifest.safe 100 KB. The limits
+# leave a margin of more than 10x; anything bigger is not a Sentinel-2 product and is refused
+# before it can exhaust memory (a 2 GiB padded MTD_MSIL2A.xml deflates to a 3 MB zip).
+MAX_PRODUCT_MTD_BYTES = 4 << 20
+MAX_TILE_MTD_BYTES = 8 << 20
+MAX_MANIFEST_BYTES = 4 << 20
 
 # imageFormat attribute of Granule -> file extension of the IMAGE_FILE entries
 IMAGE_FORMAT_EXT: dict[str, str] = {"JPEG2000": ".jp2", "GEOTIFF": ".tif"}
@@ -620,6 +632,35 @@ def parse_product_metadata(
 # --------------------------------------------------------------------------------------
 # Containers: a SAFE folder or a zip, seen as relative paths under the SAFE root
 # --------------------------------------------------------------------------------------
+def metadata_size_limit(rel: str) -> int | None:
+    """The most bytes we read of the metadata file ``rel`` (None: not a file we parse)."""
+    name = PurePosixPath(rel).name
+    if name == MANIFEST:
+        return MAX_MANIFEST_BYTES
+    if name == TILE_MTD:
+        return MAX_TILE_MTD_BYTES
+    if _PRODUCT_MTD_RE.match(name) or _OLD_FORMAT_MTD_RE.match(name):
+        return MAX_PRODUCT_MTD_BYTES
+    return None
+
+
+def check_metadata_size(product: str, rel: str, size: int, limit: int | None = None) -> None:
+    """Refuse a metadata file of ``size`` bytes beyond its limit (CorruptProductError)."""
+    limit = limit if limit is not None else metadata_size_limit(rel)
+    if limit is not None and size > limit:
+        raise CorruptProductError(
+            product, f"{rel} has {size:,} bytes, more than the {limit:,} a real product's file may have")
+
+
+def _read_bounded(stream, product: str, rel: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of an open member; refuses one that turns out longer."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise CorruptProductError(product, f"{rel} has more than the {limit:,} bytes a real product's "
+                                           "file may have (more than its zip entry or stat said)")
+    return data
+
+
 class _Container:
     """Read access to the members of one product (relative to its SAFE root)."""
 
@@ -628,7 +669,10 @@ class _Container:
     label: str
     mtd_name: str  # the product metadata file name as found (case may differ)
 
-    def read(self, rel: str) -> bytes: ...
+    def read(self, rel: str) -> bytes:
+        """A metadata member, whole: refused beyond ``metadata_size_limit``."""
+        ...
+
     def exists(self, rel: str) -> bool: ...
     def tile_metadata(self) -> list[str]: ...
     def close(self) -> None: ...
@@ -665,9 +709,14 @@ class _FolderContainer(_Container):
         self.mtd_name = _pick_product_mtd(root_names, self.label)
 
     def read(self, rel: str) -> bytes:
+        limit = metadata_size_limit(rel) or MAX_TILE_MTD_BYTES  # we only read the three kinds
         try:
-            return (self.source / rel).read_bytes()
+            with open(self.source / rel, "rb") as f:
+                check_metadata_size(self.label, rel, os.fstat(f.fileno()).st_size, limit)
+                return _read_bounded(f, self.label, rel, limit)
         except OSError as exc:
+            if isinstance(exc, CorruptProductError):
+                raise
             raise CorruptProductError(self.label, f"cannot read {rel}: {exc}") from None
 
     def exists(self, rel: str) -> bool:
@@ -723,10 +772,16 @@ class _ZipContainer(_Container):
         return f"{self.safe_root}/{rel}" if self.safe_root else rel
 
     def read(self, rel: str) -> bytes:
+        limit = metadata_size_limit(rel) or MAX_TILE_MTD_BYTES  # we only read the three kinds
         try:
-            return self._zip.read(self._member(rel))
+            info = self._zip.getinfo(self._member(rel))
+            check_metadata_size(self.label, rel, info.file_size, limit)
+            with self._zip.open(info) as f:
+                return _read_bounded(f, self.label, rel, limit)
         except KeyError:
             raise CorruptProductError(self.label, f"missing {rel}") from None
+        except CorruptProductError:
+            raise
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
             raise CorruptProductError(self.label, f"cannot read {rel} from the zip: {exc}") from None
 
@@ -885,19 +940,21 @@ def check_rasters(product: Product, variables: Iterable[str] | None = None) -> N
     CorruptProductError when a raster cannot be opened, MetadataError when it disagrees.
     """
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import CRSError, RasterioError
 
     names = list(variables) if variables is not None else list(VARIABLES)
     geo = product.geocoding
-    for var in names:
-        spec = VARIABLES[var]
-        res = spec.resolution
-        rel = product.file_for(var, res)
-        try:
-            with rasterio.open(product.gdal_path(rel)) as src:
-                _check_one_raster(product, rel, res, spec.dtype, geo, src)
-        except RasterioIOError as exc:
-            raise CorruptProductError(product.name, f"cannot open {rel}: {exc}") from None
+    # headers only: no directory listing beside each file, no pixel decoded
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        for var in names:
+            spec = VARIABLES[var]
+            res = spec.resolution
+            rel = product.file_for(var, res)
+            try:
+                with rasterio.open(product.gdal_path(rel)) as src:
+                    _check_one_raster(product, rel, res, spec.dtype, geo, src)
+            except (RasterioError, CRSError) as exc:
+                raise CorruptProductError(product.name, f"cannot open {rel}: {exc}") from None
 
 
 def _check_one_raster(product: Product, rel: str, res: int, dtype: str, geo: TileGeocoding, src) -> None:

@@ -17,6 +17,7 @@ Everything streams in 1 MiB blocks, so a 1 GB product never sits in memory.
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,6 +27,7 @@ import defusedxml.ElementTree as DET
 
 from .errors import ChecksumError, CorruptProductError
 from .product import strip_product_suffix
+from .safe import MAX_MANIFEST_BYTES, check_metadata_size
 
 BLOCK = 1 << 20
 MANIFEST = "manifest.safe"
@@ -132,6 +134,25 @@ def parse_manifest(data: bytes, product: str = "product") -> list[ManifestEntry]
     return entries
 
 
+def _read_manifest(stream: BinaryIO, size: int, product: str) -> bytes:
+    """manifest.safe, whole, after checking its size (it is parsed in memory)."""
+    check_metadata_size(product, MANIFEST, size)
+    data = stream.read(MAX_MANIFEST_BYTES + 1)
+    check_metadata_size(product, MANIFEST, len(data))  # a zip entry may lie about its size
+    return data
+
+
+def _check_size(entry: ManifestEntry, size: int, product: str) -> None:
+    """Before hashing: a metadata file beyond its limit, or a size other than the manifest's.
+
+    DESIGN CHOICE: both are decided from the zip entry or the stat, so a padded 2 GiB XML is
+    refused at once instead of being inflated and hashed first.
+    """
+    check_metadata_size(product, entry.path, size)
+    if entry.size is not None and size != entry.size:
+        raise ChecksumError(f"{product}: {entry.path} has {size} bytes, manifest.safe says {entry.size}")
+
+
 def _check_entry(entry: ManifestEntry, stream: BinaryIO, product: str) -> None:
     try:
         digest, n = hash_stream(stream, entry.algorithm)
@@ -164,11 +185,14 @@ def _verify_zip(path: Path, product: str) -> tuple[int, set[str]]:
         if root is None:
             raise CorruptProductError(product, "no manifest.safe in the zip")
         try:
-            entries = parse_manifest(zf.read(root + MANIFEST), product)
+            info = zf.getinfo(root + MANIFEST)
+            with zf.open(info) as f:
+                entries = parse_manifest(_read_manifest(f, info.file_size, product), product)
             for entry in entries:
                 member = root + entry.path
                 if member not in names:
                     raise CorruptProductError(product, f"{entry.path} is listed in manifest.safe but missing")
+                _check_size(entry, zf.getinfo(member).file_size, product)
                 with zf.open(member) as f:
                     _check_entry(entry, f, product)
         except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:  # CRC error, truncation
@@ -180,11 +204,13 @@ def _verify_folder(path: Path, product: str) -> tuple[int, set[str]]:
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise CorruptProductError(product, "no manifest.safe in the folder")
-    entries = parse_manifest(manifest.read_bytes(), product)
+    with open(manifest, "rb") as f:
+        entries = parse_manifest(_read_manifest(f, os.fstat(f.fileno()).st_size, product), product)
     for entry in entries:
         member = path / entry.path
         if not member.is_file():
             raise CorruptProductError(product, f"{entry.path} is listed in manifest.safe but missing")
+        _check_size(entry, member.stat().st_size, product)
         with open(member, "rb") as f:
             _check_entry(entry, f, product)
     return len(entries), {e.algorithm for e in entries}

@@ -87,6 +87,13 @@ class WarpTarget:
         return (int(self.window.height), int(self.window.width))
 
 
+def gdal_reason(exc: BaseException) -> str:
+    """GDAL's own message for a failed read: rasterio's "Read failed. See previous exception
+    for details." chains the driver error (e.g. "opj_get_decoded_tile() failed") as its cause."""
+    cause = exc.__cause__
+    return f"{exc} ({cause})" if cause is not None and str(cause) not in str(exc) else str(exc)
+
+
 def harmonise(data: np.ndarray, offset: int) -> np.ndarray:
     """Apply BOA_ADD_OFFSET (PB >= 04.00) in place so every baseline encodes rho = value / 10000.
 
@@ -130,7 +137,8 @@ class StripReader:
             try:
                 data = self.ds.read(1, window=Window(0, r0, self.ds.width, h))
             except RasterioError as exc:
-                raise CorruptProductError(self.product.name, f"cannot decode {self.relpath}: {exc}") from exc
+                raise CorruptProductError(
+                    self.product.name, f"cannot decode {self.relpath}: {gdal_reason(exc)}") from exc
             self._strips[index] = harmonise(data, self.offset)
         return self._strips[index]
 
@@ -165,7 +173,7 @@ class OpenRasters:
                 try:
                     ds = rasterio.open(path)
                 except RasterioError as exc:
-                    raise CorruptProductError(product.name, f"cannot open {relpath}: {exc}") from exc
+                    raise CorruptProductError(product.name, f"cannot open {relpath}: {gdal_reason(exc)}") from exc
                 reader = self._open[path] = StripReader(product, relpath, ds, offset)
             return reader
 
@@ -355,7 +363,7 @@ def _warp_group(product: Product, group: _Group, target: WarpTarget, sub: Window
             )
         except RasterioError as exc:
             raise CorruptProductError(
-                product.name, f"cannot warp {', '.join(group.variables)}: {exc}") from exc
+                product.name, f"cannot warp {', '.join(group.variables)}: {gdal_reason(exc)}") from exc
         out[:, :, c:c + int(win.width)] = part
     return {v: out[i] for i, v in enumerate(group.variables)}
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import re
 import zipfile
+import zlib
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import ChecksumError, CorruptProductError, MetadataError
 from ..product import ProductName
+from ..safe import MAX_PRODUCT_MTD_BYTES
 from ..verify import verify_product
 from .base import AreaLike, ProductRecord, Source, record_matches, sort_records
 
@@ -26,16 +28,29 @@ _LEVELS = {"S2MSI2A": "L2A", "S2MSI1C": "L1C"}
 
 
 def _cloud_cover(path: Path) -> float | None:
-    """Cloud cover from MTD_MSIL2A.xml when cheap to read; None when absent or unreadable."""
+    """Cloud cover from MTD_MSIL2A.xml when cheap to read; None when absent, unreadable or
+    bigger than a real one (the product is then refused, with the reason, when it is read).
+
+    DESIGN CHOICE: search opens one member of bounded size (``MAX_PRODUCT_MTD_BYTES``) and
+    nothing else: a hostile zip must not cost memory before it has even been verified.
+    """
     try:
         if path.is_dir():
             mtd = next(path.glob("MTD_MSI*.xml"), None)
-            data = mtd.read_bytes() if mtd else b""
+            if mtd is None or mtd.stat().st_size > MAX_PRODUCT_MTD_BYTES:
+                return None
+            with open(mtd, "rb") as f:
+                data = f.read(MAX_PRODUCT_MTD_BYTES + 1)
         else:
             with zipfile.ZipFile(path) as zf:
-                member = next((n for n in zf.namelist() if re.search(r"(^|/)MTD_MSIL\w+\.xml$", n)), None)
-                data = zf.read(member) if member else b""
-    except (OSError, zipfile.BadZipFile):
+                info = next((i for i in zf.infolist() if re.search(r"(^|/)MTD_MSIL\w+\.xml$", i.filename)), None)
+                if info is None or info.file_size > MAX_PRODUCT_MTD_BYTES:
+                    return None
+                with zf.open(info) as f:
+                    data = f.read(MAX_PRODUCT_MTD_BYTES + 1)
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError):
+        return None
+    if len(data) > MAX_PRODUCT_MTD_BYTES:
         return None
     m = _CLOUD_RE.search(data)
     return float(m.group(1)) if m else None
