@@ -340,9 +340,11 @@ class Syncer:
                     self.report.superseded.append(n)
             if written is not None:
                 c = written.commit
+                steps = [TimeStepRecord(t, p, d) for t, p, d in
+                         zip(state.times, state.platforms, state.datatake_ids)]
                 record_publish(s, group=f"/{self.cube.group}", version=written.version, product_ids=done,
                                worker=self.worker, n_chunks_written=written.chunks_written,
-                               manifest_path=manifest_key(c.version),
+                               time_steps=steps, manifest_path=manifest_key(c.version),
                                manifest={"parent": c.parent, "sha256": c.manifest_sha256,
                                          "n_keys": c.n_keys, "n_changes": len(c.changes)})
             self._reconcile(s, state)
@@ -371,12 +373,6 @@ class Syncer:
             return
         record_version(s, state.version, m.get("parent"), self.store.manifest_sha256(state.version),
                        len(m["keys"]), m["changes"], f"/{self.cube.group}", worker=self.worker)
-
-        self.report.published += [n for n in products if n in in_store]
-        self.report.version = state.version
-        self.report.time_steps = state.length
-        if not self.opts.keep_products:
-            self._drop_cached(products)
 
     def _drop_cached(self, products: dict[str, Product]) -> None:
         cache = Path(self.settings.cache_dir).resolve()

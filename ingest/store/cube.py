@@ -531,17 +531,21 @@ class Transaction:
         for k, d in ops.items():
             if k.startswith(META_DIR + "/"):
                 continue
-            changes[k] = None if d is None else list(d)
+            changes[k] = None if d is None else _entry(d)
             if d is None:
                 keys.pop(k, None)
             else:
-                keys[k] = list(d)
+                keys[k] = _entry(d)
         return {"format": 1, "version": version, "parent": self.base_version,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "keys": dict(sorted(keys.items())), "changes": dict(sorted(changes.items()))}
 
 
-def full_listing(backend: Backend) -> dict[str, list]:
+def _entry(d: Digest) -> dict:
+    return {"size": d[0], "sha256": d[1]}
+
+
+def full_listing(backend: Backend) -> dict[str, dict]:
     """Size and sha256 of every key of the store outside ``.s2ingest/``."""
     out = {}
     for key in backend.list(""):
@@ -549,7 +553,7 @@ def full_listing(backend: Backend) -> dict[str, list]:
             continue
         raw = backend.get(key)
         if raw is not None:
-            out[key] = list(digest(raw))
+            out[key] = _entry(digest(raw))
     return out
 
 

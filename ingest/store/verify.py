@@ -64,15 +64,16 @@ def check_manifest(store: CubeStore, *, deep: bool, workers: int = 8,
         return
     try:
         manifest = json.loads(raw)
-        keys: dict[str, list] = manifest["keys"]
+        keys: dict[str, dict] = manifest["keys"]
     except (ValueError, KeyError) as exc:
         yield f"{manifest_key(version)}: unreadable manifest ({exc})"
         return
     if manifest.get("version") != version:
         yield f"{manifest_key(version)}: names version {manifest.get('version')}, not {version}"
 
-    def check(item: tuple[str, list]) -> str | None:
-        key, (size, sha) = item
+    def check(item: tuple[str, dict]) -> str | None:
+        key, entry = item
+        size, sha = entry["size"], entry["sha256"]
         try:
             data = store.backend.get(key) if deep else None
             stored = len(data) if data is not None else (None if deep else store.backend.size(key))
