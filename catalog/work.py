@@ -306,6 +306,13 @@ def release(
     return moved
 
 
+def release_worker(session: Session, worker: str, *, now: datetime | None = None) -> list[int]:
+    """Give back every product ``worker`` holds a lease on (a run stopped by Ctrl-C or an error):
+    the same as ``release`` for all of its ids."""
+    ids = list(session.scalars(select(P.id).where(P.lease_owner == worker, P.state.in_(sorted(RELEASE_TO)))))
+    return release(session, ids, worker, now=now) if ids else []
+
+
 # --------------------------------------------------------------------------- what workers report
 
 def mark_downloaded(

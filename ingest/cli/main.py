@@ -76,9 +76,9 @@ def cli(verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from . import db, demo, init, status, sync, synth
+    from . import db, demo, init, retry, status, sync, synth
 
-    for module in (init, sync, status, synth, demo, db):
+    for module in (init, sync, status, retry, synth, demo, db):
         cli.add_command(module.command)
     try:
         from .layers import layers, stats
