@@ -1,6 +1,7 @@
 """``s2ingest sync``: bring the cube up to date with a product source."""
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 
 import click
@@ -92,10 +93,23 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
                        tiles=[t.strip() for t in tiles.split(",")] if tiles else None,
                        max_cloud=max_cloud, dry_run=dry_run, keep_products=keep_products,
                        progress=progress, max_downloads=max_downloads)
-    report = sync(settings, source, opts, echo=click.echo)
+    from ..preflight import no_litter
+    from ..sync import worker_name
+
+    # A failed first run leaves nothing behind; any way out gives back this process's leases.
+    with no_litter(settings, worker=None if dry_run else worker_name()):
+        report = sync(settings, source, opts, echo=click.echo)
     _print(report, dry_run)
+    _skipped(source)
     if report.has_problems:
         raise SystemExit(EXIT_PARTIAL)
+
+
+def _skipped(source) -> None:
+    """What a folder source left out: one line (with -v, the log lists each file and why)."""
+    summary = getattr(source, "skipped_summary", lambda: None)()
+    if summary:
+        click.echo(summary + ("" if logging.getLogger().isEnabledFor(logging.INFO) else " (-v lists them)"))
 
 
 def _print(r, dry_run: bool) -> None:
