@@ -1,7 +1,6 @@
 """``s2ingest sync``: bring the cube up to date with a product source."""
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timezone
 
 import click
@@ -106,10 +105,15 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
 
 
 def _skipped(source) -> None:
-    """What a folder source left out: one line (with -v, the log lists each file and why)."""
+    """What a folder source left out: one line; with -v also each file and why."""
     summary = getattr(source, "skipped_summary", lambda: None)()
-    if summary:
-        click.echo(summary + ("" if logging.getLogger().isEnabledFor(logging.INFO) else " (-v lists them)"))
+    if not summary:
+        return
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    click.echo(summary + ("" if verbose else " (-v lists them)"))
+    if verbose:
+        for path, why in source.skipped:
+            click.echo(f"  skipped {path}: {why}")
 
 
 def _print(r, dry_run: bool) -> None:

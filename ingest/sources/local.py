@@ -59,7 +59,7 @@ class LocalSource(Source):
 
     def _skip(self, path: Path, why: str) -> None:
         self.skipped.append((path, why))
-        log.info("skipped %s: %s", path, why)
+        log.debug("skipped %s: %s", path, why)
 
     def search(
         self, orbit: int, area: AreaLike = None, since: datetime | None = None,
