@@ -20,7 +20,9 @@ from .db import (
     make_engine,
     migrations_dir,
     open_catalog,
+    open_existing_catalog,
     session_scope,
+    sqlite_file,
     upgrade,
 )
 from .discovery import (
@@ -30,6 +32,8 @@ from .discovery import (
     pending_replacements,
     record_deleted_from_hub,
     record_discovered,
+    requeue,
+    retry_products,
 )
 from ingest.errors import CatalogError, LeaseLostError
 
@@ -67,8 +71,8 @@ __all__ = [
     "apply_supersede", "claim", "current_revision", "db_now", "default_url_for_store",
     "downgrade", "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",
     "mark_failed", "mark_offline", "mark_published", "mark_rejected", "migrations_dir",
-    "next_version", "open_catalog", "pending_replacements", "record_deleted_from_hub",
-    "record_discovered", "record_layer", "record_publish", "release", "renew_lease",
+    "next_version", "open_catalog", "open_existing_catalog", "sqlite_file", "pending_replacements", "record_deleted_from_hub",
+    "record_discovered", "record_layer", "requeue", "retry_products", "record_publish", "release", "renew_lease", "requeue",
     "session_scope", "status", "transition", "upgrade",
     "ReconcileReport", "VersionInfo", "reconcile_published", "record_version", "release_all", "versions",
 ]

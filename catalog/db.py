@@ -362,6 +362,23 @@ def open_catalog(url: str | URL | Path, *, create: bool = True) -> Engine:
     return engine
 
 
+def sqlite_file(url: str | URL | Path) -> Path | None:
+    """The file of a SQLite catalog URL (None for PostgreSQL and in-memory SQLite)."""
+    u = normalize_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
+
+
+def open_existing_catalog(url: str | URL | Path, *, hint: str = "") -> Engine:
+    """``open_catalog(create=False)`` that never creates anything: a SQLite file that does
+    not exist is a CatalogError ("no catalog at ...", then ``hint``) instead of a new empty file."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise CatalogError(f"no catalog at {path}{hint}")
+    return open_catalog(url, create=False)
+
+
 def _has_tables(engine: Engine) -> bool:
     try:
         with engine.connect() as conn:

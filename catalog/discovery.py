@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -16,7 +16,7 @@ from ingest.product import ProductName
 
 from .models import HUBS, HubEvent, Product
 from .states import TERMINAL_STATES, State
-from .work import _expire, db_now, transition
+from .work import _expire, _ids, db_now, transition
 
 P = Product
 
@@ -119,16 +119,46 @@ def record_discovered(
     new: list[str] = []
     known: list[str] = []
     keys: set[tuple[str, datetime, str]] = set()
+    changed: list[tuple[int, dict[str, Any]]] = []
     for obj in records:
         row = _row(ProductRecord.coerce(obj), now)
         stmt = insert.values(**row).on_conflict_do_nothing().returning(P.__table__.c.id)
         inserted = session.execute(stmt).first()
+        if inserted is None:
+            again = _changed_rejection(session, row)
+            if again is not None:
+                changed.append(again)
+                inserted = (again[0],)
         (new if inserted is not None else known).append(row["name"])
         if inserted is not None:
             keys.add((row["platform"], row["datatake_start"], row["tile"]))
+    for pid, facts in changed:
+        requeue(session, pid, now=now, **facts)
     if supersede and keys:
         apply_supersede(session, keys=keys, now=now)
     return new, known
+
+
+def _changed_rejection(session: Session, row: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """A rejected product whose file is not the one rejected (another size or checksum, or a
+    local file modified after the rejection): (id, new facts) to make it a candidate again."""
+    old = session.execute(select(P.id, P.state, P.size_bytes, P.hub_checksum_value, P.updated_at)
+                          .where(P.name == row["name"])).first()
+    if old is None or old.state != State.REJECTED.value:
+        return None
+    differs = (row["size_bytes"] is not None and old.size_bytes is not None and row["size_bytes"] != old.size_bytes) \
+        or (row["hub_checksum_value"] and old.hub_checksum_value and row["hub_checksum_value"] != old.hub_checksum_value)
+    if not differs and row["local_path"]:
+        try:
+            mtime = datetime.fromtimestamp(Path(row["local_path"]).stat().st_mtime, timezone.utc)
+        except OSError:
+            return None
+        differs = old.updated_at is not None and mtime > old.updated_at
+    if not differs:
+        return None
+    facts = {k: row[k] for k in ("size_bytes", "hub_checksum_algorithm", "hub_checksum_value", "local_path",
+                                 "hub_id") if row[k] is not None}
+    return old.id, facts
 
 
 def _newness(p: Product) -> tuple[str, datetime, int]:
@@ -276,3 +306,62 @@ def _reject_unfetchable(session: Session, name: str, now: datetime) -> None:
     )
     if waiting:
         transition(session, row.id, State.REJECTED, now=now, reason="deleted from the hub before download")
+
+
+def requeue(
+    session: Session, product_ids: int | Iterable[int], *, now: datetime | None = None, **values: Any
+) -> list[int]:
+    """Make products work again on an operator's request or because their file changed.
+
+    Rejected -> discovered (the guarded ``states.TRANSITIONS`` entry: attempts and reason
+    cleared, due at once; the reprocessing rule runs again for its datatake and tile); failed
+    products stay failed (the stage they failed in retries them) but are due at once. Other
+    states are left alone; returns the ids that changed.
+    """
+    ids = _ids(product_ids)
+    if not ids:
+        return []
+    now = db_now(session, now)
+    rejected = list(session.scalars(select(P.id).where(P.id.in_(ids), P.state == State.REJECTED.value)))
+    moved = transition(
+        session, rejected, State.DISCOVERED, now=now,
+        attempts=0, reason=None, failed_stage=None, next_attempt_at=None, **values,
+    ) if rejected else []
+    if moved:
+        keys = {(r.platform, r.datatake_start, r.tile)
+                for r in session.execute(select(P.platform, P.datatake_start, P.tile).where(P.id.in_(moved)))}
+        apply_supersede(session, keys=keys, now=now)
+    stmt = (
+        update(P)
+        .where(P.id.in_(ids), P.state == State.FAILED.value)
+        .values(next_attempt_at=now, updated_at=now)
+        .returning(P.id)
+        .execution_options(synchronize_session=False)
+    )
+    due = list(session.scalars(stmt))
+    _expire(session, due)
+    return moved + due
+
+
+def retry_products(
+    session: Session, names: Iterable[str] = (), *, rejected: bool = False, failed: bool = False,
+    now: datetime | None = None,
+) -> list[tuple[str, str]]:
+    """An operator's ``s2ingest retry``: re-queue the named products and/or every rejected or
+    failed one. Returns (name, state it was in) of each product re-queued; a named product that
+    is neither rejected nor failed raises CatalogError naming its state."""
+    wanted = {ProductName.parse(n).name for n in names}
+    rows = {r.name: r for r in session.execute(select(P.id, P.name, P.state).where(P.name.in_(wanted)))} \
+        if wanted else {}
+    for name in sorted(wanted):
+        if name not in rows:
+            raise CatalogError(f"no product {name} in the catalog")
+        if rows[name].state not in (State.REJECTED.value, State.FAILED.value):
+            raise CatalogError(f"product {name} is {rows[name].state}, not rejected or failed: nothing to retry")
+    picked = {r.id: (r.name, r.state) for r in rows.values()}
+    states = [s.value for s, on in ((State.REJECTED, rejected), (State.FAILED, failed)) if on]
+    if states:
+        for r in session.execute(select(P.id, P.name, P.state).where(P.state.in_(states))):
+            picked[r.id] = (r.name, r.state)
+    moved = set(requeue(session, list(picked), now=now))
+    return sorted((picked[i] for i in moved), key=lambda t: t[0])

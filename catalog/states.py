@@ -70,6 +70,8 @@ TRANSITIONS: Mapping[tuple[str, str], Guard] = {
         (S.OFFLINE, S.REJECTED, Guard.FREE),
         (S.FAILED, S.REJECTED, Guard.FREE),
         (S.DOWNLOADED, S.REJECTED, Guard.FREE),
+        # a rejected product is retried when its file changed or an operator asks (`retry`)
+        (S.REJECTED, S.DISCOVERED, Guard.FREE),
     ]
 } | {
     # DESIGN CHOICE: supersede needs no lease: a newer product makes the work of whoever holds

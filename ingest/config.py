@@ -75,12 +75,19 @@ def _from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Set
                 changes[key] = Path(value).expanduser()
             elif key in ("orbit", "threads"):
                 changes[key] = int(value)
-            elif key in ("db", "grid"):
+            elif key == "db":
+                if "://" not in str(value):
+                    raise ConfigError(f"{origin}: db {value!r} is not a database URL; use e.g. "
+                                      "sqlite:///path/nl.catalog.sqlite or postgresql://user@host/db")
+                changes[key] = str(value)
+            elif key == "grid":
                 changes[key] = str(value)
             elif key in ("resampling", "hub"):
                 changes[key] = {**getattr(base, key), **dict(value)}
             else:
                 raise ConfigError(f"{origin}: unknown setting {key!r}")
+        except ConfigError:
+            raise
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{origin}: bad value for {key!r}: {exc}") from None
     return replace(base, **changes)

@@ -74,26 +74,47 @@ class DemoPaths:
 
 
 def make_demo_products(directory: Path, echo: Callable[[str], None] = print) -> list[Path]:
-    """Write the demo products (skips those already there, so a rerun is quick)."""
+    """Write the demo products; those already there are reused as they are (a rerun is quick)."""
     out = []
+    reused = 0
     for when, platform, baseline in DEMO_DATATAKES:
         for tile in DEMO_TILES:
             window = tile_window(tile, DEMO_BOUNDS)
             if window is None:
                 continue
-            echo(f"  synth {platform} {when:%Y-%m-%d} {tile} PB {baseline}")
-            out.append(make_product(directory, tile=tile, datatake_start=when, platform=platform,
-                                    baseline=baseline, window=window, overwrite=False))
+            before = set(directory.iterdir()) if directory.is_dir() else set()
+            path = make_product(directory, tile=tile, datatake_start=when, platform=platform,
+                                baseline=baseline, window=window, exist_ok=True)
+            if path in before:
+                reused += 1
+            else:
+                echo(f"  synth {platform} {when:%Y-%m-%d} {tile} PB {baseline}")
+            out.append(path)
+    if reused:
+        echo(f"  reused {reused} products already in {directory}")
     return out
 
 
-def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[str], None] = print) -> None:
-    """Rasterise the synthetic reference layers into /NL, /NL/BBG and /NL/BRP."""
-    from .cli.layers import _record
-    from .layers import add_layer
-    from .layers.synth import make_demo_files
+def _published_same(published: list[dict], group: str, edition: int, variable: str | None,
+                    source: Path, sha256: str) -> bool:
+    """Whether ``source`` (by name and sha256) is already published as this edition."""
+    return any(row["group"] == group and int(row["edition"]) == int(edition)
+               and (variable is None or row["variable"] == variable)
+               and row.get("source") == source.name and row.get("sha256") == sha256
+               for row in published)
 
-    files = make_demo_files(paths.layers)
+
+def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[str], None] = print) -> int:
+    """Rasterise the synthetic reference layers into /NL, /NL/BBG and /NL/BRP; an edition
+    already published from the same file (name and sha256) is skipped. Returns how many
+    layer files were published."""
+    from .cli.layers import _record
+    from .errors import LayerError
+    from .layers import add_layer, list_layers
+    from .layers.synth import make_demo_files
+    from .layers.vector import file_sha256
+
+    files = make_demo_files(paths.layers, reuse=True)
     jobs = [
         ("NL", files["gemeenten"], 2023, "statcode", "municipality"),
         ("NL", files["provincies"], 2023, "statcode", "province"),
@@ -101,20 +122,33 @@ def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[st
         ("NL/BBG", files["bbg"], 2015, "BG2015", None),
     ] + [("NL/BRP", path, int(name[3:]), "gewascode", None)
          for name, path in files.items() if name.startswith("brp")]
+    try:
+        published = list_layers(settings.store)
+    except LayerError:  # no consolidated store yet
+        published = []
+    done = 0
     for group, path, edition, attribute, variable in jobs:
+        if _published_same(published, group, edition, variable, path, file_sha256(path)):
+            what = f"/{group} {variable}" if variable else f"/{group}"
+            echo(f"  layer {what} {edition} from {path.name}: already published")
+            continue
         records = add_layer(settings.store, group, path, edition=edition, attribute=attribute,
                             variable=variable, force=True, grid=NL_GRID)
         _record(settings.db_url, records)
+        done += 1
         echo(f"  layer /{group} {', '.join(r.variable for r in records)} {edition} from {path.name}")
+    return done
 
 
 def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], None] = print) -> DemoPaths:
-    """Build the demo cube under ``root``; returns where everything went."""
+    """Build the demo cube under ``root``; returns where everything went. A rerun reuses the
+    products, publishes nothing already published and says so."""
     from catalog.db import upgrade
 
     from .engine import Cube
     from .quicklook import write_quicklook
     from .sources import make_source
+    from .store import read_published
     from .sync import SyncOptions, sync
 
     paths = DemoPaths(Path(root))
@@ -127,11 +161,29 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     upgrade(settings.db_url)
     report = sync(settings, make_source("local", directory=paths.products),
                   SyncOptions(orbit=51, progress=progress), echo=echo)
-    echo(f"  published {len(report.published)} products, {report.time_steps} time steps, "
-         f"version {report.version}")
+    state = read_published(paths.store, "S2/R051")
+    if report.published:
+        echo(f"  published {len(report.published)} products: {state.length} time steps, "
+             f"version {state.version}")
+    else:
+        echo(f"  no new products: /S2/R051 has {state.length} time steps (last written in cube version {state.version})")
     echo("3/4 reference layers")
-    publish_demo_layers(paths, settings, echo)
-    echo(f"4/4 quick-look -> {paths.quicklook}")
-    write_quicklook(paths.store, paths.quicklook, DEMO_BOUNDS, DEMO_POINT,
-                    title="s2ingest demo: synthetic Sentinel-2 L2A, relative orbit 51, RD New 10 m")
+    n_layers = publish_demo_layers(paths, settings, echo)
+    state = read_published(paths.store, "S2/R051")
+    if report.published or n_layers or not paths.quicklook.exists():
+        echo(f"4/4 quick-look -> {paths.quicklook}")
+        write_quicklook(paths.store, paths.quicklook, DEMO_BOUNDS, DEMO_POINT,
+                        title="s2ingest demo: synthetic Sentinel-2 L2A, relative orbit 51, RD New 10 m")
+    else:
+        echo(f"4/4 quick-look {paths.quicklook} is current")
+    if not (report.published or n_layers):
+        from catalog import next_version, open_catalog, session_scope
+
+        engine = open_catalog(settings.db_url, create=False)
+        try:
+            with session_scope(engine) as s:
+                version = next_version(s) - 1
+        finally:
+            engine.dispose()
+        echo(f"nothing new: cube at version {version}, {state.length} time steps")
     return paths

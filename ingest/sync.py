@@ -208,6 +208,8 @@ class Syncer:
             todo = [(row.id, _source_record(row)) for row in rows]
         if not todo:
             return
+        if not self.opts.progress:  # no bars (piped log, --no-progress): one plain line per step
+            self.echo(f"fetching and verifying {len(todo)} products")
         outcomes = fetch_many(self.source, [r for _, r in todo], self.settings.cache_dir,
                               max_workers=self.opts.max_downloads, progress=self.opts.progress)
         auth_error = next((o.error for o in outcomes if isinstance(o.error, AuthenticationError)), None)
@@ -252,8 +254,11 @@ class Syncer:
                 except OSError as exc:  # the cached file vanished or is unreadable: retry later
                     mark_failed(s, pid, self.worker, f"cannot read {path}: {exc}")
                     self.report.failed.append((name, f"cannot read {path}: {exc}"))
+        batches = self._batches(products)
         try:
-            for batch in self._batches(products):
+            for i, batch in enumerate(batches, 1):
+                if not self.opts.progress:
+                    self.echo(f"warping and writing {len(batch)} products (batch {i}/{len(batches)})")
                 self._publish_batch(batch, claimed)
         except BaseException:
             # DESIGN CHOICE: a run that stops (store error, lock timeout, Ctrl-C) gives its

@@ -160,7 +160,7 @@ def test_init_sync_status(tmp_path, products):
     assert "cube    /S2/R051: 2 time steps (2023-06-14 .. 2023-06-19), store version 2" in out
     assert "published 4" in out and "rejected 0" in out and "failed 0" in out
     assert "time steps in catalog /S2/R051: 2" in out
-    assert re.search(r"last publish: version 2 of /S2/R051 at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, 4 products", out)
+    assert re.search(r"last publish: cube version 2 \(/S2/R051\) at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, 4 products", out)
 
 
 def test_env_vars_and_config_file_keep_two_cubes_apart(tmp_path, products):

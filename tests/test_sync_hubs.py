@@ -272,15 +272,19 @@ def test_wrong_credentials_exit_5(kind, product_dir, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("s2ingest: error:")
     assert "credentials" in lines[0] and f"S2INGEST_{kind.upper()}_USER" in lines[0]
     assert "Traceback" not in r.output + r.stderr
-    # the products are not blamed: no failure recorded, no attempt counted, nothing published
+    # a failed first run leaves nothing behind: no store, no catalog, no cache
+    assert not any(p.name.startswith("cube") for p in tmp_path.iterdir()), list(tmp_path.iterdir())
+    # on a cube that exists, the products are not blamed: no failure recorded, no attempt counted
+    with cls(product_dir) as hub:
+        assert hub_sync(kind, hub, store, "--until", "2023-06-15").exit_code == 0
+        r = hub_sync(kind, hub, store, env=env)
+    assert r.exit_code == 5, r.output + r.stderr
     rows = catalog_rows(catalog_url(store))
-    if kind == "dhus":  # the search itself needs credentials: nothing was catalogued
-        assert rows == {}
-    else:  # CDSE searches anonymously; the download refused: the products wait, due at once
+    assert sum(r_["state"] == "published" for r_ in rows.values()) == 2
+    if kind == "cdse":  # CDSE searches anonymously; the download refused: the products wait, due at once
         assert len(rows) == 4
         assert all(r_["state"] == "discovered" and r_["attempts"] == 0 and r_["next_attempt_at"] is None
-                   for r_ in rows.values())
-    assert not store.exists() or not written_cube_exists(store)
+                   for r_ in rows.values() if r_["state"] != "published")
 
 
 def written_cube_exists(store: Path) -> bool:

@@ -25,8 +25,13 @@ def upgrade_cmd(settings, revision) -> None:
 @command.command("current")
 @cube_options
 def current_cmd(settings) -> None:
-    """Show the catalog's schema revision and the one this s2ingest needs."""
-    from catalog.db import current_revision, display_url, head_revision
+    """Show the catalog's schema revision and the one this s2ingest needs (creates nothing)."""
+    from catalog.db import current_revision, display_url, head_revision, sqlite_file
 
+    path = sqlite_file(settings.db_url)
+    if path is not None and not path.exists():
+        click.echo(f"catalog {display_url(settings.db_url)}: revision None (this s2ingest: {head_revision()}); "
+                   "no such file yet: `s2ingest db upgrade` or `s2ingest init` creates it")
+        return
     click.echo(f"catalog {display_url(settings.db_url)}: revision {current_revision(settings.db_url)} "
                f"(this s2ingest: {head_revision()})")

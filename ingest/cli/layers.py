@@ -17,7 +17,7 @@ from ..layers import add_layer, list_layers
 from ..layers.codes import GROUPS
 from ..layers.publish import LayerRecord
 from ..layers.stats import cube_stats, write_table
-from .options import cube_options
+from .options import cube_options, progress_option
 
 
 @click.group("layers")
@@ -119,8 +119,14 @@ def _ints(value: str | None) -> list[int] | None:
 @click.option("--end", default=None, help="Last date (inclusive).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output table: .csv or .parquet.")
-def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, start, end, out) -> None:
-    """Per-zone statistics of a cube variable per date (e.g. mean NDVI per municipality)."""
+@progress_option
+def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, start, end, out, progress) -> None:
+    """Per-zone statistics of a cube variable per date (e.g. mean NDVI per municipality).
+
+    \b
+    --stat mean:    zone, [name], time, sum, count, mean
+    --stat classes: zone, time, class, count (e.g. --variable SCL: pixels per scene class)
+    """
     layer_group, _, layer = by.strip("/").rpartition("/")
     if not layer_group:
         raise ConfigError(f"--by {by!r}: give GROUP/VARIABLE, e.g. NL/municipality")
@@ -128,6 +134,6 @@ def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, start, 
     df = cube_stats(settings.store, group=f"S2/R{orbit:03d}", variable=variable,
                     layer_group=layer_group, layer=layer, edition=edition, kind=kind,
                     bounds=tuple(bbox) if bbox else None, start=start, end=end,
-                    valid_scl=_ints(valid_scl), grid=get_grid(settings.grid))
+                    valid_scl=_ints(valid_scl), grid=get_grid(settings.grid), progress=progress)
     write_table(df, out)
     click.echo(f"wrote {len(df)} rows to {out}")

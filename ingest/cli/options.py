@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Callable
 
 import click
@@ -10,9 +11,13 @@ from ..config import Settings, load_settings
 
 
 def cube_options(func: Callable) -> Callable:
-    """Add --store, --db and --config; pass the merged ``Settings`` as ``settings``."""
+    """Add --store, --db and --config; pass the merged ``Settings`` as ``settings``.
 
-    @click.option("--store", type=click.Path(file_okay=False), default=None,
+    The store path is checked the same way whatever set it (option, environment, config
+    file): a file or a folder of other files is refused (exit 6) before anything is created.
+    """
+
+    @click.option("--store", type=click.Path(), default=None,
                   help="Zarr store of the cube [env S2INGEST_STORE; default ./s2ingest-cube.zarr].")
     @click.option("--db", "db", default=None, metavar="URL",
                   help="Catalog database URL, e.g. postgresql://user@host/db "
@@ -21,10 +26,21 @@ def cube_options(func: Callable) -> Callable:
                   help="TOML config file [env S2INGEST_CONFIG; default ./s2ingest.toml].")
     @functools.wraps(func)
     def wrapper(*args, store, db, config, **kwargs):
+        from ..preflight import check_store_location
+
         settings = load_settings({"store": store, "db": db}, config)
+        check_store_location(settings.store)
         return func(*args, settings=settings, **kwargs)
 
     return wrapper
+
+
+def open_existing_catalog(settings: Settings):
+    """The cube's catalog for a read-only command; never creates one (points at ``init``)."""
+    from catalog import open_existing_catalog as open_existing
+
+    return open_existing(settings.db_url,
+                         hint=f"; create the cube with `s2ingest init --store {settings.store}`")
 
 
 def orbit_option(func: Callable) -> Callable:
@@ -32,6 +48,24 @@ def orbit_option(func: Callable) -> Callable:
                         help="Relative orbit of the cube (group /S2/R{orbit:03d}) [default 51].")(func)
 
 
+def progress_enabled(flag: bool | None = None) -> bool:
+    """Progress bars only where someone watches: --progress/--no-progress when given, else
+    whether stderr is a terminal (a piped log gets plain lines, not bars)."""
+    if flag is not None:
+        return flag
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def progress_option(func: Callable) -> Callable:
-    return click.option("--progress/--no-progress", default=True, show_default=True,
-                        help="Show progress bars on long work.")(func)
+    """--progress/--no-progress; default: bars when stderr is a terminal. Passes a bool."""
+
+    @click.option("--progress/--no-progress", default=None,
+                  help="Show progress bars on long work [default: when stderr is a terminal].")
+    @functools.wraps(func)
+    def wrapper(*args, progress, **kwargs):
+        return func(*args, progress=progress_enabled(progress), **kwargs)
+
+    return wrapper

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cube_options, orbit_option
+from .options import cube_options, open_existing_catalog, orbit_option
 
 
 @click.command("status")
@@ -12,12 +12,17 @@ from .options import cube_options, orbit_option
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows of each problem list.")
 def command(settings, orbit, limit) -> None:
     """Products per state, published time steps, the last publish, and every failure,
-    rejection, supersede and hub deletion with its reason."""
-    from catalog import open_catalog, session_scope, status
+    rejection, supersede and hub deletion with its reason.
+
+    Versions: every publish (imagery or reference layer) gets the next cube version; the
+    cube line shows the version that last wrote the imagery group, "last publish" the newest
+    version of any group. Read-only: creates nothing.
+    """
+    from catalog import session_scope, status
 
     from ..store import CubeStore, group_path
 
-    engine = open_catalog(settings.db_url, create=False)
+    engine = open_existing_catalog(settings)
     with session_scope(engine) as s:
         st = status(s, limit=limit)
     click.echo(f"store   {settings.store}")
@@ -35,7 +40,7 @@ def command(settings, orbit, limit) -> None:
         click.echo(f"time steps in catalog {g}: {n}")
     if st.last_publish:
         lp = st.last_publish
-        click.echo(f"last publish: version {lp.version} of {lp.group} at {lp.published_at:%Y-%m-%d %H:%M:%S} UTC, "
+        click.echo(f"last publish: cube version {lp.version} ({lp.group}) at {lp.published_at:%Y-%m-%d %H:%M:%S} UTC, "
                    f"{lp.n_products} products, {lp.n_chunks_written} chunks")
     for p in st.problems:
         when = f", next attempt {p.next_attempt_at:%Y-%m-%d %H:%M}" if p.next_attempt_at else ""

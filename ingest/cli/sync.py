@@ -92,10 +92,28 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
                        tiles=[t.strip() for t in tiles.split(",")] if tiles else None,
                        max_cloud=max_cloud, dry_run=dry_run, keep_products=keep_products,
                        progress=progress, max_downloads=max_downloads)
-    report = sync(settings, source, opts, echo=click.echo)
+    from ..preflight import no_litter
+    from ..sync import worker_name
+
+    # A failed first run leaves nothing behind; any way out gives back this process's leases.
+    with no_litter(settings, worker=None if dry_run else worker_name()):
+        report = sync(settings, source, opts, echo=click.echo)
     _print(report, dry_run)
+    _skipped(source)
     if report.has_problems:
         raise SystemExit(EXIT_PARTIAL)
+
+
+def _skipped(source) -> None:
+    """What a folder source left out: one line; with -v also each file and why."""
+    summary = getattr(source, "skipped_summary", lambda: None)()
+    if not summary:
+        return
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    click.echo(summary + ("" if verbose else " (-v lists them)"))
+    if verbose:
+        for path, why in source.skipped:
+            click.echo(f"  skipped {path}: {why}")
 
 
 def _print(r, dry_run: bool) -> None:

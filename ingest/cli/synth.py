@@ -35,7 +35,8 @@ def _when(value: str) -> datetime:
               help="scene: fields, water, towns, clouds; coords: pixel values encode their position.")
 @click.option("--zip/--safe", "as_zip", default=False, show_default=True,
               help="Write <name>.zip (as hubs deliver) instead of a .SAFE folder.")
-def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, content, as_zip) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace products of the same name already in OUT_DIR.")
+def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, content, as_zip, overwrite) -> None:
     """Write synthetic Sentinel-2 L2A SAFE products into OUT_DIR.
 
     The products follow the real format (names, folders, MTD_MSIL2A.xml, MTD_TL.xml,
@@ -54,5 +55,5 @@ def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, cont
             path = make_product(out_dir, tile=tile, datatake_start=_when(t), platform=platform,
                                 baseline=baseline, relative_orbit=orbit,
                                 window=tuple(window) if window else None, content=content,
-                                as_zip=as_zip)
+                                as_zip=as_zip, overwrite=overwrite)
             click.echo(str(path))

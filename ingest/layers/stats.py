@@ -70,7 +70,9 @@ def class_counts(classes: xr.DataArray, zones: xr.DataArray, values: Sequence[in
     parts = [(classes == v).groupby(z).sum().astype("int64").expand_dims({"class": [int(v)]})
              for v in values]
     if not parts:
-        return pd.DataFrame(columns=[z.name, "class", "count"])
+        index = pd.MultiIndex.from_arrays([[], [], []], names=[str(z.name), "time", "class"]) \
+            if "time" in classes.dims else pd.MultiIndex.from_arrays([[], []], names=[str(z.name), "class"])
+        return pd.DataFrame({"count": pd.Series([], dtype="int64")}, index=index)
     df = xr.concat(parts, dim="class").rename("count").to_dataframe()[["count"]]
     df = _zone_first(df, str(z.name))
     if "time" in df.index.names:
@@ -125,7 +127,7 @@ def layer_bounds(zones: xr.DataArray, edition: int) -> tuple[float, float, float
 def cube_stats(store: str | Path, *, group: str, variable: str, layer_group: str, layer: str,
                edition: int, kind: str = "mean", bounds=None, start=None, end=None,
                valid_scl: Sequence[int] | None = None, grid: CubeGrid = NL_GRID,
-               time_block: int = 20) -> pd.DataFrame:
+               time_block: int = 20, progress: bool = False) -> pd.DataFrame:
     """Statistics of ``variable`` per ``layer`` zone and date, one chunk at a time.
 
     ``kind`` is "mean" (columns zone, [name], time, sum, count, mean) or "classes" (class
@@ -141,22 +143,25 @@ def cube_stats(store: str | Path, *, group: str, variable: str, layer_group: str
     window = grid.window_for_bounds(bounds) if bounds else grid.full_window
     if window is None:
         raise ConfigError(f"bounds {bounds} do not overlap grid {grid.name}")
-    parts = list(_blocks(data, zones, grid, window, kind, time_block, layer))
+    parts = [p for p in _blocks(data, zones, grid, window, kind, time_block, layer, progress) if len(p)]
     if not parts:
         return pd.DataFrame()
-    df = pd.concat(parts)
-    keys = list(df.index.names)
-    df = df.groupby(level=keys).sum()
+    # Sum the blocks' partial sums and counts per zone (and date, class), by column names.
+    df = pd.concat([p.reset_index() for p in parts], ignore_index=True)
+    keys = [c for c in df.columns if c not in ("sum", "count")]
+    df = df.groupby(keys, sort=True).sum().sort_index()
     if kind == "classes":
         return df.reset_index()
-    
     names = {int(k): v for k, v in zones.attrs.get("code_names", {}).items()}
     return _finish_means(df, names)
 
 
 def _blocks(data: xr.DataArray, zones: xr.DataArray, grid: CubeGrid, window, kind: str,
-            time_block: int, zone_name: str) -> Iterable[pd.DataFrame]:
-    for index in grid.chunks_in_window(window):
+            time_block: int, zone_name: str, progress: bool = False) -> Iterable[pd.DataFrame]:
+    from tqdm.auto import tqdm
+
+    chunks = list(grid.chunks_in_window(window))
+    for index in tqdm(chunks, desc=f"{kind} per {zone_name}", unit="chunk", disable=not progress, leave=False):
         w = grid.chunk_window(index)
         sel = {"y": slice(w.row_off, w.row_off + w.height), "x": slice(w.col_off, w.col_off + w.width)}
         z = zones.isel(sel).load()

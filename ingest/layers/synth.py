@@ -252,10 +252,21 @@ def imagery_group(store: str | Path, bounds: Bounds, n_times: int = 3, group: st
 
 
 # -- demo ---------------------------------------------------------------------------------------
+_write_vector = write_vector  # the module function, under a name make_demo_files can wrap
+
+
 def make_demo_files(directory: str | Path, bounds: Bounds = DEMO_BOUNDS, seed: int = 0,
-                    years: tuple[int, ...] = (2022, 2023)) -> dict[str, Path]:
-    """Write every demo input; returns {name: path}. Municipalities in WGS 84 on purpose."""
+                    years: tuple[int, ...] = (2022, 2023), reuse: bool = False) -> dict[str, Path]:
+    """Write every demo input; returns {name: path}. Municipalities in WGS 84 on purpose.
+
+    With ``reuse`` a file that exists is kept as it is (a GeoPackage written again differs in
+    its timestamps, so its checksum, and so the layer's provenance, would change).
+    """
     d = Path(directory)
+
+    def write_vector(path: Path, *args, **kw) -> Path:
+        return path if reuse and path.exists() else _write_vector(path, *args, **kw)
+
     d.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     g, f = municipalities(bounds)

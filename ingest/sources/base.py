@@ -144,17 +144,25 @@ def record_matches(
     until: datetime | None = None, tiles: Sequence[str] | None = None, max_cloud: float | None = None,
 ) -> bool:
     """Client-side filter on identity: since inclusive, until exclusive, on the datatake start."""
+    return mismatch(record, orbit, since, until, tiles, max_cloud) is None
+
+
+def mismatch(
+    record: ProductRecord, orbit: int | None = None, since: datetime | None = None,
+    until: datetime | None = None, tiles: Sequence[str] | None = None, max_cloud: float | None = None,
+) -> str | None:
+    """Why ``record_matches`` leaves a record out (None: it matches)."""
     if orbit is not None and record.relative_orbit != orbit:
-        return False
+        return f"of relative orbit {record.relative_orbit} (the cube is {orbit})"
     if since is not None and record.datatake_start < utc(since):
-        return False
+        return f"before --since {utc(since):%Y-%m-%d}"
     if until is not None and record.datatake_start >= utc(until):
-        return False
+        return f"not before --until {utc(until):%Y-%m-%d}"
     if tiles and record.tile not in {t.upper().lstrip("T") for t in tiles}:
-        return False
+        return f"tile {record.tile} not in --tiles"
     if max_cloud is not None and record.cloud_cover is not None and record.cloud_cover > max_cloud:
-        return False
-    return True
+        return f"cloud cover above --max-cloud {max_cloud:g} %"
+    return None
 
 
 class Source(ABC):

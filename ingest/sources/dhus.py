@@ -32,13 +32,27 @@ from sentinelsat.exceptions import (
 from ..errors import AuthenticationError, HubError, HubUnreachableError, MetadataError, ProductOfflineError
 from ..verify import supported_algorithm
 from .base import AreaLike, ProductRecord, Source, area_polygon, polygon_wkt, record_matches, sort_records
-from .download import RetryPolicy, fetch_with_verification, parse_retry_after
+from .download import RetryPolicy, _origin, connection_cause, fetch_with_verification, parse_retry_after
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENV_USER = "S2INGEST_DHUS_USER"
 ENV_PASSWORD = "S2INGEST_DHUS_PASSWORD"
+ENV_URL = "S2INGEST_DHUS_URL"
+# sentinelsat's own variables, which every sentinelsat user already has; ours win.
+SENTINELSAT_USER = "DHUS_USER"
+SENTINELSAT_PASSWORD = "DHUS_PASSWORD"
+SENTINELSAT_URL = "DHUS_URL"
+DEFAULT_URL = "https://apihub.copernicus.eu/apihub/"
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
 _UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
 
 
@@ -57,13 +71,15 @@ class DhusSource(Source):
     hub = "dhus"
 
     def __init__(
-        self, url: str = "https://apihub.copernicus.eu/apihub/", user: str | None = None,
+        self, url: str | None = None, user: str | None = None,
         password: str | None = None, *, timeout: float = 60, progress: bool = True,
         policy: RetryPolicy | None = None, verify_attempts: int = 3, api: SentinelAPI | None = None,
     ) -> None:
-        # None credentials let sentinelsat/requests fall back to ~/.netrc, as its users expect.
-        user = user if user is not None else os.environ.get(ENV_USER)
-        password = password if password is not None else os.environ.get(ENV_PASSWORD)
+        # Order: arguments (--url, config [hub]), S2INGEST_DHUS_*, sentinelsat's DHUS_*; None
+        # credentials let sentinelsat/requests fall back to ~/.netrc, as its users expect.
+        url = url or _env(ENV_URL, SENTINELSAT_URL) or DEFAULT_URL
+        user = user if user is not None else _env(ENV_USER, SENTINELSAT_USER)
+        password = password if password is not None else _env(ENV_PASSWORD, SENTINELSAT_PASSWORD)
         self.url = url
         self.user = user
         self.api = api or SentinelAPI(user, password, url, show_progressbars=progress, timeout=timeout)
@@ -74,7 +90,8 @@ class DhusSource(Source):
     def _auth_hint(self) -> str:
         host = requests.utils.urlparse(self.url).hostname
         who = f"user {self.user!r}" if self.user else "no user given (so ~/.netrc was used)"
-        return (f"{who}; set {ENV_USER} and {ENV_PASSWORD}, or put a 'machine {host}' entry in ~/.netrc")
+        return (f"{who}; set {ENV_USER} and {ENV_PASSWORD} (or sentinelsat's {SENTINELSAT_USER} and "
+                f"{SENTINELSAT_PASSWORD}), or put a 'machine {host}' entry in ~/.netrc")
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """Run a sentinelsat call with bounded retries and our typed errors."""
@@ -102,11 +119,15 @@ class DhusSource(Source):
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 error: Exception = HubError(f"{what}: DHuS error {status}: {exc.msg}")
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                error = HubUnreachableError(f"{what}: connection to the DHuS at {self.url} failed: {exc}")
+                # One short line (never the whole footprint query of the failed URL).
+                cause, transient = connection_cause(exc)
+                error = HubUnreachableError(f"{what}: the DHuS at {_origin(self.url)} did not answer: {cause}")
+                if not transient:
+                    raise error from None
             failures += 1
             if failures >= self.policy.attempts:
                 raise error
-            log.warning("%s (retry %d)", error, failures)
+            log.info("%s (retry %d)", error, failures)
             self.policy.wait(failures, retry_after)
 
     # -- search ---------------------------------------------------------------------------------

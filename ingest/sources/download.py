@@ -148,11 +148,14 @@ class Http:
                 resp = self._send_once(method, current, headers, use_auth, stream=stream, params=params, data=data)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 failures += 1
+                cause, transient = connection_cause(exc)
+                if not transient:
+                    raise HubUnreachableError(f"{self.hub} at {_origin(current)} did not answer: {cause}") from None
                 if failures >= self.policy.attempts:
                     raise HubUnreachableError(
-                        f"{self.hub} at {_origin(current)} did not answer after {failures} attempts: {_short(exc)}"
+                        f"{self.hub} at {_origin(current)} did not answer after {failures} attempts: {cause}"
                     ) from None
-                log.warning("%s unreachable (%s), retry %d", _origin(current), _short(exc), failures)
+                log.info("%s unreachable (%s), retry %d", _origin(current), cause, failures)
                 self.policy.wait(failures)
                 continue
             status = resp.status_code
@@ -184,6 +187,43 @@ class Http:
                 log.warning("%s: HTTP %d, waited %.1f s (retry %d)", _origin(current), status, waited, failures)
                 continue
             return resp
+
+
+def connection_cause(exc: BaseException) -> tuple[str, bool]:
+    """A short cause for a failed connection and whether retrying can help.
+
+    DESIGN CHOICE: a name that does not resolve or a host that cannot be routed to does not
+    heal within a run's retry budget (minutes): fail at once with one line, and let the next
+    run (cron) try again. Refused connections (a hub restarting), timeouts and dropped
+    connections are retried; each retry is logged at INFO (-v), the final error is one line.
+    """
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in seen and len(seen) < 10:
+        seen.append(e)
+        nxt = e.__cause__ or e.__context__
+        for arg in getattr(e, "args", ()):  # urllib3 wraps its reason in MaxRetryError.reason
+            if isinstance(arg, BaseException) and arg not in seen:
+                nxt = nxt or arg
+        reason = getattr(e, "reason", None)
+        if isinstance(reason, BaseException) and reason not in seen:
+            nxt = reason
+        e = nxt
+    text = " ".join(f"{type(x).__name__} {x}" for x in seen)
+    low = text.lower()
+    if ("nameresolution" in low or "name or service not known" in low or "failed to resolve" in low
+            or "nodename nor servname" in low or "temporary failure in name resolution" in low
+            or "no address associated" in low or "getaddrinfo failed" in low):
+        return "the host name does not resolve (DNS)", False
+    if "no route to host" in low or "network is unreachable" in low:
+        return "no route to the host", False
+    if "connectionrefused" in low or "connection refused" in low or "errno 111" in low:
+        return "connection refused", True  # a hub restarting refuses for a while: retried
+    if any(isinstance(x, (requests.Timeout, TimeoutError)) for x in seen) or "timed out" in low:
+        return "timed out", True
+    if "reset by peer" in low or "connection aborted" in low or "remotedisconnected" in low:
+        return "connection dropped", True
+    return type(exc).__name__, True
 
 
 def _origin(url: str) -> str:

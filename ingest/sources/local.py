@@ -19,7 +19,7 @@ from ..errors import ChecksumError, CorruptProductError, MetadataError
 from ..product import ProductName
 from ..safe import MAX_PRODUCT_MTD_BYTES
 from ..verify import verify_product
-from .base import AreaLike, ProductRecord, Source, record_matches, sort_records
+from .base import AreaLike, ProductRecord, Source, mismatch, sort_records
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,17 @@ class LocalSource(Source):
     def __init__(self, directory: str | Path, recursive: bool = False) -> None:
         self.directory = Path(directory)
         self.recursive = recursive
+        # (path, why) of every .zip/.SAFE the last search left out, for the user to be told.
+        self.skipped: list[tuple[Path, str]] = []
 
     def _candidates(self) -> list[Path]:
         pattern = "**/*" if self.recursive else "*"
-        return [p for p in self.directory.glob(pattern)
-                if (p.suffix == ".zip" and p.is_file()) or (p.suffix == ".SAFE" and p.is_dir())]
+        return sorted(p for p in self.directory.glob(pattern)
+                      if (p.suffix == ".zip" and p.is_file()) or (p.suffix == ".SAFE" and p.is_dir()))
+
+    def _skip(self, path: Path, why: str) -> None:
+        self.skipped.append((path, why))
+        log.debug("skipped %s: %s", path, why)
 
     def search(
         self, orbit: int, area: AreaLike = None, since: datetime | None = None,
@@ -78,22 +84,37 @@ class LocalSource(Source):
         """Products in the directory whose *name* matches; ``area`` is not used (names carry tiles)."""
         level = _LEVELS.get(product_type)
         records = []
+        self.skipped = []
         for path in self._candidates():
             try:
                 pn = ProductName.parse(path.name)
             except MetadataError:
-                log.debug("skipping %s: not a product name", path)
+                self._skip(path, "not a Sentinel-2 product name")
                 continue
             if level and pn.level != level:
+                self._skip(path, f"{pn.level} product, not {level}")
                 continue
             size = path.stat().st_size if path.is_file() else None
             record = ProductRecord.from_name(
                 pn.name, hub=self.hub, hub_id=str(path), size=size, cloud_cover=_cloud_cover(path),
                 product_type=product_type,
             )
-            if record_matches(record, orbit, since, until, tiles, max_cloud):
+            why = mismatch(record, orbit, since, until, tiles, max_cloud)
+            if why is None:
                 records.append(record)
+            else:
+                self._skip(path, why)
         return sort_records(records)
+
+    def skipped_summary(self) -> str | None:
+        """One line on what the last search left out and why (None: nothing)."""
+        if not self.skipped:
+            return None
+        counts: dict[str, int] = {}
+        for _, why in self.skipped:
+            counts[why] = counts.get(why, 0) + 1
+        parts = "; ".join(f"{n} {why}" for why, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"skipped {len(self.skipped)} in {self.directory}: {parts}"
 
     def fetch(self, record: ProductRecord, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
         """The product's own path after checking its manifest.safe checksums."""

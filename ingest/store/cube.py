@@ -120,7 +120,7 @@ class CubeStore:
             check_grid(stored, grid, backend.url)
             return cls(backend, stored)
         if isinstance(backend, LocalBackend):
-            _check_empty_dir(backend.root)
+            check_location(backend.root)
         return cls(backend, grid)
 
     @classmethod
@@ -235,15 +235,29 @@ def check_grid(stored: CubeGrid, grid: CubeGrid, where: str) -> None:
                                 f"not {grid.name}")
 
 
-def _check_empty_dir(root: Path) -> None:
-    if root.is_file() or (root.exists() and not root.is_dir()):
-        raise NotACubeError(f"{root} is a file, not a cube store (a directory)")
-    if root.is_dir():
-        others = [p.name for p in root.iterdir() if p.name != META_DIR]
-        if others:
-            raise NotACubeError(
-                f"{root} is not empty and not an s2ingest cube (holds {', '.join(sorted(others)[:3])}"
-                f"{', …' if len(others) > 3 else ''}); choose an empty or new directory")
+def check_location(path: str | Path) -> None:
+    """Refuse a local store path that is a file, or a non-empty folder that is not an
+    s2ingest cube (``NotACubeError``, exit 6), before anything is created there."""
+    p = Path(path)
+    if not p.exists():
+        if p.is_symlink():
+            raise NotACubeError(f"store {p} is a broken symbolic link")
+        return
+    if not p.is_dir():
+        raise NotACubeError(f"store {p} is a file, not a cube (a store is a folder, e.g. nl.zarr)")
+    if (p / GRID_FILE).is_file():
+        return
+    try:
+        entries = sorted(e.name for e in p.iterdir() if e.name != META_DIR)
+    except OSError as exc:
+        raise StoreError(f"cannot read store {p}: {exc}") from exc
+    if not entries:
+        return
+    if ".zgroup" in entries:
+        raise NotACubeError(f"store {p} is a Zarr store without {GRID_FILE}: not an s2ingest cube")
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise NotACubeError(f"store {p} is a folder of other files ({shown}), not an s2ingest cube; "
+                        "give a new or empty folder")
 
 
 def version_of(root_meta: dict) -> int:

@@ -338,8 +338,12 @@ def make_product(
     snow: bool | None = None,
     swath_edge: tuple[LonLat, LonLat] | None = None,
     overwrite: bool = False,
+    exist_ok: bool = False,
 ) -> Path:
     """Write one synthetic L2A product and return its ``.SAFE`` folder (or ``.zip``).
+
+    An existing product of the same name is an error, replaced with ``overwrite``, or returned
+    as it is with ``exist_ok`` (products are renamed into place only when complete).
 
     ``window=(row_off, col_off, height, width)`` in 10 m pixels of the 10980² tile, all
     multiples of 6 (None: the full tile). DESIGN CHOICE: a windowed product's MTD_TL.xml
@@ -372,8 +376,11 @@ def make_product(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / (ids.name + (".zip" if as_zip else ".SAFE"))
     if final.exists():
+        if exist_ok and not overwrite:
+            return final
         if not overwrite:
-            raise ConfigError(f"{final} exists (pass overwrite=True to replace it)")
+            raise ConfigError(f"{final} exists (replace it with `s2ingest synth --overwrite`, "
+                              "or overwrite=True in Python)")
         shutil.rmtree(final) if final.is_dir() else final.unlink()
     work = Path(tempfile.mkdtemp(prefix=f".{ids.name}.", dir=out_dir))
     try:

@@ -1,0 +1,100 @@
+"""Checks before a command touches anything, and no litter after a command that failed.
+
+* ``check_store_location``: a ``--store`` (from the command line, the environment or a config
+  file alike) must be a cube, an empty folder or a path that does not exist yet. A file, or a
+  folder of other files, is refused with a StoreError (exit 6) before anything is created.
+* ``no_litter``: around a writing command; if it fails, what it created (a new store that
+  holds no data, a new SQLite catalog that records no publish, a new product cache) is removed,
+  so a failed first run leaves the disk as it was. Whatever it fails with, the leases this
+  process holds are given back, so ``status`` and the next run see no crashed worker.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .config import Settings
+from .errors import S2IngestError, StoreError
+from .store.cube import check_location as check_store_location  # noqa: F401 (re-export)
+
+log = logging.getLogger(__name__)
+
+
+def _catalog_file(settings: Settings) -> Path | None:
+    from catalog import sqlite_file
+
+    return sqlite_file(settings.db_url)
+
+
+def _publishes(settings: Settings) -> int:
+    """How many publishes the catalog records (-1: cannot tell, so keep everything)."""
+    from sqlalchemy import func, select
+
+    from catalog import Publish, open_existing_catalog, session_scope
+
+    try:
+        engine = open_existing_catalog(settings.db_url)
+    except S2IngestError:
+        return 0
+    try:
+        with session_scope(engine) as s:
+            return int(s.scalar(select(func.count()).select_from(Publish)) or 0)
+    except S2IngestError:
+        return -1
+    finally:
+        engine.dispose()
+
+
+def release_leases(settings: Settings, worker: str) -> int:
+    """Give back every lease ``worker`` holds in the catalog (0 when there is no catalog)."""
+    from catalog import open_existing_catalog, release_all, session_scope
+
+    try:
+        engine = open_existing_catalog(settings.db_url)
+    except S2IngestError:
+        return 0
+    try:
+        with session_scope(engine) as s:
+            return len(release_all(s, worker))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def no_litter(settings: Settings, worker: str | None = None) -> Iterator[None]:
+    """Release ``worker``'s leases on any way out; on an S2IngestError also remove what this
+    command created and holds nothing (see module docstring)."""
+    store = Path(settings.store)
+    db_file = _catalog_file(settings)
+    cache = Path(settings.cache_dir)
+    existed = {store: store.exists(), cache: cache.exists()}
+    db_existed = db_file is not None and db_file.exists()
+    try:
+        yield
+    except BaseException as exc:
+        if worker is not None:
+            try:
+                n = release_leases(settings, worker)
+                if n:
+                    log.info("released %d leases of %s", n, worker)
+            except S2IngestError as rel_exc:  # the catalog is the problem: report the first error
+                log.debug("could not release leases: %s", rel_exc)
+        if isinstance(exc, S2IngestError):
+            _clean(store, existed[store], cache, existed[cache], db_file, db_existed, settings)
+        raise
+
+
+def _clean(store: Path, store_existed: bool, cache: Path, cache_existed: bool,
+           db_file: Path | None, db_existed: bool, settings: Settings) -> None:
+    if _publishes(settings) != 0:  # something was published: keep it all
+        return
+    if db_file is not None and not db_existed and db_file.exists():
+        for f in db_file.parent.glob(db_file.name + "*"):  # with -wal / -shm
+            f.unlink(missing_ok=True)
+    if not store_existed and store.is_dir():
+        shutil.rmtree(store, ignore_errors=True)
+    if not cache_existed and cache.is_dir() and not any(cache.rglob("*.zip")):
+        shutil.rmtree(cache, ignore_errors=True)
