@@ -1,6 +1,8 @@
 """``s2ingest status``: what the catalog and the cube say."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .options import cube_options, open_existing_catalog, orbit_option
@@ -27,11 +29,13 @@ def command(settings, orbit, limit) -> None:
         st = status(s, limit=limit)
     click.echo(f"store   {settings.store}")
     group = group_path(orbit or settings.orbit)
-    store = CubeStore.open(settings.store)
-    if store.group_exists(group):
+    store = CubeStore.open(settings.store) if Path(settings.store).exists() else None
+    if store is not None and store.group_exists(group):
         pub = store.published(group)
         span = f" ({pub.times[0]:%Y-%m-%d} .. {pub.times[-1]:%Y-%m-%d})" if pub.length else ""
-        click.echo(f"cube    /{group}: {pub.length} time steps{span}, store version {pub.version}")
+        written = (store.consolidated(group) or {}).get(".zattrs", {}).get("s2ingest_cube_version")
+        click.echo(f"cube    /{group}: {pub.length} time steps{span}, store version {pub.version} "
+                   f"(this group last written in version {written})")
     else:
         click.echo(f"cube    /{group}: not created yet")
     click.echo("products " + ", ".join(f"{k} {v}" for k, v in st.counts.items()))
