@@ -98,7 +98,7 @@ class Product(Base):
     generation_time: Mapped[datetime]
     # where it comes from
     hub: Mapped[str] = mapped_column(String(8), default="local")
-    hub_id: Mapped[Optional[str]] = mapped_column(String(128))
+    hub_id: Mapped[Optional[str]] = mapped_column(Text)  # a local source: the full path
     hub_checksum_algorithm: Mapped[Optional[str]] = mapped_column(String(16))
     hub_checksum_value: Mapped[Optional[str]] = mapped_column(String(128))
     size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)

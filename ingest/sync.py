@@ -10,7 +10,7 @@ import os
 import shutil
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +24,7 @@ from catalog import Product as Row
 from sqlalchemy import select
 
 from .engine import Cube, ingest_products
+from .store.cube import DEFAULT_LOCK_TIMEOUT
 from .errors import AuthenticationError, ProductError, StoreError
 from .grid import get_grid
 from .config import Settings
@@ -36,6 +37,7 @@ from .warp import parse_resampling
 
 log = logging.getLogger(__name__)
 LEASE_SECONDS = 3600
+SETTLE_HOURS = 6.0
 
 
 @dataclass
@@ -49,6 +51,13 @@ class SyncOptions:
     keep_products: bool = True
     progress: bool = True
     max_downloads: int = 2
+    # DESIGN CHOICE: hold datatakes younger than this many hours (sensing start) before
+    # publishing them. The L2A products of one datatake (its tiles, sometimes two parts of
+    # one tile) reach the hubs over the first hours after sensing; publishing them in one
+    # commit writes each time step once, and a late tile then rarely rewrites a published
+    # step. 0 publishes at once.
+    settle_hours: float = SETTLE_HOURS
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
 
 @dataclass
@@ -62,6 +71,7 @@ class SyncReport:
     published: list[str] = field(default_factory=list)
     superseded: list[str] = field(default_factory=list)
     deleted_from_hub: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # younger than the settling window
     would_fetch: list[str] = field(default_factory=list)
     would_ingest: list[str] = field(default_factory=list)
     version: int | None = None
@@ -254,6 +264,7 @@ class Syncer:
                 except OSError as exc:  # the cached file vanished or is unreadable: retry later
                     mark_failed(s, pid, self.worker, f"cannot read {path}: {exc}")
                     self.report.failed.append((name, f"cannot read {path}: {exc}"))
+        products = self._hold_young(products, claimed)
         batches = self._batches(products)
         try:
             for i, batch in enumerate(batches, 1):
@@ -266,6 +277,24 @@ class Syncer:
             # the leases to lapse.
             self._release_unfinished(claimed)
             raise
+
+    def _hold_young(self, products: dict[str, Product],
+                    claimed: dict[str, tuple[int, str]]) -> dict[str, Product]:
+        """Give back products of datatakes still inside the settling window (see SyncOptions)."""
+        if self.opts.settle_hours <= 0:
+            return products
+        cutoff = datetime.now(timezone.utc) - timedelta(hours=self.opts.settle_hours)
+        young = sorted(n for n, p in products.items() if p.datatake_start > cutoff)
+        if not young:
+            return products
+        with session_scope(self.engine) as s:
+            release(s, [claimed[n][0] for n in young], self.worker)
+        for n in young:
+            del claimed[n]
+        self.report.held = young
+        self.echo(f"held {len(young)} products of datatakes younger than {self.opts.settle_hours:g} h "
+                  "(--settle); a later run publishes them")
+        return {n: p for n, p in products.items() if n not in young}
 
     def _release_unfinished(self, claimed: dict[str, tuple[int, str]]) -> None:
         try:
@@ -330,7 +359,7 @@ class Syncer:
         plan, written = ingest_products(
             self.cube, list(products.values()), self._resolve, self.resampling,
             progress=self.opts.progress, threads=self.settings.threads, before_commit=renew,
-            store=self.store, on_wait=self.echo,
+            store=self.store, on_wait=self.echo, lock_timeout=self.opts.lock_timeout,
         )
         faults.point("catalog.before-commit")
         state = self.store.published(self.cube.group)

@@ -44,9 +44,14 @@ def _date(ctx, param, value):
                    "best left nearest). Default: bilinear, nearest for SCL.")
 @click.option("--max-downloads", type=click.IntRange(1, 8), default=2, show_default=True,
               help="Parallel downloads.")
+@click.option("--settle", "settle", type=click.FloatRange(0), default=None, metavar="HOURS",
+              help="Hold datatakes sensed less than HOURS ago, so that all their tiles arrive "
+                   "first and are published in one commit (0: publish at once) [default 6].")
+@click.option("--lock-timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              help="How long to wait for another process writing the same store [default 3600].")
 @progress_option
 def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_cloud, dry_run,
-            keep_products, resampling, max_downloads, progress) -> None:
+            keep_products, resampling, max_downloads, settle, lock_timeout, progress) -> None:
     """Find new products of one relative orbit, download and verify them, and publish them
     into the cube, one time step per datatake.
 
@@ -92,6 +97,10 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
                        tiles=[t.strip() for t in tiles.split(",")] if tiles else None,
                        max_cloud=max_cloud, dry_run=dry_run, keep_products=keep_products,
                        progress=progress, max_downloads=max_downloads)
+    if settle is not None:
+        opts = replace(opts, settle_hours=settle)
+    if lock_timeout is not None:
+        opts = replace(opts, lock_timeout=lock_timeout)
     from ..preflight import no_litter
     from ..sync import worker_name
 
@@ -137,6 +146,8 @@ def _print(r, dry_run: bool) -> None:
         click.echo(f"  superseded {name}")
     for name in r.deleted_from_hub:
         click.echo(f"  deleted from hub {name}")
+    if r.held:
+        click.echo(f"  held {len(r.held)} products of datatakes inside the settling window (--settle)")
     if r.version is not None:
         click.echo(f"cube version {r.version}: {r.time_steps} time steps")
     elif not r.published:

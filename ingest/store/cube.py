@@ -27,6 +27,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -298,6 +299,8 @@ class CommitReport:
     metadata: tuple[str, ...]  # metadata keys rewritten
     manifest_sha256: str
     n_keys: int
+    switched: int = 0  # keys replaced or deleted in the switch
+    switch_seconds: float = 0.0  # how long readers could see a mix of old and new keys
 
 
 class Transaction:
@@ -491,7 +494,10 @@ class Transaction:
         self.backend.put(JOURNAL, dumps(journal))
         self.backend.sync(JOURNAL)
         faults.point("journal.written")
+        t0 = time.perf_counter()
         _switch(self.backend, journal["ops"])
+        switch_seconds = time.perf_counter() - t0
+        log.info("version %d: switched %d keys in %.1f ms", version, len(order), switch_seconds * 1000)
         self.backend.put(COMMITTED, b"")
         faults.point("commit.marked")
         self.backend.delete_prefix(TXN_DIR)
@@ -501,7 +507,8 @@ class Transaction:
                    if not is_metadata(k) and not k.startswith(META_DIR + "/")}
         self.report = CommitReport(version, self.base_version, changes,
                                    tuple(sorted(k for k in ops if is_metadata(k))),
-                                   hashlib.sha256(raw_manifest).hexdigest(), len(manifest["keys"]))
+                                   hashlib.sha256(raw_manifest).hexdigest(), len(manifest["keys"]),
+                                   len(order), switch_seconds)
         return self.report
 
     def _consolidated(self) -> dict[str, dict]:
