@@ -643,6 +643,11 @@ def recover(backend: Backend) -> str | None:
 
 
 def _prune_manifests(backend: Backend, version: int) -> None:
-    old = version - MANIFEST_HISTORY
-    if old >= 0:
-        backend.delete(manifest_key(old))
+    """Delete every manifest older than the last ``MANIFEST_HISTORY`` versions (all of them:
+    a writer killed after its switch never pruned, and recovery does not prune)."""
+    keep_from = version - MANIFEST_HISTORY + 1
+    keys, _ = backend.list_dir(MANIFEST_DIR)
+    for name in keys:
+        if name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit() \
+                and int(name[1:-5]) < keep_from:
+            backend.delete(manifest_key(int(name[1:-5])))
