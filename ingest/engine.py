@@ -51,6 +51,7 @@ class Cube:
     def ensure(self) -> CubeStore:
         """The store with this orbit's (empty) group, created if needed."""
         store = CubeStore.for_writing(self.path, self.grid)
+        store.complete_unfinished()
         if not store.group_exists(self.group):
             with store.transaction() as tx:  # root and group in one commit
                 if ensure_imagery_group(tx, self.grid, self.group) or tx.creates_store:

@@ -149,6 +149,7 @@ class Syncer:
             self.plan_dry_run(records)
             return self.report
         self.store = self.cube.open()
+        self.store.complete_unfinished(on_wait=self.echo, timeout=self.opts.lock_timeout)
         self.reclaim_from_dead_workers()
         self.discover(records)
         self.download()
@@ -159,9 +160,10 @@ class Syncer:
         """Give back the work of crashed runs on this machine, so a rerun completes it now.
 
         DESIGN CHOICE: a lease normally lapses after LEASE_SECONDS. A worker on this host whose
-        process no longer exists provably cannot publish any more (and the store's undo log
-        has rolled its write back), so its leases are released at once instead of blocking a
-        rerun for an hour. Workers on other hosts are left to their leases.
+        process no longer exists provably cannot publish any more (a commit it left half way
+        has just been completed from its journal, or its staging discarded), so its leases are
+        released at once instead of blocking a rerun for an hour; the catalog is then
+        reconciled with the store. Workers on other hosts are left to their leases.
         """
         host = socket.gethostname()
         with session_scope(self.engine) as s:
@@ -397,15 +399,19 @@ class Syncer:
         catalog commit (or a commit a crashed writer left and this run completed), it writes
         the rows that run never wrote.
         """
+        if not state.group_version:  # the group was never written
+            return
         steps = [TimeStepRecord(t, p, d) for t, p, d in zip(state.times, state.platforms, state.datatake_ids)]
         in_store = {n for names in state.products for n in names}
-        reconcile_published(s, group=f"/{self.cube.group}", version=state.version, time_steps=steps,
+        # the version that last wrote this group (a layer publish may have come after it)
+        version = state.group_version
+        reconcile_published(s, group=f"/{self.cube.group}", version=version, time_steps=steps,
                             products_in_store=in_store, worker=self.worker)
         try:
-            m = self.store.manifest(state.version)
-        except StoreError:  # a store written before manifests
+            m = self.store.manifest(version)
+        except StoreError:  # a store written before manifests, or a version past the history
             return
-        record_version(s, state.version, m.get("parent"), self.store.manifest_sha256(state.version),
+        record_version(s, version, m.get("parent"), self.store.manifest_sha256(version),
                        len(m["keys"]), m["changes"], f"/{self.cube.group}", worker=self.worker)
 
     def _drop_cached(self, products: dict[str, Product]) -> None:

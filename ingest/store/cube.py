@@ -72,6 +72,7 @@ class PublishedState:
     datatake_ids: tuple[str, ...]
     products: tuple[tuple[str, ...], ...]
     version: int  # the store-wide version these were read at
+    group_version: int = 0  # the version that last wrote this group
 
     @property
     def length(self) -> int:
@@ -225,9 +226,14 @@ class CubeStore:
         return self.backend.get(JOURNAL) is not None or (
             isinstance(self.backend, LocalBackend) and self.backend.path(TXN_DIR).exists())
 
-    def recover(self) -> str | None:
-        """Finish or undo a commit a crashed writer left (under the lock)."""
-        return recover(self.backend)
+    def complete_unfinished(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT,
+                            on_wait: Callable[[str], None] | None = None) -> str | None:
+        """Finish (or discard the staging of) a commit a crashed writer left, under the lock;
+        None when there was nothing to do (then no lock is taken)."""
+        if not self.has_unfinished_commit():
+            return None
+        with self.backend.lock(timeout, on_wait):
+            return recover(self.backend)
 
 
 def check_grid(stored: CubeGrid, grid: CubeGrid, where: str) -> None:
@@ -275,6 +281,7 @@ def version_of(root_meta: dict) -> int:
 def read_state(backend: Backend, group: str, meta: dict[str, dict] | None, version: int) -> PublishedState:
     if meta is None or "time/.zarray" not in meta:
         return PublishedState((), (), (), (), version)
+    group_version = int(meta.get(".zattrs", {}).get(GROUP_VERSION_ATTR, 0))
 
     def column(name: str) -> np.ndarray:
         m = ArrayMeta(meta[f"{name}/.zarray"])
@@ -287,7 +294,7 @@ def read_state(backend: Backend, group: str, meta: dict[str, dict] | None, versi
         return tuple(str(v) for v in column(name)) if len(ms) else ()
 
     products = tuple(tuple(p for p in s.split(",") if p) for s in col("products"))
-    return PublishedState(times, col("platform"), col("datatake_id"), products, version)
+    return PublishedState(times, col("platform"), col("datatake_id"), products, version, group_version)
 
 
 # -- the transaction ---------------------------------------------------------------------------
@@ -346,7 +353,7 @@ class Transaction:
         try:
             if not self._done:
                 if self.backend.get(JOURNAL) is not None:
-                    recover(self.backend)  # an error mid-switch: undo (or finish) it now
+                    recover(self.backend)  # an error mid-switch: finish it now (or the next writer will)
                 else:
                     self.backend.delete_prefix(TXN_DIR)
         finally:
@@ -489,7 +496,8 @@ class Transaction:
         ops[manifest_key(version)] = digest(raw_manifest)
         order = sorted(ops, key=_switch_rank)
         journal = {"version": version, "base": self.base_version,
-                   "ops": [[k, "put" if ops[k] is not None else "delete"] for k in order]}
+                   "ops": [[k, "put", ops[k][1]] if ops[k] is not None else [k, "delete", None]
+                           for k in order]}
         faults.point("journal.write")
         self.backend.put(JOURNAL, dumps(journal))
         self.backend.sync(JOURNAL)
@@ -599,10 +607,15 @@ def _switch_rank(key: str) -> tuple:
 def _switch(backend: Backend, ops: list) -> None:
     """Apply a journal: rename every staged key into place, delete the deleted ones (in
     order; idempotent, so recovery simply runs it again)."""
-    for key, op in ops:
+    for key, op, sha in ops:
         if op == "put":
             if backend.exists(f"{STAGE}/{key}"):
                 backend.move(f"{STAGE}/{key}", key)
+            elif _lost(backend, key, sha):
+                raise StoreError(
+                    f"{backend.url}: the staged content of {key} is gone and the key does not hold "
+                    "it (lost in a power failure?); restore the store from a mirror, or run "
+                    "`s2ingest verify --deep` to see what differs")
         else:
             backend.delete(key)
         rank = _switch_rank(key)[0]
@@ -614,6 +627,14 @@ def _switch(backend: Backend, ops: list) -> None:
             faults.point("switch.metadata")
         elif rank == 4:
             faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
+
+
+def _lost(backend: Backend, key: str, sha: str | None) -> bool:
+    """A put whose staged file is gone: already switched (the key holds its content) or lost."""
+    if sha is None:
+        return False
+    data = backend.get(key)
+    return data is None or hashlib.sha256(data).hexdigest() != sha
 
 
 def recover(backend: Backend) -> str | None:
