@@ -6,8 +6,8 @@ so the CF decoding (scale_factor, _FillValue -> NaN) is checked along the way.
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
+import json
 import subprocess
 import sys
 import textwrap
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+import zarr
 
 from conftest import GROUP, open_group, written_window
 from ingest.grid import NL_GRID
@@ -138,13 +139,17 @@ def test_export_one_time_step_with_rioxarray(ds, synced_cube, area, tmp_path):
 @pytest.fixture(scope="module")
 def http_url(synced_cube):
     handler = functools.partial(_QuietHandler, directory=str(synced_cube.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/{synced_cube.name}"
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 64  # readers fetch chunks concurrently: the default backlog (5) drops SYNs
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -176,36 +181,88 @@ def test_gdal_zarr_driver_opens_a_variable(synced_cube, area):
             np.testing.assert_array_equal(src.read(t + 1, window=win), raw[t])
 
 
-ZARR3_SCRIPT = textwrap.dedent("""
-    import hashlib, sys
+ZARR2_SCRIPT = textwrap.dedent("""
+    import hashlib, json, sys
     import numpy as np, xarray as xr, zarr
-    assert int(zarr.__version__.split(".")[0]) >= 3, zarr.__version__
-    ds = xr.open_zarr(sys.argv[1], group="/S2/R051", consolidated=True, mask_and_scale=False)
-    r0, r1, c0, c1 = map(int, sys.argv[2:6])
-    b04 = np.ascontiguousarray(ds.B04.isel(y=slice(r0, r1), x=slice(c0, c1)).values.astype("<u2"))
-    print(ds.sizes["time"], hashlib.sha256(b04.tobytes()).hexdigest())
+    assert zarr.__version__.startswith("2.18"), zarr.__version__
+    where, r0, r1, c0, c1 = sys.argv[1], *map(int, sys.argv[2:6])
+    ds = xr.open_zarr(where, group="/S2/R051", consolidated=True, mask_and_scale=False)
+    dec = xr.open_zarr(where, group="/S2/R051", consolidated=True)
+    raw = zarr.open_consolidated(where, mode="r")["S2/R051/B04"]  # the root .zmetadata, no xarray
+    print(json.dumps(summary(ds, dec, raw, r0, r1, c0, c1, zarr.__version__, xr.__version__)))
 """)
+
+# the summary both sides compute: the same function runs in the throwaway venv and here
+SUMMARY = textwrap.dedent("""
+    def summary(ds, dec, raw, r0, r1, c0, c1, zarr_version, xarray_version):
+        import hashlib
+        import numpy as np
+
+        def sha(a):
+            return hashlib.sha256(np.ascontiguousarray(np.asarray(a).astype("<u2")).tobytes()).hexdigest()
+
+        area = dict(y=slice(r0, r1), x=slice(c0, c1))
+        b04 = dec.B04.isel(**area).values
+        return {
+            "versions": [zarr_version, xarray_version],
+            "time_steps": ds.sizes["time"],
+            "time": [str(t) for t in ds.time.values.astype("datetime64[ms]")],
+            "platform": [str(p) for p in ds.platform.values],
+            "b04_sha256": sha(ds.B04.isel(**area).values),
+            "b04_zarr_sha256": sha(raw[:, r0:r1, c0:c1]),
+            "b04_zarr_shape": list(raw.shape),
+            "b04_decoded": [int(np.isnan(b04).sum()), round(float(np.nansum(b04)), 3)],
+            "spatial_ref": {k: dec.spatial_ref.attrs[k] for k in ("crs_wkt", "spatial_ref", "GeoTransform")},
+            "grid_mapping": dec.B04.attrs.get("grid_mapping") or dec.B04.encoding.get("grid_mapping"),
+            "b04_encoding": [float(dec.B04.encoding["scale_factor"]), int(dec.B04.encoding["_FillValue"])],
+            "x0y0": [float(ds.x[c0]), float(ds.y[r0])],
+        }
+""")
+ZARR2_SCRIPT = SUMMARY + ZARR2_SCRIPT
+_ns: dict = {}
+exec(SUMMARY, _ns)
+summary = _ns["summary"]
 
 
 @pytest.fixture(scope="session")
-def zarr3_python(tmp_path_factory) -> Path:
-    env = tmp_path_factory.mktemp("zarr3") / "venv"
+def zarr2_python(tmp_path_factory) -> Path:
+    """A throwaway venv with zarr-python 2.18 and an xarray that still reads through it."""
+    env = tmp_path_factory.mktemp("zarr2") / "venv"
     venv.create(env, with_pip=True)
     py = env / "bin" / "python"
     r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "zarr>=3", "xarray", "numcodecs", "fsspec"], capture_output=True, text=True, timeout=600)
+                        "zarr>=2.18,<3", "numcodecs<0.16", "xarray>=2024.10,<2025.10", "fsspec",
+                        "aiohttp", "requests"], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        pytest.skip(f"cannot install zarr>=3 (no network?): {r.stderr.strip()[-300:]}")
+        pytest.skip(f"cannot install zarr 2.18 (no network?): {r.stderr.strip()[-300:]}")
     return py
 
 
+@pytest.fixture(scope="module")
+def ours(synced_cube, area) -> dict:
+    """What the project's own zarr 3 / xarray read."""
+    rows, cols, _, _ = area
+    ds = xr.open_zarr(synced_cube, group="/S2/R051", consolidated=True, mask_and_scale=False)
+    dec = xr.open_zarr(synced_cube, group="/S2/R051", consolidated=True)
+    raw = zarr.open_consolidated(str(synced_cube), mode="r")["S2/R051/B04"]
+    return summary(ds, dec, raw, rows.start, rows.stop, cols.start, cols.stop, zarr.__version__, xr.__version__)
+
+
 @pytest.mark.slow
-def test_zarr_python_3_client_reads_the_same_values(zarr3_python, synced_cube, area, tmp_path):
+@pytest.mark.parametrize("where", ["local", "http"])
+def test_zarr_python_2_reads_the_same_values(zarr2_python, synced_cube, http_url, area, ours, tmp_path, where):
     rows, cols, _, _ = area
     script = tmp_path / "read.py"
-    script.write_text(ZARR3_SCRIPT)
-    r = subprocess.run([str(zarr3_python), str(script), str(synced_cube), str(rows.start), str(rows.stop),
+    script.write_text(ZARR2_SCRIPT)
+    location = str(synced_cube) if where == "local" else http_url
+    r = subprocess.run([str(zarr2_python), str(script), location, str(rows.start), str(rows.stop),
                         str(cols.start), str(cols.stop)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    ours = np.ascontiguousarray(_raw(synced_cube, "B04", rows, cols).astype("<u2"))
-    assert r.stdout.split() == ["3", hashlib.sha256(ours.tobytes()).hexdigest()]
+    theirs = json.loads(r.stdout)
+    assert theirs.pop("versions")[0].startswith("2.18.")
+    assert ours["versions"][0].startswith("3.")
+    expected = {k: v for k, v in ours.items() if k != "versions"}
+    assert theirs == expected
+    assert theirs["time_steps"] == 3 and theirs["b04_sha256"] == theirs["b04_zarr_sha256"]
+    assert theirs["b04_decoded"][0] > 0 and theirs["b04_decoded"][1] > 0, "the area holds data and fill"
+    assert "Amersfoort / RD New" in theirs["spatial_ref"]["crs_wkt"] and theirs["grid_mapping"] == "spatial_ref"

@@ -71,7 +71,7 @@ STEP = textwrap.dedent('''
     from ingest.grid import CubeGrid
     from ingest.store import COMPRESSOR, CubeStore, chunk_key
     from datetime import datetime, timedelta, timezone
-    from ingest.store.imagery import ensure_imagery_group, write_time_axis
+    from ingest.store.imagery import ensure_imagery_group, resize_variables, write_time_axis
 
     def step(location, grid_dict, value):
         """Stage two data chunks, the time axis, metadata and a new array; commit."""
@@ -79,8 +79,9 @@ STEP = textwrap.dedent('''
         store = CubeStore.for_writing(location, grid)
         with store.transaction(timeout=10) as tx:
             ensure_imagery_group(tx, grid, "S2/R051")
+            resize_variables(tx, "S2/R051", value, grid)
             for var in ("B04", "B08"):
-                meta = tx.resize(f"S2/R051/{var}", (value, *grid.shape))
+                meta = tx.array(f"S2/R051/{var}")
                 chunk = meta.empty_chunk()
                 chunk[(value - 1) % 5, :10, :10] = value
                 tx.put(chunk_key("S2/R051", var, (value - 1) // 5, 0, 0), meta.encode(chunk))
@@ -428,7 +429,9 @@ def test_a_journal_rolled_forward_by_recover_directly(tmp_path, clean_two_steps,
         step(path, GRID.to_dict(), 2)
     monkeypatch.undo()
     assert (path / ".s2ingest/txn/journal.json").exists()
-    assert CubeStore.open(path).recover() == "rolled forward"
+    store = CubeStore.open(path)
+    assert store.complete_unfinished(timeout=5) == "rolled forward"
+    assert store.complete_unfinished(timeout=5) is None
     assert contents(path) == contents(clean_two_steps)
 
 
@@ -632,7 +635,8 @@ def test_chunks_holding_only_fill_values_are_never_stored(tmp_path):
     assert _stored(store, path) == []
     assert (_read(store, path) == 255).all()
     m = store.manifest()
-    assert m["changes"] == {"g/v/0.0.0": None} and not any(k.startswith("g/v/0") for k in m["keys"])
+    assert {k: v for k, v in m["changes"].items() if k.startswith("g/v/")} == {"g/v/0.0.0": None}
+    assert not any(k.startswith("g/v/0") for k in m["keys"])
     assert verify_store(store, deep=True) == []
 
 
@@ -668,13 +672,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 64  # verify reads with 8 threads: the default backlog (5) drops SYNs
+
+
 @pytest.fixture
-def serve(tmp_path):
+def serve():
     servers = []
 
     def start(directory: Path) -> str:
         handler = functools.partial(_QuietHandler, directory=str(directory))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = _Server(("127.0.0.1", 0), handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -708,3 +716,91 @@ def test_verify_works_read_only_over_http(store, serve):
     assert [p.split(":")[0] for p in verify_store(remote)] == ["S2/R051/B08/0.0.0"]
     with pytest.raises(NotACubeError):
         CubeStore.open(f"{serve(path.parent)}/missing.zarr")
+
+
+def test_manifests_of_a_crashed_commit_are_pruned_later(tmp_path):
+    """A writer killed after its switch but before pruning leaves one manifest too many; the
+    next commit prunes it (every manifest older than the last MANIFEST_HISTORY)."""
+    path = tmp_path / "cube.zarr"
+    store = new_store(path, CubeGrid("t", "EPSG:28992", 10, (0, 300000, 50, 300050)))
+    for i in range(2, MANIFEST_HISTORY + 2):
+        with store.transaction() as tx:
+            tx.put("k/0", str(i).encode())
+            tx.commit()
+    code = textwrap.dedent(f'''
+        from ingest.store import CubeStore
+        store = CubeStore.open({str(path)!r})
+        with store.transaction(timeout=10) as tx:
+            tx.put("k/1", b"crash")
+            tx.commit()
+    ''')
+    r = subprocess.run([sys.executable, "-c", code], env=_env(S2INGEST_FAULT="commit.marked"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    n = MANIFEST_HISTORY + 2
+    assert store.version() == n
+    with store.transaction() as tx:
+        tx.put("k/2", b"next")
+        assert tx.commit().version == n + 1
+    assert store.manifest_versions() == list(range(n + 2 - MANIFEST_HISTORY, n + 2))
+
+
+# -- end to end: ingests of the session's synthetic products ---------------------------------
+def test_the_manifest_names_every_key_an_insertion_changed(tmp_path, products):
+    from conftest import D1, D2, build_cube, ingest
+
+    cube = build_cube(tmp_path / "cube.zarr", [products.scene[(D2, t)] for t in ("31UET", "31UFT")], products)
+    store = CubeStore.open(cube.path, NL_GRID)
+    before = contents(cube.path)
+    _, report = ingest(cube, [products.scene[(D1, "31UET")]], products)  # a late datatake: moves D2 too
+    version = store.version()
+    assert report.version == version == 2  # first ingest (creates the store) + this one
+    m = _check_manifest(cube.path, store, version, before)
+    changed = {k for k in before.keys() | contents(cube.path).keys()
+               if before.get(k) != contents(cube.path).get(k)}
+    assert any("/B04/0." in k for k in changed), "the test must change image chunks"
+    assert report.commit.changes.keys() == {k for k in m["changes"] if k.rsplit("/", 1)[-1] not in (
+        ".zmetadata", ".zattrs", ".zarray", ".zgroup")}
+    assert set(report.commit.metadata) >= {".zmetadata", f"{GROUP}/.zmetadata", f"{GROUP}/B04/.zarray"}
+    assert verify_store(store, deep=True) == []
+
+
+def test_a_full_disk_mid_write_raises_one_store_error_and_publishes_nothing(tmp_path, products, monkeypatch):
+    from conftest import D1, D2, build_cube, ingest
+
+    cube = build_cube(tmp_path / "cube.zarr", [products.scene[(D2, "31UET")]], products)
+    before = snapshot(cube.path)
+    real = LocalBackend.write_new
+    writes = {"n": 0}
+
+    def filling_up(self, key, data):
+        writes["n"] += 1
+        if writes["n"] > 20 and not key.rsplit("/", 1)[-1].startswith("."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, key, data)
+
+    monkeypatch.setattr(LocalBackend, "write_new", filling_up)
+    new = [products.scene[(D1, "31UET")], products.scene[(D2, "31UFT")]]
+    with pytest.raises(StoreError, match="No space left on device"):
+        ingest(cube, new, products)
+    assert writes["n"] > 20, "the failure must happen in the middle of the write"
+    monkeypatch.setattr(LocalBackend, "write_new", real)
+    assert snapshot(cube.path) == before, "the published cube must be exactly as it was"
+    ingest(cube, new, products)  # the rerun completes
+    assert read_published(cube.path, GROUP).length == 2
+
+
+def test_a_damaged_store_chunk_is_named_and_nothing_is_published(tmp_path, products):
+    from conftest import D1, D2, D3, build_cube, ingest
+
+    cube = build_cube(tmp_path / "cube.zarr", [products.scene[(D2, "31UET")]], products)
+    victim = sorted((cube.path / "S2" / "R051" / "B04").glob("0.*"))[0]
+    victim.write_bytes(b"not a blosc frame" * 10)
+    before = snapshot(cube.path)
+    (problem,) = verify_store(CubeStore.open(cube.path), deep=True)
+    assert problem.startswith(f"S2/R051/B04/{victim.name}: ")
+    # a later datatake merges into the chunk; an earlier one moves the published step
+    for when in (D3, D1):
+        with pytest.raises(StoreError, match=rf"B04/{victim.name} is damaged"):
+            ingest(cube, [products.scene[(when, "31UET")]], products)
+        assert snapshot(cube.path) == before
