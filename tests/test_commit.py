@@ -27,7 +27,9 @@ S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
 pytestmark = pytest.mark.slow
 
 # points before the journal: nothing published changed, readers see the previous version
-BEFORE_JOURNAL = ["txn.locked", "stage.chunk", "stage.done", "journal.written"]
+BEFORE_JOURNAL = ["txn.locked", "stage.chunk", "stage.done", "stage.metadata"]
+# the journal is durable (the commit point), no published key switched yet
+AT_JOURNAL = ["journal.written"]
 # points during the switch: data switched in place; the rerun rolls forward
 DURING_SWITCH = ["switch.data", "switch.coords", "switch.metadata"]
 # points after a consolidated metadata document is out: the new version is published
@@ -134,11 +136,11 @@ def _crash_and_rerun(tmp_path: Path, scenario, point: str, config: Path):
     return view, state, window
 
 
-@pytest.mark.parametrize("point", BEFORE_JOURNAL + DURING_SWITCH + AFTER_FLIP)
+@pytest.mark.parametrize("point", BEFORE_JOURNAL + AT_JOURNAL + DURING_SWITCH + AFTER_FLIP)
 def test_insertion_killed_at_every_step(tmp_path, scenarios, point, empty_config):
     base, _, done = scenarios["insertion"]
     view, state, window = _crash_and_rerun(tmp_path, scenarios["insertion"], point, empty_config)
-    if point in BEFORE_JOURNAL:  # readers see exactly the previous version
+    if point in BEFORE_JOURNAL + AT_JOURNAL:  # readers see exactly the previous version
         before = cube_arrays(base, window)
         assert state == read_published(base, GROUP)
         for name in before:
@@ -156,7 +158,7 @@ def test_insertion_killed_at_every_step(tmp_path, scenarios, point, empty_config
 def test_other_writes_killed_at_the_main_steps(tmp_path, scenarios, scenario, point, empty_config):
     base, _, done = scenarios[scenario]
     view, state, window = _crash_and_rerun(tmp_path, scenarios[scenario], point, empty_config)
-    if point in BEFORE_JOURNAL or (scenario == "append" and point in DURING_SWITCH):
+    if point in BEFORE_JOURNAL + AT_JOURNAL or (scenario == "append" and point in DURING_SWITCH):
         # an append changes nothing readers of the previous metadata can see, even mid-switch
         before = cube_arrays(base, window)
         assert state.times == read_published(base, GROUP).times
@@ -167,15 +169,20 @@ def test_other_writes_killed_at_the_main_steps(tmp_path, scenarios, scenario, po
             assert np.array_equal(got, want), f"{name} changed for readers of the previous version"
 
 
-def test_disk_full_while_writing_the_journal_rolls_back(tmp_path, scenarios, empty_config):
+@pytest.mark.parametrize("fault", ["stage.chunk=enospc", "stage.chunk@40=enospc",
+                                   "stage.metadata=enospc", "journal.write=enospc"])
+def test_a_full_disk_at_any_write_rolls_back(tmp_path, scenarios, fault, empty_config):
+    """A disk that fills up while chunks, metadata or the journal are written: exit 6 with
+    one message, nothing published changed, nothing left staged, claims given back."""
     base, source, done = scenarios["insertion"]
     store = tmp_path / "cube" / "cube.zarr"
     shutil.copytree(base.parent, store.parent, symlinks=True)
     window = written_window(base, done)
     before_files = {p.relative_to(store) for p in store.rglob("*") if META_DIR not in p.parts}
-    r = _sync(store, source, empty_config, fault="journal.write=enospc")
+    r = _sync(store, source, empty_config, fault=fault)
     assert r.returncode == 6, r.stdout + r.stderr
     assert "No space left on device" in r.stderr and "nothing was published" in r.stderr
+    assert "Traceback" not in r.stderr
     assert not (store / META_DIR / "txn").exists(), "the staged writes were left behind"
     assert {p.relative_to(store) for p in store.rglob("*") if META_DIR not in p.parts} == before_files
     before = cube_arrays(base, window)
@@ -187,3 +194,50 @@ def test_disk_full_while_writing_the_journal_rolls_back(tmp_path, scenarios, emp
     assert r.returncode == 0, r.stderr
     assert_cubes_equal(store, done)
     assert catalog_rows(store) == catalog_rows(done)
+
+
+@pytest.fixture(scope="module")
+def layer_case(tmp_path_factory, scenarios, empty_config):
+    """A cube, a municipalities file, and the cube after one uninterrupted `layers add`."""
+    from ingest.layers import synth
+
+    root = tmp_path_factory.mktemp("layer")
+    g, f = synth.municipalities((80_000, 425_000, 100_000, 445_000))
+    vec = synth.write_vector(root / "gemeenten.gpkg", g, f)
+    base = scenarios["append"][0]
+    done = root / "done" / "cube.zarr"
+    shutil.copytree(base.parent, done.parent, symlinks=True)
+    r = _cli("layers", "add", "--store", str(done), "--group", "NL", "--edition", "2023",
+             "--attribute", "statcode", str(vec), config=empty_config)
+    assert r.returncode == 0, r.stderr
+    return base, vec, done
+
+
+def _layer_view(store: Path) -> dict:
+    import xarray as xr
+
+    ds = xr.open_zarr(store, group="/NL", consolidated=True, mask_and_scale=False)
+    return {k: v.values for k, v in ds.data_vars.items()} | {"edition": ds.edition.values}
+
+
+@pytest.mark.parametrize("point", ["stage.chunk", "journal.written", "switch.data",
+                                   "switch.group-zmetadata", "switch.root-zmetadata"])
+def test_layers_add_killed_at_the_main_steps(tmp_path, layer_case, point, empty_config):
+    base, vec, done = layer_case
+    store = tmp_path / "cube" / "cube.zarr"
+    shutil.copytree(base.parent, store.parent, symlinks=True)
+    args = ("layers", "add", "--store", str(store), "--group", "NL", "--edition", "2023",
+            "--attribute", "statcode", str(vec))
+    r = _cli(*args, fault=point, config=empty_config)
+    assert r.returncode == -9, r.stderr
+    if point in ("stage.chunk", "journal.written"):  # nothing published yet
+        meta = (store / ".zmetadata").read_text()
+        assert '"NL/.zgroup"' not in meta
+    r = _cli(*args, config=empty_config)  # completes (or finds it done), whatever the crash point
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (store / META_DIR / "txn").exists()
+    got, want = _layer_view(store), _layer_view(done)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k
+    assert_cubes_equal(store, done)  # the imagery is untouched

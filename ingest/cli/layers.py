@@ -51,6 +51,12 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, fi
     records = add_layer(settings.store, group, file, edition=edition, attribute=attribute,
                         variable=variable, force=force, grid=get_grid(settings.grid),
                         name_attribute=name_attribute)
+    if all(r.unchanged for r in records):
+        for r in records:
+            click.echo(f"/{r.group}/{r.variable} edition {r.edition} is already published from "
+                       f"{r.source_name} (same sha256); nothing to do (--force rewrites it)")
+        _record(settings.db_url, records)
+        return
     for r in records:
         verb = "replaced" if r.replaced else "added"
         click.echo(f"{verb} /{r.group}/{r.variable} edition {r.edition}: {r.n_features} features, "
@@ -61,16 +67,19 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, fi
 def _record(db_url: str, records: list[LayerRecord]) -> None:
     """The catalog side: one cube version for this publish, one row per layer variable."""
     try:
-        from catalog import open_catalog, record_layer, record_publish, session_scope
+        from sqlalchemy import select
+
+        from catalog import Publish, open_catalog, record_layer, record_publish, session_scope
     except ImportError:  # pragma: no cover - catalog not installed
         return
     try:
         engine = open_catalog(db_url)
         with session_scope(engine) as s:
             version = records[0].version  # the store's version of this commit
-            record_publish(s, group=records[0].group, version=version, product_ids=[],
-                           worker=f"layers@{socket.gethostname()}:{os.getpid()}",
-                           n_chunks_written=sum(r.n_chunks for r in records))
+            if s.scalar(select(Publish).where(Publish.version == version)) is None:
+                record_publish(s, group=f"/{records[0].group}", version=version, product_ids=[],
+                               worker=f"layers@{socket.gethostname()}:{os.getpid()}",
+                               n_chunks_written=sum(r.n_chunks for r in records))
             for r in records:
                 record_layer(s, group=r.group, name=r.variable, edition=str(r.edition),
                              source_name=r.source_name, sha256=r.sha256, version=version,

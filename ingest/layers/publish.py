@@ -28,6 +28,7 @@ from ..errors import LayerError
 from ..grid import NL_GRID, CubeGrid
 from ..store import CubeStore, Transaction, join
 from ..store.imagery import write_1d
+from ..store.layout import GROUP_VERSION_ATTR
 from ..store.zarrdocs import ArrayMeta, new_array, read_array
 from . import codes as codes_mod
 from .codes import CodeTable, LayerSpec
@@ -55,6 +56,7 @@ class LayerRecord:
     replaced: bool = False
     n_chunks: int = 0  # chunks written for this edition
     version: int = 0  # the store version that published it
+    unchanged: bool = False  # already published from the same file: nothing was written
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +96,15 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
     # the lock, everything staged, consolidated metadata last): a crash or a refusal leaves
     # the published layers exactly as they were.
     with store.transaction() as tx:
+        same = _published_from(tx, group, [p.spec for p in plans], edition, vec)
+        if same is not None and not force:
+            # DESIGN CHOICE: the same file again is done already (e.g. a rerun after a crash
+            # whose commit the store completed): say so and change nothing, no --force needed.
+            return [LayerRecord(group, p.spec.variable, int(edition), vec.name, vec.sha256,
+                                vec.attribute, same[p.spec.variable]["added_at"], vec.n_features,
+                                int(same[p.spec.variable].get("n_pixels", 0)), False, 0,
+                                int(tx.attrs(group).get(GROUP_VERSION_ATTR, tx.base_version)), True)
+                    for p in plans]
         index, replacing = _check_store(tx, group, [p.spec for p in plans], edition, force, grid)
         _ensure_group(tx, group, grid)
         for plan in plans:
@@ -101,6 +112,7 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
             records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
                                        vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
         _write_metadata(tx, group, plans, records, vec, grid, edition)
+        tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
         version = tx.commit().version
     return [replace(r, version=version) for r in records]
 
@@ -147,6 +159,20 @@ def _check_store(tx: Transaction, group: str, specs: list[LayerSpec], edition: i
             "use --force to replace it"
         )
     return index, replacing
+
+
+def _published_from(tx: Transaction, group: str, specs: list[LayerSpec], edition: int,
+                    vec: VectorSource) -> dict[str, dict] | None:
+    """Each variable's provenance if every one already holds ``edition`` from this very file
+    (same sha256 and attribute); None otherwise."""
+    found = {}
+    for spec in specs:
+        path = join(group, spec.variable)
+        prov = tx.attrs(path).get("provenance", {}).get(str(edition)) if tx.is_array(path) else None
+        if not prov or prov.get("sha256") != vec.sha256 or prov.get("attribute") != vec.attribute:
+            return None
+        found[spec.variable] = prov
+    return found
 
 
 def _editions(tx: Transaction, group: str) -> list[int]:

@@ -483,6 +483,7 @@ class Transaction:
         """Publish everything staged as version ``base_version + 1``."""
         faults.point("stage.done")
         version = self.base_version + 1
+        faults.point("stage.metadata")
         self.update_attrs("", {VERSION_ATTR: version})
         for group_key, doc in self._consolidated().items():
             raw = dumps(doc)

@@ -16,7 +16,8 @@ import threading
 POINTS = (
     "txn.locked",          # lock held, before recovery
     "stage.chunk",         # a chunk written to the staging area
-    "stage.done",          # everything staged, journal not yet written
+    "stage.done",          # every chunk staged; metadata and journal not yet written
+    "stage.metadata",      # about to stage the metadata (=enospc: the disk is full there)
     "journal.write",       # about to write the journal (=enospc: the disk is full there)
     "journal.written",     # the journal (the commit record) is durable; no key switched yet
     "switch.data",         # one data chunk switched

@@ -4,7 +4,8 @@ Zarr format 2; root attributes and ``grid.json`` hold the grid; ``/S2/R{orbit:03
 the variables of ``ingest.variables`` with dims (time, y, x), per-time provenance coordinates
 and a CF ``spatial_ref`` grid mapping; ``/NL…`` hold reference layers. ``.s2ingest/`` holds
 the writer's lock, the journal of an unfinished commit and the version manifests
-(DESIGN.md §3, §5). Only ``ingest.store`` uses these names to build keys.
+(DESIGN.md §3, §5). Keys are built only with these names and helpers, and only
+``ingest.store`` reads or writes them (the pipeline stages chunks through a ``Transaction``).
 """
 from __future__ import annotations
 
