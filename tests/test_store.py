@@ -804,3 +804,29 @@ def test_a_damaged_store_chunk_is_named_and_nothing_is_published(tmp_path, produ
         with pytest.raises(StoreError, match=rf"B04/{victim.name} is damaged"):
             ingest(cube, [products.scene[(when, "31UET")]], products)
         assert snapshot(cube.path) == before
+
+
+def test_a_transaction_left_by_the_previous_release_is_rolled_back(tmp_path):
+    """s2ingest 0.1 wrote keys in place behind an undo log (txn/keys.log + hard links)."""
+    import json as _json
+    import os as _os
+
+    from ingest.engine import Cube
+    from ingest.grid import NL_GRID
+
+    store = Cube(tmp_path / "c.zarr", NL_GRID, 51).ensure()
+    root = tmp_path / "c.zarr"
+    old = (root / "S2/R051/.zattrs").read_bytes()
+    txn = root / ".s2ingest" / "txn"
+    (txn / "undo").mkdir(parents=True)
+    _os.link(root / "S2/R051/.zattrs", txn / "undo" / "b1")
+    (root / "tmp").write_bytes(b'{"half": "written"}')
+    _os.replace(root / "tmp", root / "S2/R051/.zattrs")  # replaced by rename, as zarr 2 did
+    (root / "S2/R051/B04/0.0.0").write_bytes(b"new key")
+    (txn / "state").write_text(_json.dumps({"state": "open", "group": "S2/R051"}))
+    (txn / "keys.log").write_text(
+        _json.dumps({"key": "S2/R051/.zattrs", "backup": "b1"}) + "\n"
+        + _json.dumps({"key": "S2/R051/B04/0.0.0", "backup": None}) + "\n{\"torn")
+    assert store.complete_unfinished() == "rolled back (legacy)"
+    assert (root / "S2/R051/.zattrs").read_bytes() == old
+    assert not (root / "S2/R051/B04/0.0.0").exists() and not txn.exists()

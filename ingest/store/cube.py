@@ -630,6 +630,31 @@ def _switch(backend: Backend, ops: list) -> None:
             faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
 
 
+LEGACY_LOG = f"{TXN_DIR}/keys.log"
+
+
+def _undo_legacy(backend: Backend) -> str:
+    """Undo a transaction left by s2ingest before the staged commit (0.1): it wrote keys in
+    place after logging each key's old file (a hard link under ``txn/undo/``) or its absence.
+    Unless it was marked committed, every logged key gets its old content back."""
+    state = json.loads(backend.get(f"{TXN_DIR}/state") or b"{}")
+    if state.get("state") != "committed":
+        for line in (backend.get(LEGACY_LOG) or b"").decode("utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a torn last line: that key was never written
+                continue
+            if entry.get("backup"):
+                undo = f"{TXN_DIR}/undo/{entry['backup']}"
+                if backend.exists(undo):
+                    backend.move(undo, entry["key"])
+            else:
+                backend.delete(entry["key"])
+        log.warning("rolled back a write an older s2ingest left unfinished in %s", backend.url)
+    backend.delete_prefix(TXN_DIR)
+    return "rolled back (legacy)"
+
+
 def _lost(backend: Backend, key: str, sha: str | None) -> bool:
     """A put whose staged file is gone: already switched (the key holds its content) or lost."""
     if sha is None:
@@ -645,6 +670,8 @@ def recover(backend: Backend) -> str | None:
     Without one, nothing published was touched, and the staging area is discarded.
     """
     journal_raw = backend.get(JOURNAL)
+    if journal_raw is None and backend.get(LEGACY_LOG) is not None:
+        return _undo_legacy(backend)
     if journal_raw is None:
         if backend.get(COMMITTED) is not None or next(iter(backend.list(TXN_DIR)), None) is not None:
             backend.delete_prefix(TXN_DIR)
