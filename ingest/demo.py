@@ -166,7 +166,8 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
         echo(f"  published {len(report.published)} products: {state.length} time steps, "
              f"version {state.version}")
     else:
-        echo(f"  no new products: /S2/R051 has {state.length} time steps (last written in cube version {state.version})")
+        echo(f"  no new products: /S2/R051 has {state.length} time steps "
+             f"(last written in version {state.group_version})")
     echo("3/4 reference layers")
     n_layers = publish_demo_layers(paths, settings, echo)
     state = read_published(paths.store, "S2/R051")
@@ -177,13 +178,5 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     else:
         echo(f"4/4 quick-look {paths.quicklook} is current")
     if not (report.published or n_layers):
-        from catalog import next_version, open_catalog, session_scope
-
-        engine = open_catalog(settings.db_url, create=False)
-        try:
-            with session_scope(engine) as s:
-                version = next_version(s) - 1
-        finally:
-            engine.dispose()
-        echo(f"nothing new: cube at version {version}, {state.length} time steps")
+        echo(f"nothing new: cube at version {state.version}, {state.length} time steps")
     return paths
