@@ -1,8 +1,7 @@
 """Checks before a command touches anything, and no litter after a command that failed.
 
-* ``check_store_location``: a ``--store`` (from the command line, the environment or a config
-  file alike) must be a cube, an empty folder or a path that does not exist yet. A file, or a
-  folder of other files, is refused with a StoreError (exit 6) before anything is created.
+* The store location itself is checked by the store owner (``ingest.store.cube.check_location``:
+  a file, or a folder of other files, is refused with exit 6 before anything is created).
 * ``no_litter``: around a writing command; if it fails, what it created (a new store that
   holds no data, a new SQLite catalog that records no publish, a new product cache) is removed,
   so a failed first run leaves the disk as it was. Whatever it fails with, the leases this
@@ -17,8 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import Settings
-from .errors import S2IngestError, StoreError
-from .store.cube import check_location as check_store_location  # noqa: F401 (re-export)
+from .errors import S2IngestError
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ def cube_options(func: Callable) -> Callable:
                   help="TOML config file [env S2INGEST_CONFIG; default ./s2ingest.toml].")
     @functools.wraps(func)
     def wrapper(*args, store, db, config, **kwargs):
-        from ..preflight import check_store_location
+        from ..store.cube import check_location
 
         settings = load_settings({"store": store, "db": db}, config)
-        check_store_location(settings.store)
+        check_location(settings.store)  # a file or a folder of other files: exit 6, nothing created
         return func(*args, settings=settings, **kwargs)
 
     return wrapper

@@ -12,8 +12,7 @@ from typing import Callable, Iterator
 from ..errors import StoreError
 from .backend import LocalBackend
 from .cube import JOURNAL, CubeStore, digest
-from .layout import META_DIR, TXN_DIR, join, manifest_key
-from .zarrdocs import ArrayMeta
+from .layout import META_DIR, TXN_DIR, manifest_key
 
 
 def imagery_groups(store: CubeStore) -> list[str]:
