@@ -227,33 +227,31 @@ class HTTPBackend(Backend):
         self.url = url.rstrip("/")
         self._session = session or requests.Session()
 
-    def get(self, key: str) -> bytes | None:
+    def _request(self, method: str, key: str):
+        """The response, None for 404; any other failure is one StoreError naming the URL."""
         import requests
 
         try:
-            r = self._session.get(f"{self.url}/{key}", timeout=60)
+            r = self._session.request(method, f"{self.url}/{key}", timeout=60, allow_redirects=True)
         except requests.RequestException as exc:
             raise StoreError(f"cannot read {self.url}/{key}: {exc.__class__.__name__}") from exc
         if r.status_code == 404:
             return None
         if r.status_code != 200:
             raise StoreError(f"cannot read {self.url}/{key}: HTTP {r.status_code}")
-        return r.content
+        return r
+
+    def get(self, key: str) -> bytes | None:
+        r = self._request("GET", key)
+        return None if r is None else r.content
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
     def size(self, key: str) -> int | None:
-        import requests
-
-        try:
-            r = self._session.head(f"{self.url}/{key}", timeout=60, allow_redirects=True)
-        except requests.RequestException as exc:
-            raise StoreError(f"cannot read {self.url}/{key}: {exc.__class__.__name__}") from exc
-        if r.status_code == 404:
+        r = self._request("HEAD", key)
+        if r is None:
             return None
-        if r.status_code != 200:
-            raise StoreError(f"cannot read {self.url}/{key}: HTTP {r.status_code}")
         length = r.headers.get("Content-Length")
         return int(length) if length is not None else len(self.get(key) or b"")
 
