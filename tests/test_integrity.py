@@ -204,3 +204,46 @@ def test_the_newest_datatakes_settle_before_they_are_published(tmp_path, empty_c
                        env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert read_published(store, GROUP).length == 1
+
+
+# -- s2ingest verify ---------------------------------------------------------------------------
+def test_verify_deep_names_a_corrupted_chunk_locally_and_over_http(tmp_path, products, empty_config):
+    import http.server
+    import functools
+
+    src = _folder([products.scene[(D1, t)] for t in ("31UET", "31UFT")], tmp_path / "src")
+    store = tmp_path / "cube" / "cube.zarr"
+    assert _sync(store, src, empty_config).returncode == 0
+
+    def verify(*args):
+        return subprocess.run([S2INGEST, "verify", "--config", str(empty_config), *args],
+                              env=_env(), capture_output=True, text=True, timeout=300)
+
+    files = {p for p in store.parent.rglob("*") if not p.name.endswith(("-wal", "-shm"))}
+    r = verify("--store", str(store), "--deep")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok:" in r.stdout and "catalog" in r.stdout
+    assert {p for p in store.parent.rglob("*") if not p.name.endswith(("-wal", "-shm"))} == files
+    victim = sorted((store / GROUP / "B04").glob("0.*"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: only --deep can tell
+    victim.write_bytes(bytes(data))
+    key = f"{GROUP}/B04/{victim.name}"
+    assert verify("--store", str(store)).returncode == 0
+    r = verify("--store", str(store), "--deep")
+    assert r.returncode == 9 and key in r.stdout and "sha256" in r.stdout, r.stdout + r.stderr
+    assert r.stdout.count("MISMATCH") == 1
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(store.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cube.zarr"
+        r = verify(url, "--deep")
+        assert r.returncode == 9 and key in r.stdout, r.stdout + r.stderr
+        victim.unlink()  # a missing key is found without --deep
+        r = verify(url)
+        assert r.returncode == 9 and f"{key}: missing" in r.stdout, r.stdout + r.stderr
+    finally:
+        server.shutdown()

@@ -45,12 +45,13 @@ def layers() -> None:
 @click.option("--name-attribute", default=None,
               help="Field with the class names [statnaam for NL, gewas for NL/BRP].")
 @click.option("--force", is_flag=True, help="Replace an edition that is already published.")
+@progress_option
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def add(settings, group, edition, attribute, variable, name_attribute, force, file) -> None:
+def add(settings, group, edition, attribute, variable, name_attribute, force, progress, file) -> None:
     """Rasterise vector FILE (GeoPackage, Shapefile, GeoJSON; any CRS) into GROUP."""
     records = add_layer(settings.store, group, file, edition=edition, attribute=attribute,
                         variable=variable, force=force, grid=get_grid(settings.grid),
-                        name_attribute=name_attribute)
+                        name_attribute=name_attribute, progress=progress)
     if all(r.unchanged for r in records):
         for r in records:
             click.echo(f"/{r.group}/{r.variable} edition {r.edition} is already published from "

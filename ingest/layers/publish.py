@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from numcodecs import Blosc
 from pyproj import CRS
+from tqdm.auto import tqdm
 
 from ..errors import LayerError
 from ..grid import NL_GRID, CubeGrid
@@ -32,7 +33,7 @@ from ..store.layout import GROUP_VERSION_ATTR
 from ..store.zarrdocs import ArrayMeta, new_array, read_array
 from . import codes as codes_mod
 from .codes import CodeTable, LayerSpec
-from .rasterize import iter_rasterized
+from .rasterize import chunks_touched, iter_rasterized
 from .vector import VectorSource, read_vector
 
 EDITION = "edition"
@@ -74,7 +75,7 @@ class _Plan:
 def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition: int,
               attribute: str | None, variable: str | None = None, force: bool = False,
               grid: CubeGrid = NL_GRID, name_attribute: str | None = None,
-              now: datetime | None = None) -> list[LayerRecord]:
+              now: datetime | None = None, progress: bool = False) -> list[LayerRecord]:
     """Rasterise ``source`` into ``group`` for ``edition``; returns one record per variable.
 
     Every refusal (bad file, existing edition without ``force``, other grid) is raised before
@@ -108,7 +109,7 @@ def add_layer(store_path: str | Path, group: str, source: str | Path, *, edition
         index, replacing = _check_store(tx, group, [p.spec for p in plans], edition, force, grid)
         _ensure_group(tx, group, grid)
         for plan in plans:
-            n_pixels, n_chunks = _write_chunks(tx, group, plan, vec, grid, index)
+            n_pixels, n_chunks = _write_chunks(tx, group, plan, vec, grid, index, progress)
             records.append(LayerRecord(group, plan.spec.variable, int(edition), vec.name, vec.sha256,
                                        vec.attribute, stamp, vec.n_features, n_pixels, replacing, n_chunks))
         _write_metadata(tx, group, plans, records, vec, grid, edition)
@@ -190,7 +191,7 @@ def _check_grid(stored: dict | None, grid: CubeGrid, where: str) -> None:
 
 # -- chunks -------------------------------------------------------------------------------------
 def _write_chunks(tx: Transaction, group: str, plan: _Plan, vec: VectorSource,
-                  grid: CubeGrid, index: int) -> tuple[int, int]:
+                  grid: CubeGrid, index: int, progress: bool = False) -> tuple[int, int]:
     """Stage the slice's non-empty chunks; drop stale ones. Returns (pixels, chunks) written.
 
     DESIGN CHOICE: chunks are encoded with the codec the array's ``.zarray`` names (the same
@@ -201,13 +202,17 @@ def _write_chunks(tx: Transaction, group: str, plan: _Plan, vec: VectorSource,
     meta = _variable_meta(tx, path, plan.spec, grid)
     written: set[str] = set()
     n_pixels = 0
-    for (iy, ix), block in iter_rasterized(vec.geometries, plan.values, grid, plan.spec.dtype):
+    bar = tqdm(total=len(chunks_touched(vec.geometries, grid)), unit="chunk", disable=not progress,
+               desc=f"rasterise /{path}")
+    for (iy, ix), block in iter_rasterized(vec.geometries, plan.values, grid, plan.spec.dtype,
+                                           on_chunk=lambda: bar.update(1)):
         chunk = meta.empty_chunk()
         chunk[0, :block.shape[0], :block.shape[1]] = block
         name = f"{index}.{iy}.{ix}"
         tx.put(join(path, name), meta.encode(chunk))
         written.add(name)
         n_pixels += int(np.count_nonzero(block))
+    bar.close()
     if n_pixels == 0:
         raise LayerError(
             f"{vec.name}: no pixel centre of grid {grid.name} falls inside any feature; nothing published"

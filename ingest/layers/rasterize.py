@@ -58,11 +58,14 @@ def rasterize_chunk(geoms: np.ndarray, values: np.ndarray, tree: shapely.STRtree
 
 
 def iter_rasterized(geoms: np.ndarray, values: np.ndarray, grid: CubeGrid,
-                    dtype: str) -> Iterator[tuple[ChunkIndex, np.ndarray]]:
-    """(chunk index, codes) for each chunk the features touch that holds at least one code."""
+                    dtype: str, on_chunk=None) -> Iterator[tuple[ChunkIndex, np.ndarray]]:
+    """(chunk index, codes) for each chunk the features touch that holds at least one code;
+    ``on_chunk()`` is called after every chunk looked at (progress)."""
     tree = shapely.STRtree(geoms)
     for index in chunks_touched(geoms, grid):
         block = rasterize_chunk(geoms, values, tree, grid, index, dtype)
+        if on_chunk is not None:
+            on_chunk()
         if block.any():
             yield index, block
 
