@@ -228,8 +228,15 @@ def test_cli_add_list_and_catalog_record(tmp_path, inputs):
                                  "--edition", "2023", "--attribute", "gewascode", str(inputs["brp2023"])])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "added /NL/BRP/crop edition 2023" in res.output
+    version = (store / ".zmetadata").read_bytes()
+    # the same file again is already done (e.g. a rerun after a crash): nothing is written
     res = runner.invoke(layers, ["add", "--store", str(store), "--db", db, "--group", "NL/BRP",
                                  "--edition", "2023", "--attribute", "gewascode", str(inputs["brp2023"])])
+    assert res.exit_code == 0 and "already published from brp_2023.gpkg" in res.output, res.output
+    assert (store / ".zmetadata").read_bytes() == version
+    # another file for a published edition needs --force
+    res = runner.invoke(layers, ["add", "--store", str(store), "--db", db, "--group", "NL/BRP",
+                                 "--edition", "2023", "--attribute", "gewascode", str(inputs["brp2022"])])
     assert res.exit_code != 0 and isinstance(res.exception, LayerError)
     res = runner.invoke(layers, ["list", "--store", str(store)])
     assert "/NL/BRP/parcel\t2023\tbrp_2023.gpkg" in res.output
