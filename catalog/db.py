@@ -305,6 +305,12 @@ def _migrate(
     run = command.downgrade if down else command.upgrade
     engine, owned = _engine(url_or_engine)
     try:
+        if not down and revision == "head" and not only_if_empty:
+            # DESIGN CHOICE: a catalog already at head needs no lock (and touches no lock
+            # file): a migration only ever moves it forward, so "at head" cannot be undone.
+            current = current_revision(engine)
+            if current == head_revision():
+                return current
         with engine.connect() as conn, migration_lock(conn):
             sqlite = conn.dialect.name == "sqlite"
             if sqlite:

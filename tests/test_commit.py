@@ -48,9 +48,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str, fault: str | None = None, config: Path) -> subprocess.CompletedProcess:
-    cmd, *rest = args
     env = _env(**({"S2INGEST_FAULT": fault} if fault else {}))
-    return subprocess.run([S2INGEST, cmd, "--config", str(config), *rest], env=env,
+    return subprocess.run([S2INGEST, *args, "--config", str(config)], env=env,
                           capture_output=True, text=True, timeout=600)
 
 
