@@ -830,3 +830,26 @@ def test_a_transaction_left_by_the_previous_release_is_rolled_back(tmp_path):
     assert store.complete_unfinished() == "rolled back (legacy)"
     assert (root / "S2/R051/.zattrs").read_bytes() == old
     assert not (root / "S2/R051/B04/0.0.0").exists() and not txn.exists()
+
+
+def test_a_store_that_cannot_be_locked_gives_one_store_error(tmp_path, monkeypatch):
+    import errno as _errno
+
+    from ingest.errors import StoreError
+    from ingest.store import CubeStore
+    from ingest.store.backend import LocalBackend
+
+    grid = CubeGrid("t", "EPSG:28992", 10, (0, 300000, 5000, 306250))
+    store, _ = CubeStore.create(tmp_path / "c.zarr", grid)
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def full(*a, **k):  # as LocalBackend.lock when .s2ingest/lock cannot be created
+        raise OSError(_errno.ENOSPC, "No space left on device")
+        yield
+
+    monkeypatch.setattr(LocalBackend, "lock", full)
+    with pytest.raises(StoreError, match="cannot lock .* No space left on device; nothing was published"):
+        with store.transaction():
+            pass

@@ -332,7 +332,15 @@ class Transaction:
         if isinstance(self.backend, LocalBackend) and not self.backend.root.exists():
             self._made_root = True  # removed again unless something is committed
         self._lock_cm = self.backend.lock(self._timeout, self._on_wait)
-        self._lock_cm.__enter__()
+        try:
+            self._lock_cm.__enter__()
+        except StoreError:
+            self._lock_cm = None
+            raise
+        except OSError as exc:  # cannot create or lock .s2ingest/lock (full disk, read-only, ...)
+            self._lock_cm = None
+            raise StoreError(f"cannot lock {self.store.url} for writing: {exc.strerror or exc}; "
+                             "nothing was published") from exc
         try:
             faults.point("txn.locked")
             recover(self.backend)
@@ -344,6 +352,12 @@ class Transaction:
                     self.put(key, value)
             else:
                 check_grid(stored, self.store.grid, self.store.url)
+        except OSError as exc:
+            self._release()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot prepare a write to {self.store.url}: {exc.strerror or exc}; "
+                             "nothing was published") from exc
         except BaseException:
             self._release()
             raise
