@@ -149,7 +149,7 @@ class Syncer:
             self.plan_dry_run(records)
             return self.report
         self.store = self.cube.open()
-        self.store.complete_unfinished(on_wait=self.echo, timeout=self.opts.lock_timeout)
+        self.store.complete_unfinished()
         self.reclaim_from_dead_workers()
         self.discover(records)
         self.download()

@@ -430,8 +430,8 @@ def test_a_journal_rolled_forward_by_recover_directly(tmp_path, clean_two_steps,
     monkeypatch.undo()
     assert (path / ".s2ingest/txn/journal.json").exists()
     store = CubeStore.open(path)
-    assert store.complete_unfinished(timeout=5) == "rolled forward"
-    assert store.complete_unfinished(timeout=5) is None
+    assert store.complete_unfinished() == "rolled forward"
+    assert store.complete_unfinished() is None
     assert contents(path) == contents(clean_two_steps)
 
 
@@ -853,3 +853,20 @@ def test_a_store_that_cannot_be_locked_gives_one_store_error(tmp_path, monkeypat
     with pytest.raises(StoreError, match="cannot lock .* No space left on device; nothing was published"):
         with store.transaction():
             pass
+
+
+def test_completing_an_unfinished_commit_never_waits_for_a_live_writer(tmp_path):
+    """A writer that is staging holds the lock; another command must not queue behind it
+    just to "recover" (the live writer finishes its own commit)."""
+    import time as _time
+
+    from ingest.store import CubeStore
+
+    grid = CubeGrid("t", "EPSG:28992", 10, (0, 300000, 5000, 306250))
+    store, _ = CubeStore.create(tmp_path / "c.zarr", grid)
+    with store.transaction() as tx:
+        tx.put("S2/x", b"staged")  # a staging area exists while this writer works
+        assert store.has_unfinished_commit()
+        t0 = _time.monotonic()
+        assert CubeStore.open(tmp_path / "c.zarr").complete_unfinished() is None
+        assert _time.monotonic() - t0 < 1.0

@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .. import __version__
-from ..errors import GridMismatchError, NotACubeError, StalePlanError, StoreError
+from ..errors import GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError
 from ..grid import CubeGrid
 from . import faults
 from .backend import Backend, LocalBackend, backend_for
@@ -226,14 +226,21 @@ class CubeStore:
         return self.backend.get(JOURNAL) is not None or (
             isinstance(self.backend, LocalBackend) and self.backend.path(TXN_DIR).exists())
 
-    def complete_unfinished(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT,
-                            on_wait: Callable[[str], None] | None = None) -> str | None:
+    def complete_unfinished(self) -> str | None:
         """Finish (or discard the staging of) a commit a crashed writer left, under the lock;
-        None when there was nothing to do (then no lock is taken)."""
+        None when there was nothing to do.
+
+        DESIGN CHOICE: the lock is only tried, never waited for: if it is held, its holder is
+        alive (the kernel releases the lock of a dead process) and is either writing now or
+        will recover the store itself when its transaction starts.
+        """
         if not self.has_unfinished_commit():
             return None
-        with self.backend.lock(timeout, on_wait):
-            return recover(self.backend)
+        try:
+            with self.backend.lock(0):
+                return recover(self.backend)
+        except StoreBusyError:
+            return None
 
 
 def check_grid(stored: CubeGrid, grid: CubeGrid, where: str) -> None:
