@@ -27,38 +27,41 @@ def _catalog_file(settings: Settings) -> Path | None:
     return sqlite_file(settings.db_url)
 
 
+def _in_catalog(settings: Settings, work, *, missing: int, failing: int | None = None) -> int:
+    """``work(session)`` on the existing catalog; ``missing`` when there is none, ``failing``
+    (if given) when the work itself fails with an s2ingest error."""
+    from catalog import open_existing_catalog, session_scope
+
+    try:
+        engine = open_existing_catalog(settings.db_url)
+    except S2IngestError:
+        return missing
+    try:
+        with session_scope(engine) as s:
+            return work(s)
+    except S2IngestError:
+        if failing is None:
+            raise
+        return failing
+    finally:
+        engine.dispose()
+
+
 def _publishes(settings: Settings) -> int:
     """How many publishes the catalog records (-1: cannot tell, so keep everything)."""
     from sqlalchemy import func, select
 
-    from catalog import Publish, open_existing_catalog, session_scope
+    from catalog import Publish
 
-    try:
-        engine = open_existing_catalog(settings.db_url)
-    except S2IngestError:
-        return 0
-    try:
-        with session_scope(engine) as s:
-            return int(s.scalar(select(func.count()).select_from(Publish)) or 0)
-    except S2IngestError:
-        return -1
-    finally:
-        engine.dispose()
+    return _in_catalog(settings, lambda s: int(s.scalar(select(func.count()).select_from(Publish)) or 0),
+                       missing=0, failing=-1)
 
 
 def release_leases(settings: Settings, worker: str) -> int:
     """Give back every lease ``worker`` holds in the catalog (0 when there is no catalog)."""
-    from catalog import open_existing_catalog, release_all, session_scope
+    from catalog import release_all
 
-    try:
-        engine = open_existing_catalog(settings.db_url)
-    except S2IngestError:
-        return 0
-    try:
-        with session_scope(engine) as s:
-            return len(release_all(s, worker))
-    finally:
-        engine.dispose()
+    return _in_catalog(settings, lambda s: len(release_all(s, worker)), missing=0)
 
 
 @contextmanager
