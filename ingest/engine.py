@@ -179,6 +179,7 @@ def ingest_products(
     resampling: dict[str, Resampling], *, progress: bool = True, threads: int = 2,
     before_commit: Callable[[], None] | None = None, store: CubeStore | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait: Callable[[str], None] | None = None,
+    validated: bool = False,
 ) -> tuple[WritePlan, WriteReport | None]:
     """Validate, plan and write ``products`` in one locked transaction.
 
@@ -186,8 +187,9 @@ def ingest_products(
     writing all happen under the writer lock, so a plan can never be made from a state
     that an unfinished or concurrent commit is changing.
     """
-    for p in products:
-        validate(p, cube)
+    if not validated:  # the caller did not run ``validate`` on them already
+        for p in products:
+            validate(p, cube)
     store = store or cube.open()
     if store.group_exists(cube.group) and not store.has_unfinished_commit():
         # DESIGN CHOICE: a rerun with nothing new takes no lock and writes nothing. Safe

@@ -362,6 +362,7 @@ class Syncer:
             self.cube, list(products.values()), self._resolve, self.resampling,
             progress=self.opts.progress, threads=self.settings.threads, before_commit=renew,
             store=self.store, on_wait=self.echo, lock_timeout=self.opts.lock_timeout,
+            validated=True,  # by the read step (cube_validate), which rejects bad products early
         )
         faults.point("catalog.before-commit")
         state = self.store.published(self.cube.group)
