@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +16,22 @@ from ingest.errors import CatalogError
 from .models import Layer, Product, Publish, PublishProduct, TimeStep
 from .states import REPAIRS, State
 from .work import _expire, db_now, mark_published
+
+
+@contextmanager
+def _all_or_nothing(session: Session, what: str) -> Iterator[None]:
+    """A savepoint: everything in the block is recorded, or nothing and the caller's
+    transaction stays usable; a constraint violation becomes one CatalogError saying ``what``."""
+    nested = session.begin_nested()
+    try:
+        yield
+    except IntegrityError as exc:
+        nested.rollback()
+        raise CatalogError(f"{what}: {exc.orig}") from exc
+    except BaseException:
+        nested.rollback()
+        raise
+    nested.commit()
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,7 @@ def record_publish(
     now = db_now(session, now)
     ids = list(dict.fromkeys(product_ids))
     steps = list(time_steps)
-    nested = session.begin_nested()
-    try:
+    with _all_or_nothing(session, f"cannot record cube version {version} for {group}"):
         mark_published(session, ids, worker, version, now=now)
         pub = Publish(
             version=version, group_path=group, published_at=now, created_at=now, worker=worker,
@@ -67,13 +83,6 @@ def record_publish(
             session.execute(insert(PublishProduct), [{"publish_id": pub.id, "product_id": i} for i in ids])
         _record_time_steps(session, group, version, steps, ids)
         session.flush()
-    except IntegrityError as exc:
-        nested.rollback()
-        raise CatalogError(f"cannot record cube version {version} for {group}: {exc.orig}") from exc
-    except BaseException:
-        nested.rollback()
-        raise
-    nested.commit()
     return pub
 
 
@@ -343,17 +352,9 @@ def reconcile_published(
     names = set(products_in_store)
     now = db_now(session, now)
     who = worker or "an unnamed worker"
-    nested = session.begin_nested()
-    try:
+    with _all_or_nothing(session, f"cannot reconcile {group} with store version {version}"):
         report = _reconcile(session, group, version, axis, names, worker, who, now)
         session.flush()
-    except IntegrityError as exc:
-        nested.rollback()
-        raise CatalogError(f"cannot reconcile {group} with store version {version}: {exc.orig}") from exc
-    except BaseException:
-        nested.rollback()
-        raise
-    nested.commit()
     return report
 
 

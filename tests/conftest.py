@@ -212,6 +212,18 @@ def empty_config(tmp_path_factory) -> Path:
     return path
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """A clean environment (no S2INGEST_*) whose ``s2ingest`` subprocess imports the same ingest
+    package as this process; ``extra`` adds variables (e.g. ``S2INGEST_FAULT``)."""
+    import ingest
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2INGEST_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(ingest.__file__).parents[1]),
+                                                      env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
 def run_cli(args: Sequence[str], config: Path):
     """Invoke ``s2ingest`` in-process with an explicit (empty) config and a clean environment."""
     from click.testing import CliRunner

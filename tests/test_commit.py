@@ -7,7 +7,6 @@ the crash, then rerun the same sync and compare cube *and* catalog with one unin
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from sqlalchemy import select
 from catalog import default_url_for_store, open_catalog, session_scope
 from catalog.models import Product as Row
 from catalog.models import Publish, TimeStep
-from conftest import D1, D2, D3, GROUP, assert_cubes_equal, cube_arrays, written_window
+from conftest import D1, D2, D3, GROUP, cli_env, assert_cubes_equal, cube_arrays, written_window
 from ingest.store import META_DIR, read_published
 
 S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
@@ -37,18 +36,8 @@ AFTER_FLIP = ["switch.group-zmetadata", "switch.root-zmetadata", "commit.marked"
               "catalog.before-commit"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    import ingest
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S2INGEST_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(ingest.__file__).parents[1]),
-                                                      env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
 def _cli(*args: str, fault: str | None = None, config: Path) -> subprocess.CompletedProcess:
-    env = _env(**({"S2INGEST_FAULT": fault} if fault else {}))
+    env = cli_env(**({"S2INGEST_FAULT": fault} if fault else {}))
     return subprocess.run([S2INGEST, *args, "--config", str(config)], env=env,
                           capture_output=True, text=True, timeout=600)
 

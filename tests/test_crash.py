@@ -6,7 +6,6 @@ before; a rerun must complete the work and give the cube a crash-free run gives.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from catalog import default_url_for_store, get_product, open_catalog, session_scope
-from conftest import D1, GROUP, assert_cubes_equal, cube_arrays, run_cli, written_window
+from conftest import D1, GROUP, cli_env, assert_cubes_equal, cube_arrays, run_cli, written_window
 from ingest.store import META_DIR, read_published
 
 S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
@@ -72,21 +71,11 @@ def crash_free(tmp_path_factory, base_cube, products, empty_config) -> Path:
     return store
 
 
-def _env() -> dict[str, str]:
-    """A clean environment whose ``s2ingest`` imports the same ingest package as this process."""
-    import ingest
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S2INGEST_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(ingest.__file__).parents[1]),
-                                                      env.get("PYTHONPATH")]))
-    return env
-
-
 def _run_and_kill(store: Path, source: Path, config: Path, delay: float) -> bool:
     """Start a sync, wait until its transaction has logged a key (it is writing), wait ``delay``
     seconds more and SIGKILL it. True if it died inside the transaction."""
     journal = store / META_DIR / "txn" / "stage"  # the transaction is staging its writes
-    proc = subprocess.Popen([S2INGEST, *_sync_args(store, source, config)], env=_env(),
+    proc = subprocess.Popen([S2INGEST, *_sync_args(store, source, config)], env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
@@ -152,7 +141,7 @@ def test_killed_sync_leaves_the_readers_view_unchanged(crashed):
 def test_rerun_after_a_crash_completes_the_work(crashed, crash_free, products, empty_config):
     _, _, runs = crashed
     delay, store, killed, _, _ = next(r for r in runs if r[2])
-    r = subprocess.run([S2INGEST, *_sync_args(store, products.scene_dir, empty_config)], env=_env(),
+    r = subprocess.run([S2INGEST, *_sync_args(store, products.scene_dir, empty_config)], env=cli_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert_cubes_equal(store, crash_free)
@@ -166,7 +155,7 @@ def test_rerun_after_a_crash_and_lapsed_leases_gives_the_crash_free_cube(crashed
         if not killed:
             continue
         _backdate_leases(store)
-        r = subprocess.run([S2INGEST, *_sync_args(store, products.scene_dir, empty_config)], env=_env(),
+        r = subprocess.run([S2INGEST, *_sync_args(store, products.scene_dir, empty_config)], env=cli_env(),
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         assert not (store / META_DIR / "txn").exists(), "the journal was recovered and dropped"
@@ -199,7 +188,7 @@ def test_corrupt_zip_is_rejected_and_the_rest_published(tmp_path, base_cube, pro
     bad = _truncated_zip(bad_src, source)
     bad_name = bad.name.removesuffix(".zip")
 
-    r = subprocess.run([S2INGEST, *_sync_args(store, source, empty_config)], env=_env(),
+    r = subprocess.run([S2INGEST, *_sync_args(store, source, empty_config)], env=cli_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 10, r.stdout + r.stderr
     assert bad_name in r.stderr

@@ -6,7 +6,6 @@ the catalog, what a reader sees while another process writes).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
@@ -27,7 +25,8 @@ from ingest.safe import read_product
 from ingest.store import CubeStore, read_published
 from ingest.synth import make_product
 from ingest.warp import parse_resampling
-from test_commit import _env, _folder, _sync, catalog_rows
+from conftest import cli_env
+from test_commit import _folder, _sync, catalog_rows
 
 S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
 
@@ -57,7 +56,7 @@ def _two_syncs_at_once(store: Path, sources: list[Path], config: Path, db: str |
     extra = ["--db", db] if db else []
     procs = [subprocess.Popen([S2INGEST, "sync", "--config", str(config), "--store", str(store),
                                "--source", str(src), "--no-progress", *extra],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for src in sources]
     return [(p.wait(timeout=600), *p.communicate()) for p in procs]
 
@@ -103,7 +102,7 @@ def test_two_syncs_on_one_store_and_a_fresh_postgresql_catalog(tmp_path, product
     assert_cubes_equal(store, one_writer)
     assert read_published(store, GROUP).times == (D1, D3)
     r = subprocess.run([S2INGEST, "verify", "--config", str(empty_config), "--store", str(store),
-                        "--db", pg_fresh_url, "--deep"], env=_env(), capture_output=True, text=True)
+                        "--db", pg_fresh_url, "--deep"], env=cli_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -115,7 +114,7 @@ def test_a_writer_gives_up_after_the_lock_timeout_and_releases_its_claims(tmp_pa
     with holder.transaction():  # another writer holds the store
         r = subprocess.run([S2INGEST, "sync", "--config", str(empty_config), "--store", str(store),
                             "--source", str(src), "--no-progress", "--lock-timeout", "1"],
-                           env=_env(), capture_output=True, text=True, timeout=120)
+                           env=cli_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 6, r.stdout + r.stderr
     assert "being written by another process" in r.stderr and "waiting" in r.stdout + r.stderr
     assert catalog_rows(store)["leases"] == []
@@ -201,7 +200,7 @@ def test_the_newest_datatakes_settle_before_they_are_published(tmp_path, empty_c
     assert dict(catalog_rows(store)["products"])[young.name.removesuffix(".SAFE")] == "downloaded"
     r = subprocess.run([S2INGEST, "sync", "--config", str(empty_config), "--store", str(store),
                         "--source", str(young.parent), "--no-progress", "--settle", "0"],
-                       env=_env(), capture_output=True, text=True, timeout=300)
+                       env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert read_published(store, GROUP).length == 1
 
@@ -217,7 +216,7 @@ def test_verify_deep_names_a_corrupted_chunk_locally_and_over_http(tmp_path, pro
 
     def verify(*args):
         return subprocess.run([S2INGEST, "verify", "--config", str(empty_config), *args],
-                              env=_env(), capture_output=True, text=True, timeout=300)
+                              env=cli_env(), capture_output=True, text=True, timeout=300)
 
     files = {p for p in store.parent.rglob("*") if not p.name.endswith(("-wal", "-shm"))}
     r = verify("--store", str(store), "--deep")

@@ -24,7 +24,7 @@ import pytest
 import xarray as xr
 import zarr
 
-import ingest
+from conftest import cli_env
 from ingest.engine import Cube
 from ingest.errors import GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError
 from ingest.grid import NL_GRID, CubeGrid
@@ -101,17 +101,9 @@ exec(STEP, _ns)
 step = _ns["step"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S2INGEST_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(ingest.__file__).parents[1]),
-                                                      env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
 def step_in_subprocess(location: Path, value: int, fault: str | None = None) -> subprocess.CompletedProcess:
     code = STEP + f"\nstep({str(location)!r}, {GRID.to_dict()!r}, {value})\n"
-    return subprocess.run([sys.executable, "-c", code], env=_env(**({"S2INGEST_FAULT": fault} if fault else {})),
+    return subprocess.run([sys.executable, "-c", code], env=cli_env(**({"S2INGEST_FAULT": fault} if fault else {})),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -475,7 +467,7 @@ def test_a_second_writer_waits_for_the_lock_then_proceeds(store):
 
 def test_a_second_writer_gives_up_naming_the_holder(store):
     path = store.backend.root
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "30"], env=_env(),
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "30"], env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
@@ -734,7 +726,7 @@ def test_manifests_of_a_crashed_commit_are_pruned_later(tmp_path):
             tx.put("k/1", b"crash")
             tx.commit()
     ''')
-    r = subprocess.run([sys.executable, "-c", code], env=_env(S2INGEST_FAULT="commit.marked"),
+    r = subprocess.run([sys.executable, "-c", code], env=cli_env(S2INGEST_FAULT="commit.marked"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == -9, r.stderr
     n = MANIFEST_HISTORY + 2
