@@ -560,6 +560,33 @@ def test_only_the_last_manifests_are_kept(tmp_path):
         store.manifest(1)
     assert store.manifest(n)["parent"] == n - 1
     assert verify_store(store, deep=True) == []
+    # the metadata snapshots go with their manifests
+    names = sorted(p.name for p in (path / ".s2ingest" / "manifests").iterdir())
+    assert names == sorted([f"v{v:08d}.json" for v in store.manifest_versions()]
+                           + [f"v{v:08d}.meta.json" for v in store.manifest_versions()])
+    with pytest.raises(StoreError, match="version 1 is no longer kept"):
+        store.metadata_snapshot(1)
+
+
+def test_metadata_snapshot_is_each_version_as_published(tmp_path):
+    """A past version's metadata stays readable after later versions rewrote it: the snapshot
+    of version v holds exactly the metadata bytes its manifest names (sha256)."""
+    path = tmp_path / "cube.zarr"
+    store = new_store(path, CubeGrid("t", "EPSG:28992", 10, (0, 300000, 50, 300050)))
+    seen = {}
+    for i in range(3):
+        with store.transaction() as tx:
+            tx.create_group(f"g{i}", {"n": i})
+            tx.update_attrs("", {"step": i})
+            version = tx.commit().version
+        seen[version] = contents(path, meta=True)
+    for version, files in seen.items():
+        docs = store.metadata_snapshot(version)
+        keys = store.manifest(version)["keys"]
+        assert set(docs) == {k for k in keys if k.rsplit("/", 1)[-1].startswith((".z"))}
+        for key, raw in docs.items():
+            assert hashlib.sha256(raw).hexdigest() == keys[key]["sha256"], key
+            assert raw == files[key]
 
 
 # -- chunks holding fill only ---------------------------------------------------------------

@@ -42,7 +42,7 @@ from . import faults
 from .backend import Backend, LocalBackend, backend_for
 from .layout import (
     GRID_FILE, GROUP_VERSION_ATTR, META_DIR, MANIFEST_DIR, STORE_FORMAT, TIME_COORDS, TXN_DIR,
-    VERSION_ATTR, is_metadata, join, manifest_key,
+    VERSION_ATTR, is_metadata, join, manifest_key, metadata_key, version_of_key,
 )
 from .zarrdocs import ArrayMeta, dumps, new_array, new_group, read_array
 
@@ -210,11 +210,31 @@ class CubeStore:
             raise StoreError(f"{self.url}: no manifest of version {version}")
         return hashlib.sha256(raw).hexdigest()
 
+    def metadata_snapshot(self, version: int) -> dict[str, bytes]:
+        """Every Zarr metadata document of ``version`` (key -> bytes), exactly as that version
+        published it; a StoreError once the version is no longer kept."""
+        raw = self.backend.get(metadata_key(version))
+        if raw is None:
+            raise StoreError(f"{self.url}: version {version} is no longer kept (no metadata "
+                             f"snapshot; the last {MANIFEST_HISTORY} versions are)")
+        return {k: v.encode() for k, v in json.loads(raw)["documents"].items()}
+
     def manifest_versions(self) -> list[int]:
-        if not isinstance(self.backend, LocalBackend):
-            raise StoreError(f"{self.url}: cannot list versions here")
-        keys, _ = self.backend.list_dir(MANIFEST_DIR)
-        return sorted(int(k[1:9]) for k in keys if k.startswith("v") and k.endswith(".json"))
+        """The versions whose manifests are kept, oldest first. On a backend that cannot list
+        (a static HTTP server) the chain of ``parent`` versions is followed from the current one."""
+        try:
+            keys, _ = self.backend.list_dir(MANIFEST_DIR)
+        except StoreError:
+            found, v = [], self.version()
+            while v > 0:
+                raw = self.backend.get(manifest_key(v))
+                if raw is None:
+                    break
+                found.append(v)
+                v = int(json.loads(raw).get("parent", v - 1))
+            return sorted(found)
+        return sorted({v for k in keys if (v := version_of_key(k)) is not None
+                       and k == manifest_key(v).rsplit("/", 1)[1]})
 
     # -- writing -------------------------------------------------------------------------------
     def transaction(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT,
@@ -516,6 +536,9 @@ class Transaction:
         raw_manifest = dumps(manifest)
         self.put(manifest_key(version), raw_manifest)
         ops[manifest_key(version)] = digest(raw_manifest)
+        snapshot = dumps(self._metadata_snapshot(version, manifest, ops))
+        self.put(metadata_key(version), snapshot)
+        ops[metadata_key(version)] = digest(snapshot)
         order = sorted(ops, key=_switch_rank)
         journal = {"version": version, "base": self.base_version,
                    "ops": [[k, "put", ops[k][1]] if ops[k] is not None else [k, "delete", None]
@@ -571,6 +594,24 @@ class Transaction:
             meta = {k[len(prefix):]: v for k, v in docs.items() if k.startswith(prefix)}
             out[join(g, ".zmetadata")] = {"zarr_consolidated_format": 1, "metadata": meta}
         return out
+
+    def _metadata_snapshot(self, version: int, manifest: dict,
+                           ops: dict[str, Digest | None]) -> dict:
+        """The metadata documents of ``version``: the parent's snapshot with this commit's
+        metadata changes applied (every document read once when there is no parent snapshot)."""
+        parent = self.backend.get(metadata_key(self.base_version))
+        if parent is not None:
+            docs = json.loads(parent)["documents"]
+            changed = [k for k in ops if is_metadata(k)]
+        else:
+            docs, changed = {}, [k for k in manifest["keys"] if is_metadata(k)]
+        for key in changed:
+            raw = self.get(key)
+            if raw is None:
+                docs.pop(key, None)
+            else:
+                docs[key] = raw.decode("utf-8")
+        return {"format": 1, "version": version, "documents": dict(sorted(docs.items()))}
 
     def _manifest(self, version: int, ops: dict[str, Digest | None]) -> dict:
         parent_raw = self.backend.get(manifest_key(self.base_version))
@@ -718,6 +759,6 @@ def _prune_manifests(backend: Backend, version: int) -> None:
     keep_from = version - MANIFEST_HISTORY + 1
     keys, _ = backend.list_dir(MANIFEST_DIR)
     for name in keys:
-        if name.startswith("v") and name.endswith(".json") and name[1:-5].isdigit() \
-                and int(name[1:-5]) < keep_from:
-            backend.delete(manifest_key(int(name[1:-5])))
+        v = version_of_key(name)
+        if v is not None and v < keep_from:
+            backend.delete(f"{MANIFEST_DIR}/{name}")

@@ -9,6 +9,8 @@ the writer's lock, the journal of an unfinished commit and the version manifests
 """
 from __future__ import annotations
 
+import re
+
 import numcodecs
 from pyproj import CRS
 
@@ -61,6 +63,23 @@ def chunk_key(group: str, var: str, *index: int) -> str:
 
 def manifest_key(version: int) -> str:
     return f"{MANIFEST_DIR}/v{version:08d}.json"
+
+
+def metadata_key(version: int) -> str:
+    """The metadata snapshot of ``version``: the bytes of every Zarr metadata document
+    (``.zgroup``, ``.zattrs``, ``.zarray``, ``.zmetadata``) as that version published them, so a
+    past version can be opened or mirrored after later versions rewrote its metadata."""
+    return f"{MANIFEST_DIR}/v{version:08d}.meta.json"
+
+
+def version_of_key(name: str) -> int | None:
+    """The version a manifest-folder file name belongs to (``v00000012.json`` or
+    ``v00000012.meta.json``), None for anything else."""
+    m = _VERSION_FILE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+_VERSION_FILE = re.compile(r"v(\d{8})(?:\.meta)?\.json")
 
 
 def is_metadata(key: str) -> bool:
