@@ -69,3 +69,73 @@ def progress_option(func: Callable) -> Callable:
         return func(*args, progress=progress_enabled(progress), **kwargs)
 
     return wrapper
+
+
+# -- what part of a cube (mirror; the same flags as the other copy commands) --------------------
+def _bbox(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.replace(" ", ",").split(",") if v)
+    except ValueError:
+        parts = ()
+    if len(parts) != 4 or parts[0] >= parts[2] or parts[1] >= parts[3]:
+        raise click.BadParameter("give LEFT,BOTTOM,RIGHT,TOP with LEFT < RIGHT and BOTTOM < TOP")
+    return parts
+
+
+def parse_when(value: str, *, end: bool = False):
+    """A UTC instant from YYYY-MM-DD (the whole day with ``end``) or YYYY-MM-DDTHH:MM:SS."""
+    from datetime import datetime, timedelta, timezone
+
+    for fmt, day in (("%Y-%m-%dT%H:%M:%S", False), ("%Y-%m-%d", True)):
+        try:
+            t = datetime.strptime(value, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        return t + timedelta(days=1, milliseconds=-1) if (day and end) else t
+    raise click.BadParameter(f"{value!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)")
+
+
+def _time_range(ctx, param, value):
+    """START/END (either side may be empty), inclusive; one date alone is that day."""
+    if value is None:
+        return None
+    start, sep, stop = value.partition("/")
+    if not sep:
+        stop = start
+    lo = parse_when(start) if start else None
+    hi = parse_when(stop, end=True) if stop else None
+    if lo and hi and lo > hi:
+        raise click.BadParameter(f"{value!r}: the start is after the end")
+    return (lo, hi)
+
+
+def _names(ctx, param, value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def selection_options(func: Callable) -> Callable:
+    """--bbox, --bbox-crs, --time, --variables, --groups; passes a ``Selection`` as ``selection``."""
+
+    @click.option("--bbox", callback=_bbox, default=None, metavar="L,B,R,T",
+                  help="Area, in the grid's CRS (RD New for the NL grid) or in --bbox-crs.")
+    @click.option("--bbox-crs", default=None, metavar="CRS",
+                  help="CRS of --bbox, e.g. EPSG:4326 for lon/lat [default: the grid's].")
+    @click.option("--time", "time_range", callback=_time_range, default=None, metavar="START/END",
+                  help="Time range, inclusive, e.g. 2024-04-01/2024-09-30 (either side may be empty).")
+    @click.option("--variables", callback=_names, default=None, metavar="B04,B08,…",
+                  help="Variables to keep (coordinates are always kept).")
+    @click.option("--groups", callback=_names, default=None, metavar="S2/R051,NL,…",
+                  help="Groups to keep (a group keeps its subgroups).")
+    @functools.wraps(func)
+    def wrapper(*args, bbox, bbox_crs, time_range, variables, groups, **kwargs):
+        from ..copies.subset import Selection
+
+        if bbox_crs is not None and bbox is None:
+            raise click.BadParameter("--bbox-crs needs --bbox", param_hint="--bbox-crs")
+        selection = Selection(bbox=bbox, bbox_crs=bbox_crs, time=time_range,
+                              variables=variables, groups=groups)
+        return func(*args, selection=selection, **kwargs)
+
+    return wrapper

@@ -231,7 +231,7 @@ class CubeStore:
                 if raw is None:
                     break
                 found.append(v)
-                v = int(json.loads(raw).get("parent", v - 1))
+                v = min(v - 1, int(json.loads(raw).get("parent", v - 1)))
             return sorted(found)
         return sorted({v for k in keys if (v := version_of_key(k)) is not None
                        and k == manifest_key(v).rsplit("/", 1)[1]})
@@ -347,6 +347,7 @@ class Transaction:
         self._on_wait = on_wait
         self._lock_cm = None
         self._ops: dict[str, Digest | None] = {}  # key -> digest of the staged value; None: delete
+        self._adopted: dict[str, str] = {}  # key -> where its staged value lies (not under STAGE)
         self._mutex = threading.Lock()
         self._done = False
         self._made_root = False
@@ -422,7 +423,11 @@ class Transaction:
             return self.backend.get(key)
         if op is None:
             return None
-        return self.backend.get(f"{STAGE}/{key}")
+        return self.backend.get(self._staged_at(key))
+
+    def _staged_at(self, key: str) -> str:
+        with self._mutex:
+            return self._adopted.get(key) or f"{STAGE}/{key}"
 
     def get_json(self, key: str) -> dict | None:
         raw = self.get(key)
@@ -483,12 +488,27 @@ class Transaction:
         faults.point("stage.chunk")
         with self._mutex:
             self._ops[key] = d
+            self._adopted.pop(key, None)
         return d
+
+    def adopt(self, key: str, staged: str, checksum: Digest) -> None:
+        """Publish ``key`` with the value already written at ``staged`` (a key under
+        ``.s2ingest/`` outside the transaction's own staging area, e.g. a mirror's downloads,
+        which survive an interrupted run). The switch moves it into place; until the journal
+        is written nothing is moved, so an interrupted transaction leaves it where it was."""
+        if self._done:
+            raise StoreError("transaction already committed")
+        if not staged.startswith(META_DIR + "/") or staged.startswith(TXN_DIR + "/"):
+            raise StoreError(f"cannot adopt {staged}: not a private key under {META_DIR}/")
+        with self._mutex:
+            self._ops[key] = checksum
+            self._adopted[key] = staged
 
     def delete(self, key: str) -> None:
         with self._mutex:
-            was_staged = self._ops.get(key) is not None
+            was_staged = self._ops.get(key) is not None and key not in self._adopted
             self._ops[key] = None
+            self._adopted.pop(key, None)
         if was_staged:
             self.backend.delete(f"{STAGE}/{key}")
 
@@ -520,10 +540,18 @@ class Transaction:
         return self.array(path)
 
     # -- commit --------------------------------------------------------------------------------
-    def commit(self) -> CommitReport:
-        """Publish everything staged as version ``base_version + 1``."""
+    def commit(self, *, version: int | None = None, source: dict | None = None) -> CommitReport:
+        """Publish everything staged as version ``base_version + 1``.
+
+        A copy publishes the version of its source instead (``version``, not older than the
+        copy's own; equal for a repair) and names it in the manifest (``source``).
+        """
         faults.point("stage.done")
-        version = self.base_version + 1
+        if version is None:
+            version = self.base_version + 1
+        elif version < self.base_version:
+            raise StoreError(f"{self.store.url} is at version {self.base_version}; "
+                             f"cannot publish the older version {version}")
         faults.point("stage.metadata")
         self.update_attrs("", {VERSION_ATTR: version})
         for group_key, doc in self._consolidated().items():
@@ -533,6 +561,8 @@ class Transaction:
         with self._mutex:
             ops = dict(self._ops)
         manifest = self._manifest(version, ops)
+        if source is not None:
+            manifest["source"] = source
         raw_manifest = dumps(manifest)
         self.put(manifest_key(version), raw_manifest)
         ops[manifest_key(version)] = digest(raw_manifest)
@@ -540,9 +570,11 @@ class Transaction:
         self.put(metadata_key(version), snapshot)
         ops[metadata_key(version)] = digest(snapshot)
         order = sorted(ops, key=_switch_rank)
+        with self._mutex:
+            adopted = dict(self._adopted)
         journal = {"version": version, "base": self.base_version,
-                   "ops": [[k, "put", ops[k][1]] if ops[k] is not None else [k, "delete", None]
-                           for k in order]}
+                   "ops": [([k, "put", ops[k][1]] + ([adopted[k]] if k in adopted else []))
+                           if ops[k] is not None else [k, "delete", None] for k in order]}
         faults.point("journal.write")
         self.backend.put(JOURNAL, dumps(journal))
         self.backend.sync(JOURNAL)
@@ -615,8 +647,12 @@ class Transaction:
 
     def _manifest(self, version: int, ops: dict[str, Digest | None]) -> dict:
         parent_raw = self.backend.get(manifest_key(self.base_version))
+        parent = self.base_version
         if parent_raw is not None:
-            keys = json.loads(parent_raw)["keys"]
+            parent_doc = json.loads(parent_raw)
+            keys = parent_doc["keys"]
+            if version == self.base_version:  # a repair: the version keeps its parent
+                parent = int(parent_doc.get("parent", version - 1))
         else:  # a store from before manifests, or the first commit: hash what is there
             keys = full_listing(self.backend)
         changes = {}
@@ -628,7 +664,7 @@ class Transaction:
                 keys.pop(k, None)
             else:
                 keys[k] = _entry(d)
-        return {"format": 1, "version": version, "parent": self.base_version,
+        return {"format": 1, "version": version, "parent": parent,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "keys": dict(sorted(keys.items())), "changes": dict(sorted(changes.items()))}
 
@@ -670,10 +706,11 @@ def _switch_rank(key: str) -> tuple:
 def _switch(backend: Backend, ops: list) -> None:
     """Apply a journal: rename every staged key into place, delete the deleted ones (in
     order; idempotent, so recovery simply runs it again)."""
-    for key, op, sha in ops:
+    for key, op, sha, *where in ops:
         if op == "put":
-            if backend.exists(f"{STAGE}/{key}"):
-                backend.move(f"{STAGE}/{key}", key)
+            staged = where[0] if where else f"{STAGE}/{key}"
+            if backend.exists(staged):
+                backend.move(staged, key)
             elif _lost(backend, key, sha):
                 raise StoreError(
                     f"{backend.url}: the staged content of {key} is gone and the key does not hold "

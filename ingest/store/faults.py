@@ -27,6 +27,7 @@ POINTS = (
     "switch.root-zmetadata",   # the root's consolidated metadata replaced: the version is out
     "commit.marked",       # the journal is marked committed, not yet removed
     "catalog.before-commit",   # the store is committed; the catalog not yet
+    "mirror.fetched",      # a mirror fetched one key into the copy's .s2ingest/mirror/ (not yet published)
 )
 
 _lock = threading.Lock()
