@@ -24,6 +24,11 @@ from ingest.store import CubeStore
 S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no line per request
+        pass
+
+
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([S2INGEST, *args], env=cli_env(**env), capture_output=True, text=True,
                           timeout=300)
@@ -59,8 +64,7 @@ def source(tmp_path, products) -> Path:
 @pytest.fixture
 def http_root(tmp_path):
     """A plain static web server over tmp_path (as the public cube is served)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *a: None
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -218,3 +222,36 @@ def test_mirror_refuses_bad_input_without_damage(tmp_path, source, products):
         mirror(str(source), str(tmp_path / "w.zarr"), selection=Selection(groups=("NOPE",)))
     with pytest.raises(NotACubeError):
         mirror(str(source), str(own))
+
+
+@pytest.mark.slow
+def test_mirrors_over_http_during_a_sync_that_appends_and_inserts_are_each_one_version(
+        tmp_path, products, empty_config, http_root):
+    """Real processes: a sync publishes an insertion and an append while mirrors of the served
+    cube run back to back; each copy is byte for byte the version it reports."""
+    from test_commit import _folder, _sync
+
+    src = tmp_path / "src.zarr"
+    first = _folder([products.scene[(D1, "31UET")], products.scene[(D3, "31UET")]], tmp_path / "first")
+    assert _sync(src, first, empty_config).returncode == 0
+    more = _folder([products.scene[(D2, t)] for t in ("31UET", "31UFT")]
+                   + [products.scene[(D3, "31UFT")]], tmp_path / "more")
+    writer = subprocess.Popen([S2INGEST, "sync", "--config", str(empty_config), "--store", str(src),
+                               "--source", str(more), "--no-progress", "--settle", "0"],
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    copy = tmp_path / "copy.zarr"
+    try:
+        while True:
+            done = writer.poll() is not None
+            r = run("mirror", f"{http_root}/src.zarr", str(copy), "--no-progress", "--json", "--jobs", "4")
+            assert r.returncode == 0, r.stderr
+            version = json.loads(r.stdout)["version"]
+            same_as_version(copy, src, version)
+            seen.append(version)
+            if done:
+                break
+    finally:
+        writer.wait(timeout=300)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert seen[-1] == CubeStore.open(src).version() and seen == sorted(seen)
