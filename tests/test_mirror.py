@@ -112,6 +112,8 @@ def test_a_mirror_is_the_version_byte_for_byte_and_a_rerun_copies_only_what_chan
 def test_a_damaged_key_in_the_copy_is_found_by_verify_and_fetched_again(tmp_path, source):
     copy = tmp_path / "copy.zarr"
     assert run("mirror", str(source), str(copy), "--no-progress").returncode == 0
+    r = run("status", "--store", str(copy))  # a copy has no catalog: status says what it is
+    assert r.returncode == 0 and f"copy of {source} version 1" in r.stdout, r.stdout + r.stderr
     chunks = sorted((copy / GROUP / "B04").glob("0.*"))
     flipped, truncated = chunks[0], chunks[-1]
     data = bytearray(flipped.read_bytes())

@@ -24,6 +24,10 @@ def command(settings, orbit, limit) -> None:
 
     from ..store import CubeStore, group_path
 
+    copy_of = _copy_of(settings.store)
+    if copy_of is not None:  # a copy made by `s2ingest mirror` has no catalog of its own
+        _copy_status(settings.store, copy_of, group_path(orbit or settings.orbit))
+        return
     engine = open_existing_catalog(settings)
     with session_scope(engine) as s:
         st = status(s, limit=limit)
@@ -55,3 +59,30 @@ def command(settings, orbit, limit) -> None:
         click.echo(f"deleted from hub {d.name} (seen {d.seen_at:%Y-%m-%d}, state {d.state})")
     for lease in st.leases:
         click.echo(f"lease    {lease.name} {lease.state} by {lease.owner}" + (" (expired)" if lease.expired else ""))
+
+
+def _copy_of(store) -> dict | None:
+    """What a copy made by ``s2ingest mirror`` is a copy of (None: not a copy)."""
+    import json
+
+    from ..copies.mirror import STATE
+
+    try:
+        return json.loads((Path(store) / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _copy_status(location, copy_of: dict, group: str) -> None:
+    from ..store import CubeStore
+
+    store = CubeStore.open(location)
+    click.echo(f"store   {location}")
+    subset = {k: v for k, v in copy_of.items() if k not in ("url", "version", "manifest_sha256")}
+    click.echo(f"copy of {copy_of['url']} version {copy_of['version']}"
+               + (f" (subset: {subset})" if subset else "") + f"; store version {store.version()}")
+    if store.group_exists(group):
+        pub = store.published(group)
+        span = f" ({pub.times[0]:%Y-%m-%d} .. {pub.times[-1]:%Y-%m-%d})" if pub.length else ""
+        click.echo(f"cube    /{group}: {pub.length} time steps{span}")
+    click.echo("update it with `s2ingest mirror SRC DST` again; check it with `s2ingest verify --deep`")
