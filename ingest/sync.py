@@ -135,7 +135,7 @@ class Syncer:
         self.opts = options
         self.echo = echo
         self.grid = get_grid(settings.grid)
-        self.cube = Cube(Path(settings.store), self.grid, options.orbit)
+        self.cube = Cube(settings.store, self.grid, options.orbit)
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
         # A dry run changes nothing: it never creates (or migrates) a catalog.
