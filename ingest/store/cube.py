@@ -115,7 +115,7 @@ class CubeStore:
             fences: list[Fence] = []
             for make in [*self._locks, self.backend.lock]:
                 held = stack.enter_context(make(max(0.0, deadline - time.monotonic()), on_wait))
-                if isinstance(held, Fence):
+                if held is not None and hasattr(held, "fence"):  # duck-typed: catalog locks too
                     fences.append(held)
             yield fences
 
@@ -403,6 +403,8 @@ class Transaction:
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Transaction":
+        if not self.backend.writable:
+            raise StoreError(f"{self.store.url} is read only")
         if self.backend.is_empty():
             self._made_root = True  # removed again unless something is committed
         self._lock_cm = self.store.writer_lock(self._timeout, self._on_wait)
@@ -532,7 +534,7 @@ class Transaction:
         """Stage ``data`` for ``key`` (thread-safe); returns its (size, sha256)."""
         if self._done:
             raise StoreError("transaction already committed")
-        if any(f.lost for f in self._fences):
+        if any(getattr(f, "lost", False) for f in self._fences):
             self._fenced_out = True
             raise StoreLeaseLostError(f"{self.store.url}: another writer took over this writer's "
                                       "lock while it was staging; nothing was published")
