@@ -83,6 +83,13 @@ class Backend(ABC):
     def move(self, src: str, dst: str) -> None:
         """Replace ``dst`` by ``src`` atomically; ``src`` is gone afterwards."""
 
+    def move_if_present(self, src: str, dst: str) -> bool:
+        """``move`` when ``src`` exists; False (nothing done) when it does not."""
+        if not self.exists(src):
+            return False
+        self.move(src, dst)
+        return True
+
     @abstractmethod
     def sync(self, key: str) -> None:
         """Make ``key`` (and the entry naming it) durable."""

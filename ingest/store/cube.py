@@ -394,6 +394,8 @@ class Transaction:
         # that lost its lock and is still staging cannot overwrite the next writer's keys.
         self.stage = f"{STAGE}/{uuid.uuid4().hex[:16]}"
         self._ops: dict[str, Digest | None] = {}  # key -> digest of the staged value; None: delete
+        # staged metadata documents (small, read back often while consolidating): no round trip
+        self._staged_meta: dict[str, bytes] = {}
         self._mutex = threading.Lock()
         self._done = False
         self._made_root = False
@@ -478,7 +480,9 @@ class Transaction:
             return self.backend.get(key)
         if op is None:
             return None
-        return self.backend.get(f"{self.stage}/{key}")
+        with self._mutex:
+            cached = self._staged_meta.get(key)
+        return cached if cached is not None else self.backend.get(f"{self.stage}/{key}")
 
     def get_json(self, key: str) -> dict | None:
         raw = self.get(key)
@@ -543,6 +547,10 @@ class Transaction:
         faults.point("stage.chunk")
         with self._mutex:
             self._ops[key] = d
+            if is_metadata(key):
+                self._staged_meta[key] = data
+            else:
+                self._staged_meta.pop(key, None)
         return d
 
     def delete(self, key: str) -> None:
@@ -739,27 +747,50 @@ def _switch_rank(key: str) -> tuple:
 
 def _switch(backend: Backend, ops: list, stage: str = STAGE) -> None:
     """Apply a journal: rename every staged key into place, delete the deleted ones (in
-    order; idempotent, so recovery simply runs it again)."""
-    for key, op, sha in ops:
-        if op == "put":
-            if backend.exists(f"{stage}/{key}"):
-                backend.move(f"{stage}/{key}", key)
-            elif _lost(backend, key, sha):
-                raise StoreError(
-                    f"{backend.url}: the staged content of {key} is gone and the key does not hold "
-                    "it (lost in a power failure?); restore the store from a mirror, or run "
-                    "`s2ingest verify --deep` to see what differs")
-        else:
-            backend.delete(key)
-        rank = _switch_rank(key)[0]
-        if rank == 1:
-            faults.point("switch.data")
-        elif rank == 2:
-            faults.point("switch.coords")
-        elif rank == 3:
-            faults.point("switch.metadata")
-        elif rank == 4:
-            faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
+    order; idempotent, so recovery simply runs it again).
+
+    DESIGN CHOICE: on a backend whose moves are network requests (``parallel_moves``: S3), the
+    keys of one rank (invisible keys, data, coordinates, array metadata) are switched by a few
+    threads at once; the ranks stay in order, and the ``.zmetadata`` documents (deepest first,
+    the root's last) one by one, so readers still reach new content only through them.
+    """
+    workers = getattr(backend, "parallel_moves", 1)
+    if workers <= 1:
+        for item in ops:
+            _switch_one(backend, item, stage)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import groupby
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for rank, group in groupby(ops, key=lambda item: _switch_rank(item[0])[0]):
+            items = list(group)
+            if rank == 4:
+                for item in items:
+                    _switch_one(backend, item, stage)
+            else:
+                list(pool.map(lambda item: _switch_one(backend, item, stage), items))
+
+
+def _switch_one(backend: Backend, item: list, stage: str) -> None:
+    key, op, sha = item
+    if op == "put":
+        if not backend.move_if_present(f"{stage}/{key}", key) and _lost(backend, key, sha):
+            raise StoreError(
+                f"{backend.url}: the staged content of {key} is gone and the key does not hold "
+                "it (lost in a power failure?); restore the store from a mirror, or run "
+                "`s2ingest verify --deep` to see what differs")
+    else:
+        backend.delete(key)
+    rank = _switch_rank(key)[0]
+    if rank == 1:
+        faults.point("switch.data")
+    elif rank == 2:
+        faults.point("switch.coords")
+    elif rank == 3:
+        faults.point("switch.metadata")
+    elif rank == 4:
+        faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
 
 
 LEGACY_LOG = f"{TXN_DIR}/keys.log"

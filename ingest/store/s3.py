@@ -75,6 +75,8 @@ def _status(exc) -> int:
 class S3Backend(Backend):
     """Keys as objects under ``s3://bucket/prefix``."""
 
+    parallel_moves = 16  # the switch moves the keys of one rank with this many threads
+
     def __init__(self, url: str, client=None, *, lease_seconds: float = LEASE_SECONDS) -> None:
         self.bucket, self.prefix = parse_url(url)
         self.url = f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -192,6 +194,22 @@ class S3Backend(Backend):
         self._call("write", dst, self.client.copy_object, Bucket=self.bucket, Key=self.full(dst),
                    CopySource={"Bucket": self.bucket, "Key": self.full(src)})
         self.delete(src)
+
+    def move_if_present(self, src: str, dst: str) -> bool:
+        """One CopyObject (a missing source answers 404: no HEAD first), then the delete."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=self.full(dst),
+                                    CopySource={"Bucket": self.bucket, "Key": self.full(src)})
+        except ClientError as exc:
+            if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
+                return False
+            raise self._fail("write", dst, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("write", dst, exc) from exc
+        self.delete(src)
+        return True
 
     def sync(self, key: str) -> None:
         """A PUT that returned is durable on S3: nothing to do."""
