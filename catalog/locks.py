@@ -1,4 +1,5 @@
-"""Locks the catalog database provides: one around migrations, one per store (DESIGN.md §6).
+"""Locks the catalog database provides: one around migrations, one per store (DESIGN.md §6),
+and the fenced store lease that ``sync`` takes on PostgreSQL (``store_lease``).
 
 PostgreSQL: session-level advisory locks, held by one dedicated connection, so they are
 released by the server when the process dies or the connection drops (no stale lock rows).
@@ -11,20 +12,24 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ingest.errors import CatalogError
+from ingest.errors import CatalogError, StoreBusyError, StoreLeaseLostError
+
+log = logging.getLogger(__name__)
 
 # Longest PostgreSQL application_name (NAMEDATALEN - 1).
 _APP_NAME_MAX = 63
@@ -308,3 +313,194 @@ def file_lock(path: Path, *, what: str, timeout: float, poll: float = 0.1) -> It
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- store lease (fenced)
+
+STORE_LEASE_SECONDS = 60.0
+
+
+def _alive_here(holder: str | None) -> bool | None:
+    """For a ``host:pid`` holder on this host: is that process alive? None: another host."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CatalogStoreLease:
+    """A writer lease of one store in the ``store_leases`` table of a PostgreSQL catalog.
+
+    - **take**: under ``SELECT … FOR UPDATE`` of the store's row: free (released), expired
+      (``expires_at`` past on the database clock) or held by a dead process of this host →
+      ``holder`` = us, ``token`` + 1, ``expires_at`` = now + ttl. Otherwise wait.
+    - **hold**: a heartbeat thread moves ``expires_at`` on every ``ttl / 4`` s, only while the
+      row still carries our token.
+    - **fence**: ``fence()`` is entered by ``Transaction.commit`` around the journal write:
+      it locks the row (``FOR UPDATE``), refuses (``StoreLeaseLostError``) unless the token is
+      still ours, and keeps the row locked until the journal is written, so no other writer
+      can take the lease over between the check and the commit point.
+    - **release**: ``holder`` NULL, expired, only where the token is still ours.
+
+    DESIGN CHOICE: a lease row with a token rather than the session-level advisory lock
+    (``store_lock``): an advisory lock is lost silently with its connection, and its holder
+    cannot prove at the commit point that nobody else holds it now; the token can, inside
+    the same row lock that a takeover needs.
+    """
+
+    def __init__(self, engine: Engine, store_id: str, *, holder: str | None = None,
+                 ttl: float = STORE_LEASE_SECONDS, poll: float = 0.5) -> None:
+        if not store_id:
+            raise CatalogError("a store lease needs a store id")
+        self.engine = engine
+        self.store_id = store_id
+        self.holder = holder or default_holder()
+        self.ttl = ttl
+        self.poll = poll
+        self.token: int | None = None
+        self._lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def _db(self, exc: Exception) -> CatalogError:
+        from .db import unreachable
+
+        return unreachable(self.engine, exc)
+
+    def try_acquire(self) -> tuple[bool, str | None]:
+        """One attempt: (taken, the other holder when not)."""
+        p = {"s": self.store_id, "h": self.holder, "ttl": self.ttl}
+        with self.engine.begin() as conn:
+            row = conn.execute(text(
+                "SELECT holder, token, expires_at <= now() AS expired FROM store_leases "
+                "WHERE store_id = :s FOR UPDATE"), p).first()
+            if row is None:
+                done = conn.execute(text(
+                    "INSERT INTO store_leases (store_id, holder, token, acquired_at, expires_at) "
+                    "VALUES (:s, :h, 1, now(), now() + :ttl * interval '1 second') "
+                    "ON CONFLICT (store_id) DO NOTHING"), p).rowcount
+                if not done:  # another writer inserted it just now
+                    return False, None
+                self.token = 1
+                return True, None
+            if row.holder is not None and not row.expired and _alive_here(row.holder) is not False:
+                return False, row.holder
+            self.token = int(conn.execute(text(
+                "UPDATE store_leases SET holder = :h, token = token + 1, acquired_at = now(), "
+                "expires_at = now() + :ttl * interval '1 second' WHERE store_id = :s "
+                "RETURNING token"), p).scalar_one())
+            if row.holder is not None:
+                log.warning("took over the store lease of %s (%s) on %s", row.holder,
+                            "expired" if row.expired else "process gone", self.store_id)
+            return True, None
+
+    def acquire(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                taken, other = self.try_acquire()
+            except (OperationalError, DBAPIError) as exc:
+                raise self._db(exc) from exc
+            if taken:
+                break
+            who = f" ({other})" if other else ""
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(f"{self.store_id} is being written by another process{who} "
+                                     f"(catalog store lease); gave up after waiting {timeout:.0f} s")
+            if not told and on_wait is not None:
+                on_wait(f"waiting for {self.store_id}: another process{who} is writing it")
+                told = True
+            time.sleep(self.poll)
+        self._thread = threading.Thread(target=self._heartbeat, name="store-lease", daemon=True)
+        self._thread.start()
+
+    def renew(self) -> bool:
+        with self.engine.begin() as conn:
+            n = conn.execute(text(
+                "UPDATE store_leases SET expires_at = now() + :ttl * interval '1 second' "
+                "WHERE store_id = :s AND token = :t"),
+                {"s": self.store_id, "t": self.token, "ttl": self.ttl}).rowcount
+        if not n:
+            self._lost = True
+            log.warning("the store lease of %s was taken over by another writer", self.store_id)
+        return bool(n)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                if not self.renew():
+                    return
+            except (OperationalError, DBAPIError) as exc:  # the fence decides
+                log.warning("could not renew the store lease of %s: %s", self.store_id, exc)
+
+    @contextmanager
+    def fence(self) -> Iterator[None]:
+        try:
+            conn = self.engine.connect()
+        except (OperationalError, DBAPIError) as exc:
+            raise self._db(exc) from exc
+        with conn:
+            tx = conn.begin()
+            row = conn.execute(text("SELECT token FROM store_leases WHERE store_id = :s FOR UPDATE"),
+                               {"s": self.store_id}).first()
+            if row is None or int(row.token) != self.token:
+                tx.rollback()
+                self._lost = True
+                raise StoreLeaseLostError(
+                    f"{self.store_id}: another writer took over this writer's store lease "
+                    f"(token {self.token}, now {None if row is None else row.token}); "
+                    "nothing was published")
+            conn.execute(text("UPDATE store_leases SET expires_at = now() + :ttl * interval '1 second' "
+                              "WHERE store_id = :s"), {"s": self.store_id, "ttl": self.ttl})
+            try:
+                yield  # the journal is written while the row stays locked
+            except BaseException:
+                tx.rollback()
+                raise
+            tx.commit()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.token is None or self._lost:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(text("UPDATE store_leases SET holder = NULL, expires_at = now() "
+                                  "WHERE store_id = :s AND token = :t"),
+                             {"s": self.store_id, "t": self.token})
+        except (OperationalError, DBAPIError) as exc:  # it expires by itself
+            log.warning("could not release the store lease of %s: %s", self.store_id, exc)
+
+
+@contextmanager
+def store_lease(engine: Engine, store_id: str, timeout: float = 0.0,
+                on_wait: Callable[[str], None] | None = None, *, holder: str | None = None,
+                ttl: float = STORE_LEASE_SECONDS) -> Iterator[CatalogStoreLease | None]:
+    """Hold the fenced writer lease of ``store_id`` for the ``with`` block (PostgreSQL); yields
+    the lease (its ``fence()`` is the commit-point check). SQLite: yields None and holds
+    nothing: a SQLite catalog serves one machine, whose store lock (``flock`` or the S3
+    lease object) is enough."""
+    if engine.dialect.name != "postgresql":
+        yield None
+        return
+    lease = CatalogStoreLease(engine, store_id, holder=holder, ttl=ttl)
+    lease.acquire(timeout, on_wait)
+    try:
+        yield lease
+    finally:
+        lease.release()

@@ -231,3 +231,19 @@ class HubEvent(Base):
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     detail: Mapped[Optional[str]] = mapped_column(Text)
     __table_args__ = (UniqueConstraint("product_name", "kind"),)
+
+
+class StoreLease(Base):
+    """The writer lease of one store for writers on several machines (``catalog.locks``).
+
+    ``token`` grows by one with every acquisition and is never reused: a writer's commit is
+    accepted only while the row still carries the token it acquired (fencing).
+    """
+
+    __tablename__ = "store_leases"
+
+    store_id: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    holder: Mapped[Optional[str]] = mapped_column(String(255))  # host:pid; NULL when released
+    token: Mapped[int] = mapped_column(BigInteger)
+    acquired_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()

@@ -33,7 +33,7 @@ DEFAULT_STORE = "s2ingest-cube.zarr"
 
 @dataclass(frozen=True)
 class Settings:
-    store: Path = Path(DEFAULT_STORE)
+    store: Path | str = Path(DEFAULT_STORE)  # a str only for a URL (s3://bucket/prefix/nl.zarr)
     db: str | None = None  # None: SQLite next to the store
     orbit: int = 51
     grid: str = "NL"
@@ -41,6 +41,7 @@ class Settings:
     resampling: dict[str, str] = field(default_factory=dict)
     hub: dict[str, Any] = field(default_factory=dict)
     threads: int = 2
+    s3_endpoint: str | None = None  # S3-compatible server (None: AWS or AWS_ENDPOINT_URL[_S3])
 
     @property
     def db_url(self) -> str:
@@ -50,7 +51,11 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        return self.cache or self.store.with_name(self.store.name + ".cache")
+        if self.cache is not None:
+            return self.cache
+        if isinstance(self.store, str):  # a URL: the cache goes in the current folder
+            return Path(self.store.rstrip("/").rsplit("/", 1)[-1] + ".cache")
+        return self.store.with_name(self.store.name + ".cache")
 
 
 def config_file(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -71,8 +76,15 @@ def _from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Set
         if value is None:
             continue
         try:
-            if key in ("store", "cache"):
+            if key == "store" and "://" in str(value):
+                # DESIGN CHOICE: a URL stays a string (Path would fold "s3://" into "s3:/")
+                changes[key] = str(value).rstrip("/")
+            elif key in ("store", "cache"):
                 changes[key] = Path(value).expanduser()
+            elif key == "s3_endpoint":
+                if not str(value).startswith(("http://", "https://")):
+                    raise ConfigError(f"{origin}: s3_endpoint {value!r} is not an http(s):// URL")
+                changes[key] = str(value)
             elif key in ("orbit", "threads"):
                 changes[key] = int(value)
             elif key == "db":
@@ -105,7 +117,8 @@ def load_settings(cli: Mapping[str, Any] | None = None, config: str | None = Non
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from None
         settings = _from_mapping(settings, data, str(path))
-    env = {k: environ.get(ENV_PREFIX + k.upper()) for k in ("store", "orbit", "grid", "cache", "threads")}
+    env = {k: environ.get(ENV_PREFIX + k.upper())
+           for k in ("store", "orbit", "grid", "cache", "threads", "s3_endpoint")}
     env["db"] = environ.get(ENV_PREFIX + "DB_URL")
     settings = _from_mapping(settings, env, "environment")
     return _from_mapping(settings, dict(cli or {}), "command line")

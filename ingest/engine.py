@@ -34,7 +34,7 @@ Resolver = Callable[[str], Product]
 class Cube:
     """Where a cube lives and how it is laid out."""
 
-    path: Path
+    path: Path | str  # a local folder or a URL (s3://bucket/prefix/nl.zarr)
     grid: CubeGrid
     orbit: int
 

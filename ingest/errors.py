@@ -64,6 +64,11 @@ class StoreBusyError(StoreError):
     """Another process holds the store's writer lock longer than we were willing to wait."""
 
 
+class StoreLeaseLostError(StoreBusyError):
+    """This writer's hold on the store (an S3 lease object or the catalog's store lease) was
+    taken over by another writer; it must not publish (fencing), and nothing was published."""
+
+
 class StalePlanError(StoreError):
     """A write plan was made from another version than the store holds now (re-plan)."""
 

@@ -68,10 +68,12 @@ def release_leases(settings: Settings, worker: str) -> int:
 def no_litter(settings: Settings, worker: str | None = None) -> Iterator[None]:
     """Release ``worker``'s leases on any way out; on an S2IngestError also remove what this
     command created and holds nothing (see module docstring)."""
-    store = Path(settings.store)
+    # DESIGN CHOICE: only a local store folder is removed here; an s3:// store's first commit
+    # removes what it wrote itself (Transaction), and its lease object goes with its release.
+    store = None if isinstance(settings.store, str) else Path(settings.store)
     db_file = _catalog_file(settings)
     cache = Path(settings.cache_dir)
-    existed = {store: store.exists(), cache: cache.exists()}
+    existed = {store: store is not None and store.exists(), cache: cache.exists()}
     db_existed = db_file is not None and db_file.exists()
     try:
         yield
@@ -88,14 +90,14 @@ def no_litter(settings: Settings, worker: str | None = None) -> Iterator[None]:
         raise
 
 
-def _clean(store: Path, store_existed: bool, cache: Path, cache_existed: bool,
+def _clean(store: Path | None, store_existed: bool, cache: Path, cache_existed: bool,
            db_file: Path | None, db_existed: bool, settings: Settings) -> None:
     if _publishes(settings) != 0:  # something was published: keep it all
         return
     if db_file is not None and not db_existed and db_file.exists():
         for f in db_file.parent.glob(db_file.name + "*"):  # with -wal / -shm
             f.unlink(missing_ok=True)
-    if not store_existed and store.is_dir():
+    if store is not None and not store_existed and store.is_dir():
         shutil.rmtree(store, ignore_errors=True)
     if not cache_existed and cache.is_dir() and not any(cache.rglob("*.zip")):
         shutil.rmtree(cache, ignore_errors=True)

@@ -135,7 +135,7 @@ class Syncer:
         self.opts = options
         self.echo = echo
         self.grid = get_grid(settings.grid)
-        self.cube = Cube(Path(settings.store), self.grid, options.orbit)
+        self.cube = Cube(settings.store, self.grid, options.orbit)
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
         # A dry run changes nothing: it never creates (or migrates) a catalog.
@@ -149,12 +149,32 @@ class Syncer:
             self.plan_dry_run(records)
             return self.report
         self.store = self.cube.open()
+        self._take_store_lease()
         self.store.complete_unfinished()
         self.reclaim_from_dead_workers()
         self.discover(records)
         self.download()
         self.ingest()
         return self.report
+
+    def _take_store_lease(self) -> None:
+        """On a PostgreSQL catalog, every write of this run also holds the catalog's fenced
+        store lease (``catalog.store_lease``), so ``sync`` processes on several machines take
+        turns on one store and one whose lease was taken over cannot commit.
+
+        DESIGN CHOICE: only with PostgreSQL: a SQLite catalog lives on one machine, where the
+        store's own lock (``flock``, or the S3 lease object) already serialises the writers.
+        The store is identified by its URL, or its absolute path: machines sharing a store
+        folder must mount it at the same path.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return
+        from catalog import store_lease
+
+        url = self.store.url
+        store_id = url if "://" in url else str(Path(url).resolve())
+        self.store.add_lock(lambda timeout, on_wait: store_lease(
+            self.engine, store_id, timeout, on_wait, holder=self.worker))
 
     def reclaim_from_dead_workers(self) -> None:
         """Give back the work of crashed runs on this machine, so a rerun completes it now.

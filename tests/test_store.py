@@ -301,7 +301,7 @@ def test_a_transaction_that_fails_after_staging_leaves_the_store_byte_identical(
                             fill_value=0, compressor=COMPRESSOR, attrs={},
                             data=np.full((1, 10, 10), 7, dtype="u2"))
             assert tx.get("S2/R051/B08/0.0.0") is None and tx.is_group("NL/BRP")
-            assert (path / ".s2ingest/txn/stage/S2/R051/B04/0.0.0").exists()
+            assert (path / tx.stage / "S2/R051/B04/0.0.0").exists()
             raise RuntimeError("after staging")
     assert snapshot(path) == before
     assert not (path / ".s2ingest/txn").exists()

@@ -1,8 +1,6 @@
 """``s2ingest status``: what the catalog and the cube say."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .options import cube_options, open_existing_catalog, orbit_option
@@ -22,6 +20,7 @@ def command(settings, orbit, limit) -> None:
     """
     from catalog import session_scope, status
 
+    from ..errors import NotACubeError
     from ..store import CubeStore, group_path
 
     copy_of = _copy_of(settings.store)
@@ -33,7 +32,10 @@ def command(settings, orbit, limit) -> None:
         st = status(s, limit=limit)
     click.echo(f"store   {settings.store}")
     group = group_path(orbit or settings.orbit)
-    store = CubeStore.open(settings.store) if Path(settings.store).exists() else None
+    try:
+        store = CubeStore.open(settings.store)
+    except NotACubeError:  # not created yet
+        store = None
     if store is not None and store.group_exists(group):
         pub = store.published(group)
         span = f" ({pub.times[0]:%Y-%m-%d} .. {pub.times[-1]:%Y-%m-%d})" if pub.length else ""
@@ -66,9 +68,11 @@ def _copy_of(store) -> dict | None:
     import json
 
     from ..copies.mirror import STATE
+    from ..store import backend_for
 
     try:
-        return json.loads((Path(store) / STATE).read_text())
+        raw = backend_for(store).get(STATE)
+        return None if raw is None else json.loads(raw)
     except (OSError, ValueError):
         return None
 

@@ -5,8 +5,14 @@ reads and writes keys through a ``Backend``. A backend knows nothing of Zarr: it
 under string keys (``"S2/R051/B04/0.3.7"``), replaces a key atomically, and gives the writer
 an exclusive lock. ``LocalBackend`` keeps keys as files under a directory; ``HTTPBackend``
 reads a cube served by any static web server (read only, e.g. for ``s2ingest verify``).
-An object-store backend implements the same methods (``move`` becomes copy + delete, which
-the roll-forward journal tolerates; the lock moves into the catalog's database).
+``S3Backend`` (``ingest.store.s3``) keeps keys as objects under an ``s3://bucket/prefix``
+(``move`` is a server-side copy + delete, which the roll-forward journal tolerates; the lock is
+a lease object taken with conditional PUTs).
+
+A writer lock (``Backend.lock``, or an extra lock such as the catalog's store lease) may yield
+a ``Fence``: ``Transaction.commit`` enters ``fence()`` of every lock it holds around the
+journal write (the commit point), so a writer whose lock was taken over meanwhile is refused
+there (``StoreLeaseLostError``) and publishes nothing.
 """
 from __future__ import annotations
 
@@ -17,11 +23,30 @@ import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import StoreError, StoreBusyError
+
+
+class Fence:
+    """What a writer lock that can be taken over yields: ``fence()`` is entered around the
+    journal write and raises ``StoreLeaseLostError`` if the lock is no longer this writer's.
+
+    DESIGN CHOICE: the check sits at the commit point, the one step that makes a commit
+    irreversible; before it a writer that lost its lock has changed nothing published, after
+    it the next writer rolls the journal forward whoever wrote it. A lock that cannot be lost
+    (``flock``: the kernel holds it until the process dies) needs no fence.
+    """
+
+    def fence(self):
+        return nullcontext()
+
+    @property
+    def lost(self) -> bool:
+        """True once this writer knows the lock was taken over (staging stops early)."""
+        return False
 
 
 class Backend(ABC):
@@ -58,6 +83,13 @@ class Backend(ABC):
     def move(self, src: str, dst: str) -> None:
         """Replace ``dst`` by ``src`` atomically; ``src`` is gone afterwards."""
 
+    def move_if_present(self, src: str, dst: str) -> bool:
+        """``move`` when ``src`` exists; False (nothing done) when it does not."""
+        if not self.exists(src):
+            return False
+        self.move(src, dst)
+        return True
+
     @abstractmethod
     def sync(self, key: str) -> None:
         """Make ``key`` (and the entry naming it) durable."""
@@ -79,6 +111,23 @@ class Backend(ABC):
         """Remove every key below ``prefix``."""
         for key in list(self.list(prefix)):
             self.delete(key)
+
+    def has_prefix(self, prefix: str) -> bool:
+        """True when any key lies below ``prefix``."""
+        return next(iter(self.list(prefix)), None) is not None
+
+    def is_empty(self) -> bool:
+        """True when nothing at all is stored at this location (a new store)."""
+        return next(iter(self.list("")), None) is None
+
+    def remove_all(self) -> None:
+        """Remove the whole location (a first commit that failed: nothing else was there)."""
+        self.delete_prefix("")
+
+    def describe_foreign(self) -> list[str]:
+        """Names directly at the top of the location other than ``.s2ingest`` (sorted)."""
+        keys, dirs = self.list_dir("")
+        return sorted(n for n in [*keys, *dirs] if n != ".s2ingest")
 
 
 class LocalBackend(Backend):
@@ -170,6 +219,15 @@ class LocalBackend(Backend):
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def is_empty(self) -> bool:
+        return not self.root.exists()
+
+    def has_prefix(self, prefix: str) -> bool:
+        return self.path(prefix).exists()
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
     @contextmanager
     def lock(self, timeout: float, on_wait: Callable[[str], None] | None = None):
@@ -270,11 +328,20 @@ class HTTPBackend(Backend):
         self._read_only()
 
 
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """A store location that is a URL (s3://, http(s)://), not a local path."""
+    return "://" in str(location)
+
+
 def backend_for(location: str | os.PathLike[str]) -> Backend:
-    """The backend of a store location: a local path or an http(s):// URL."""
+    """The backend of a store location: a local path, an s3:// or an http(s):// URL."""
     text = str(location)
     if text.startswith(("http://", "https://")):
         return HTTPBackend(text)
+    if text.startswith("s3://"):
+        from .s3 import S3Backend
+
+        return S3Backend(text)
     if "://" in text:
-        raise StoreError(f"{text}: unsupported store URL (a local path or http(s):// URL)")
+        raise StoreError(f"{text}: unsupported store URL (a local path, s3:// or http(s):// URL)")
     return LocalBackend(text)

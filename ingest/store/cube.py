@@ -16,7 +16,9 @@ Writers use one ``Transaction``:
 5. **done**: the journal is dropped.
 
 Recovery: a staging area without a journal is discarded (the store never changed); a journal
-is rolled *forward* (the renames are idempotent). A published version is therefore never
+is rolled *forward* (the renames are idempotent). Every transaction stages under a folder of its
+own (``.s2ingest/txn/stage/<id>/``, named in the journal), so a writer that lost its lock and
+still stages can never overwrite what the next writer staged. A published version is therefore never
 taken back, and a reader who saw part of a rewrite during a crash sees all of it after the
 next run, never the old content again.
 """
@@ -25,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import threading
 import time
+import uuid
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,10 +39,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .. import __version__
-from ..errors import GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError
+from ..errors import (
+    GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError, StoreLeaseLostError,
+)
 from ..grid import CubeGrid
 from . import faults
-from .backend import Backend, LocalBackend, backend_for
+from .backend import Backend, Fence, HTTPBackend, LocalBackend, backend_for
 from .layout import (
     GRID_FILE, GROUP_VERSION_ATTR, META_DIR, MANIFEST_DIR, STORE_FORMAT, TIME_COORDS, TXN_DIR,
     VERSION_ATTR, is_metadata, join, manifest_key, metadata_key, version_of_key,
@@ -92,6 +97,27 @@ class CubeStore:
     def __init__(self, backend: Backend, grid: CubeGrid | None) -> None:
         self.backend = backend
         self._grid = grid
+        self._locks: list[Callable] = []
+
+    def add_lock(self, make: Callable) -> None:
+        """Take another lock before the backend's own for every write of this store: ``make(
+        timeout, on_wait)`` returns a context manager that may yield a ``Fence`` (e.g. the
+        catalog's store lease, so writers on several machines take turns and a writer whose
+        lease was taken over cannot commit)."""
+        self._locks.append(make)
+
+    @contextmanager
+    def writer_lock(self, timeout: float, on_wait: Callable[[str], None] | None = None):
+        """Every lock of this store's writers (added ones first, the backend's last); yields
+        the fences ``Transaction.commit`` checks at the commit point."""
+        deadline = time.monotonic() + timeout
+        with ExitStack() as stack:
+            fences: list[Fence] = []
+            for make in [*self._locks, self.backend.lock]:
+                held = stack.enter_context(make(max(0.0, deadline - time.monotonic()), on_wait))
+                if held is not None and hasattr(held, "fence"):  # duck-typed: catalog locks too
+                    fences.append(held)
+            yield fences
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -121,8 +147,7 @@ class CubeStore:
         if stored is not None:
             check_grid(stored, grid, backend.url)
             return cls(backend, stored)
-        if isinstance(backend, LocalBackend):
-            check_location(backend.root)
+        check_location(backend)
         return cls(backend, grid)
 
     @classmethod
@@ -243,8 +268,7 @@ class CubeStore:
 
     def has_unfinished_commit(self) -> bool:
         """True if a writer left a journal or staging area (the next transaction recovers it)."""
-        return self.backend.get(JOURNAL) is not None or (
-            isinstance(self.backend, LocalBackend) and self.backend.path(TXN_DIR).exists())
+        return self.backend.get(JOURNAL) is not None or self.backend.has_prefix(TXN_DIR)
 
     def complete_unfinished(self) -> str | None:
         """Finish (or discard the staging of) a commit a crashed writer left, under the lock;
@@ -257,7 +281,7 @@ class CubeStore:
         if not self.has_unfinished_commit():
             return None
         try:
-            with self.backend.lock(0):
+            with self.writer_lock(0):
                 return recover(self.backend)
         except StoreBusyError:
             return None
@@ -269,10 +293,28 @@ def check_grid(stored: CubeGrid, grid: CubeGrid, where: str) -> None:
                                 f"not {grid.name}")
 
 
-def check_location(path: str | Path) -> None:
-    """Refuse a local store path that is a file, or a non-empty folder that is not an
-    s2ingest cube (``NotACubeError``, exit 6), before anything is created there."""
-    p = Path(path)
+def check_location(location: str | Path | Backend) -> None:
+    """Refuse a store location that is a file, or a non-empty folder (or S3 prefix) that is not
+    an s2ingest cube (``NotACubeError``, exit 6), before anything is created there."""
+    backend = location if isinstance(location, Backend) else backend_for(location)
+    if isinstance(backend, HTTPBackend):
+        return  # read only: nothing is ever created there
+    if not isinstance(backend, LocalBackend):
+        # DESIGN CHOICE: an object store has no folders: a prefix "is a cube" when grid.json
+        # is there; any other object under it means another use of the prefix, refused like
+        # a folder of other files (a cube never mixes its keys with foreign ones).
+        if backend.exists(GRID_FILE):
+            return
+        entries = backend.describe_foreign()
+        if not entries:
+            return
+        if ".zgroup" in entries:
+            raise NotACubeError(f"store {backend.url} is a Zarr store without {GRID_FILE}: "
+                                "not an s2ingest cube")
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise NotACubeError(f"store {backend.url} holds other objects ({shown}), not an s2ingest "
+                            "cube; give a new or empty prefix")
+    p = backend.root
     if not p.exists():
         if p.is_symlink():
             raise NotACubeError(f"store {p} is a broken symbolic link")
@@ -346,8 +388,15 @@ class Transaction:
         self._timeout = timeout
         self._on_wait = on_wait
         self._lock_cm = None
+        self._fences: list[Fence] = []
+        self._fenced_out = False  # another writer took our lock: never touch the store again
+        # DESIGN CHOICE: a staging folder per transaction (named in the journal): a writer
+        # that lost its lock and is still staging cannot overwrite the next writer's keys.
+        self.stage = f"{STAGE}/{uuid.uuid4().hex[:16]}"
         self._ops: dict[str, Digest | None] = {}  # key -> digest of the staged value; None: delete
         self._adopted: dict[str, str] = {}  # key -> where its staged value lies (not under STAGE)
+        # staged metadata documents (small, read back often while consolidating): no round trip
+        self._staged_meta: dict[str, bytes] = {}
         self._mutex = threading.Lock()
         self._done = False
         self._made_root = False
@@ -357,11 +406,13 @@ class Transaction:
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Transaction":
-        if isinstance(self.backend, LocalBackend) and not self.backend.root.exists():
+        if not self.backend.writable:
+            raise StoreError(f"{self.store.url} is read only")
+        if self.backend.is_empty():
             self._made_root = True  # removed again unless something is committed
-        self._lock_cm = self.backend.lock(self._timeout, self._on_wait)
+        self._lock_cm = self.store.writer_lock(self._timeout, self._on_wait)
         try:
-            self._lock_cm.__enter__()
+            self._fences = self._lock_cm.__enter__()
         except StoreError:
             self._lock_cm = None
             raise
@@ -374,6 +425,8 @@ class Transaction:
             recover(self.backend)
             self.base_version = self.store.version()
             stored = CubeStore._stored_grid(self.backend)
+            if stored is not None:
+                self._made_root = False  # another first writer got there before us
             if stored is None:  # the first commit creates the cube
                 self.creates_store = True
                 for key, value in self.store._root_documents().items():
@@ -393,6 +446,8 @@ class Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
+            if self._fenced_out:
+                return  # the store is another writer's now (its recovery discards our staging)
             if not self._done:
                 if self.backend.get(JOURNAL) is not None:
                     recover(self.backend)  # an error mid-switch: finish it now (or the next writer will)
@@ -402,11 +457,14 @@ class Transaction:
             self._release()
 
     def _release(self) -> None:
+        failed_first = self._made_root and not self._done and not self._fenced_out
+        if failed_first and not isinstance(self.backend, LocalBackend):
+            self.backend.remove_all()  # a failed first commit, removed while still locked
         if self._lock_cm is not None:
             cm, self._lock_cm = self._lock_cm, None
             cm.__exit__(None, None, None)
-        if self._made_root and not self._done and isinstance(self.backend, LocalBackend):
-            shutil.rmtree(self.backend.root, ignore_errors=True)  # a failed first commit
+        if failed_first and isinstance(self.backend, LocalBackend):
+            self.backend.remove_all()  # the folder, lock file included
 
     def check_base(self, version: int) -> None:
         """Refuse a plan made from another version than the one this transaction holds."""
@@ -423,11 +481,13 @@ class Transaction:
             return self.backend.get(key)
         if op is None:
             return None
-        return self.backend.get(self._staged_at(key))
+        with self._mutex:
+            cached = self._staged_meta.get(key)
+        return cached if cached is not None else self.backend.get(self._staged_at(key))
 
     def _staged_at(self, key: str) -> str:
         with self._mutex:
-            return self._adopted.get(key) or f"{STAGE}/{key}"
+            return self._adopted.get(key) or f"{self.stage}/{key}"
 
     def get_json(self, key: str) -> dict | None:
         raw = self.get(key)
@@ -483,12 +543,20 @@ class Transaction:
         """Stage ``data`` for ``key`` (thread-safe); returns its (size, sha256)."""
         if self._done:
             raise StoreError("transaction already committed")
+        if any(getattr(f, "lost", False) for f in self._fences):
+            self._fenced_out = True
+            raise StoreLeaseLostError(f"{self.store.url}: another writer took over this writer's "
+                                      "lock while it was staging; nothing was published")
         d = checksum or digest(data)
-        self.backend.write_new(f"{STAGE}/{key}", data)
+        self.backend.write_new(f"{self.stage}/{key}", data)
         faults.point("stage.chunk")
         with self._mutex:
             self._ops[key] = d
             self._adopted.pop(key, None)
+            if is_metadata(key):
+                self._staged_meta[key] = data
+            else:
+                self._staged_meta.pop(key, None)
         return d
 
     def adopt(self, key: str, staged: str, checksum: Digest) -> None:
@@ -503,6 +571,7 @@ class Transaction:
         with self._mutex:
             self._ops[key] = checksum
             self._adopted[key] = staged
+            self._staged_meta.pop(key, None)
 
     def delete(self, key: str) -> None:
         with self._mutex:
@@ -510,7 +579,7 @@ class Transaction:
             self._ops[key] = None
             self._adopted.pop(key, None)
         if was_staged:
-            self.backend.delete(f"{STAGE}/{key}")
+            self.backend.delete(f"{self.stage}/{key}")
 
     def put_json(self, key: str, doc: dict) -> None:
         self.put(key, dumps(doc))
@@ -572,15 +641,25 @@ class Transaction:
         order = sorted(ops, key=_switch_rank)
         with self._mutex:
             adopted = dict(self._adopted)
-        journal = {"version": version, "base": self.base_version,
+        journal = {"version": version, "base": self.base_version, "stage": self.stage,
                    "ops": [([k, "put", ops[k][1]] + ([adopted[k]] if k in adopted else []))
                            if ops[k] is not None else [k, "delete", None] for k in order]}
         faults.point("journal.write")
-        self.backend.put(JOURNAL, dumps(journal))
-        self.backend.sync(JOURNAL)
+        with ExitStack() as fenced:
+            # DESIGN CHOICE (fencing): every lock that can be taken over confirms, right
+            # around the commit point, that it is still this writer's (the catalog's lease
+            # keeps its row locked until the journal is written); otherwise nothing is published.
+            try:
+                for f in self._fences:
+                    fenced.enter_context(f.fence())
+            except StoreLeaseLostError:
+                self._fenced_out = True
+                raise
+            self.backend.put(JOURNAL, dumps(journal))
+            self.backend.sync(JOURNAL)
         faults.point("journal.written")
         t0 = time.perf_counter()
-        _switch(self.backend, journal["ops"])
+        _switch(self.backend, journal["ops"], self.stage)
         switch_seconds = time.perf_counter() - t0
         log.info("version %d: switched %d keys in %.1f ms", version, len(order), switch_seconds * 1000)
         self.backend.put(COMMITTED, b"")
@@ -703,30 +782,53 @@ def _switch_rank(key: str) -> tuple:
     return (1, key)
 
 
-def _switch(backend: Backend, ops: list) -> None:
+def _switch(backend: Backend, ops: list, stage: str = STAGE) -> None:
     """Apply a journal: rename every staged key into place, delete the deleted ones (in
-    order; idempotent, so recovery simply runs it again)."""
-    for key, op, sha, *where in ops:
-        if op == "put":
-            staged = where[0] if where else f"{STAGE}/{key}"
-            if backend.exists(staged):
-                backend.move(staged, key)
-            elif _lost(backend, key, sha):
-                raise StoreError(
-                    f"{backend.url}: the staged content of {key} is gone and the key does not hold "
-                    "it (lost in a power failure?); restore the store from a mirror, or run "
-                    "`s2ingest verify --deep` to see what differs")
-        else:
-            backend.delete(key)
-        rank = _switch_rank(key)[0]
-        if rank == 1:
-            faults.point("switch.data")
-        elif rank == 2:
-            faults.point("switch.coords")
-        elif rank == 3:
-            faults.point("switch.metadata")
-        elif rank == 4:
-            faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
+    order; idempotent, so recovery simply runs it again).
+
+    DESIGN CHOICE: on a backend whose moves are network requests (``parallel_moves``: S3), the
+    keys of one rank (invisible keys, data, coordinates, array metadata) are switched by a few
+    threads at once; the ranks stay in order, and the ``.zmetadata`` documents (deepest first,
+    the root's last) one by one, so readers still reach new content only through them.
+    """
+    workers = getattr(backend, "parallel_moves", 1)
+    if workers <= 1:
+        for item in ops:
+            _switch_one(backend, item, stage)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import groupby
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for rank, group in groupby(ops, key=lambda item: _switch_rank(item[0])[0]):
+            items = list(group)
+            if rank == 4:
+                for item in items:
+                    _switch_one(backend, item, stage)
+            else:
+                list(pool.map(lambda item: _switch_one(backend, item, stage), items))
+
+
+def _switch_one(backend: Backend, item: list, stage: str) -> None:
+    key, op, sha, *where = item  # where: the staged value's key when it lies elsewhere (adopt)
+    if op == "put":
+        staged = where[0] if where else f"{stage}/{key}"
+        if not backend.move_if_present(staged, key) and _lost(backend, key, sha):
+            raise StoreError(
+                f"{backend.url}: the staged content of {key} is gone and the key does not hold "
+                "it (lost in a power failure?); restore the store from a mirror, or run "
+                "`s2ingest verify --deep` to see what differs")
+    else:
+        backend.delete(key)
+    rank = _switch_rank(key)[0]
+    if rank == 1:
+        faults.point("switch.data")
+    elif rank == 2:
+        faults.point("switch.coords")
+    elif rank == 3:
+        faults.point("switch.metadata")
+    elif rank == 4:
+        faults.point("switch.root-zmetadata" if key == ".zmetadata" else "switch.group-zmetadata")
 
 
 LEGACY_LOG = f"{TXN_DIR}/keys.log"
@@ -783,7 +885,7 @@ def recover(backend: Backend) -> str | None:
         raise StoreError(f"{backend.url}: unreadable commit journal {JOURNAL}; "
                          "restore the store from a mirror") from None
     if backend.get(COMMITTED) is None:
-        _switch(backend, ops)
+        _switch(backend, ops, journal.get("stage", STAGE))  # journals before 0.2: one stage folder
         log.warning("finished the commit of version %s that a crashed writer left in %s",
                     journal.get("version"), backend.url)
     backend.delete_prefix(TXN_DIR)

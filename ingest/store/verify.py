@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from ..errors import StoreError
-from .backend import LocalBackend
+from .backend import HTTPBackend
 from .cube import JOURNAL, CubeStore, digest
 from .layout import META_DIR, TXN_DIR, manifest_key
 
@@ -27,7 +27,7 @@ def check_structure(store: CubeStore) -> Iterator[str]:
     if backend.get(JOURNAL) is not None:
         yield (f"{store.url}: an unfinished commit ({JOURNAL}); the next writer completes it "
                "(run `s2ingest sync` or any write)")
-    elif isinstance(backend, LocalBackend) and backend.path(TXN_DIR).exists():
+    elif not isinstance(backend, HTTPBackend) and backend.has_prefix(TXN_DIR):
         yield f"{store.url}: a staging area left by a crashed writer ({TXN_DIR}); the next writer discards it"
     root = store.consolidated("")
     if root is None:
@@ -55,7 +55,8 @@ def check_structure(store: CubeStore) -> Iterator[str]:
 def check_manifest(store: CubeStore, *, deep: bool, workers: int = 8,
                    progress: Callable[[int, int], None] | None = None) -> Iterator[str]:
     """Every key of the published version against its manifest (size and sha256 with
-    ``deep``; presence otherwise), and, on a local store, keys the manifest does not know."""
+    ``deep``; presence otherwise), and, where keys can be listed (not over HTTP), keys the
+    manifest does not know."""
     version = store.version()
     raw = store.backend.get(manifest_key(version))
     if raw is None:
@@ -98,7 +99,7 @@ def check_manifest(store: CubeStore, *, deep: bool, workers: int = 8,
                 progress(done, len(items))
             if problem:
                 yield problem
-    if isinstance(store.backend, LocalBackend):
+    if not isinstance(store.backend, HTTPBackend):
         for key in sorted(store.backend.list("")):
             if key.startswith(META_DIR + "/") or key in keys:
                 continue

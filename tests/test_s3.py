@@ -1,0 +1,224 @@
+"""A cube in an S3 bucket (``s3://bucket/prefix/nl.zarr``): the same contract as on a local disk.
+
+A local S3 server (moto's server mode, with conditional writes) runs in this process; syncs run
+as real ``s2ingest`` processes with ``--s3-endpoint``, are killed (``S2INGEST_FAULT``) mid-commit
+and rerun, and the result is compared with a local-disk cube of the same products, read by
+xarray over s3 (s3fs) and checked by ``s2ingest verify --deep``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from catalog import open_catalog, session_scope
+from catalog.models import Product as Row
+from catalog.models import TimeStep
+from conftest import D1, D3, GROUP, assert_cubes_equal, cli_env, written_window
+from ingest.errors import NotACubeError, StoreBusyError, StoreLeaseLostError
+from ingest.store import CubeStore, read_published
+from ingest.store.cube import check_location
+from ingest.store.layout import META_DIR
+from ingest.store.s3 import LOCK_KEY, S3Backend, S3Lease
+from test_commit import _folder
+
+S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A local S3 server on a free port; credentials in the environment (boto3's usual chain)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL_S3"]}
+    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL_S3=endpoint)
+    yield endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    import boto3
+
+    name = f"cubes-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+def _s3(*args: str, endpoint: str, config: Path, fault: str | None = None):
+    env = cli_env(**CREDENTIALS, **({"S2INGEST_FAULT": fault} if fault else {}))
+    env.pop("AWS_ENDPOINT_URL_S3", None)  # the option must do it
+    # in the config's folder: an s3:// store's default cache is ./<name>.cache
+    return subprocess.run([S2INGEST, *args, "--config", str(config), "--s3-endpoint", endpoint],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=config.parent)
+
+
+def _download(backend: S3Backend, to: Path) -> Path:
+    """Every key of the S3 cube but ``.s2ingest/`` into a local folder, byte for byte."""
+    for key in backend.list(""):
+        if key.startswith(META_DIR + "/"):
+            continue
+        target = to / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(backend.get(key))
+    return to
+
+
+def _catalog(url: str) -> dict:
+    engine = open_catalog(url, create=False)
+    with session_scope(engine) as s:
+        out = {"products": sorted((r.name, r.state) for r in s.scalars(select(Row))),
+               "steps": sorted((t.time.replace(tzinfo=None), t.platform, t.datatake_id)
+                               for t in s.scalars(select(TimeStep))),
+               "leases": [r.name for r in s.scalars(select(Row).where(Row.lease_owner.is_not(None)))]}
+    engine.dispose()
+    return out
+
+
+# -- the lease ---------------------------------------------------------------------------------
+def test_the_s3_lease_excludes_a_second_writer_is_taken_over_when_expired_and_fences(bucket):
+    backend = S3Backend(f"s3://{bucket}/lease/nl.zarr")
+    a = S3Lease(backend, ttl=30, holder="host-a:1")
+    a.acquire(0)
+    b = S3Lease(backend, ttl=30, holder="host-b:2")
+    with pytest.raises(StoreBusyError, match=r"being written by another process \(host-a:1\)"):
+        b.acquire(0.6)
+    assert a.renew() and not a.lost  # the heartbeat's step: If-Match on its own ETag
+
+    a._stop.set()  # host-a hangs: its lease is no longer renewed
+    a._thread.join()
+    c = S3Lease(backend, ttl=1, holder="host-c:3")  # sees the same ETag for 1 s: expired
+    c.acquire(30)
+    assert backend.get(LOCK_KEY) and b"host-c:3" in backend.get(LOCK_KEY)
+    with pytest.raises(StoreLeaseLostError, match="took over"):
+        with a.fence():
+            pass
+    assert a.lost
+    a.release()  # never deletes someone else's lease
+    assert b"host-c:3" in backend.get(LOCK_KEY)
+    with c.fence():  # the holder passes its own fence
+        pass
+    c.release()
+    assert backend.get(LOCK_KEY) is None
+
+
+def test_a_transaction_whose_s3_lease_was_taken_over_publishes_nothing(bucket):
+    from ingest.grid import NL_GRID
+
+    url = f"s3://{bucket}/fenced/nl.zarr"
+    store, created = CubeStore.create(url, NL_GRID)
+    assert created and store.version() == 1
+    before = {k: store.backend.get(k) for k in store.backend.list("")}
+    with pytest.raises(StoreLeaseLostError, match="nothing was published"):
+        with store.transaction(timeout=1) as tx:
+            tx.update_attrs("", {"note": "never published"})
+            # another writer takes the lease over (as after an expiry) and stages its own work
+            other = S3Lease(store.backend, holder="elsewhere:9")
+            store.backend.put(LOCK_KEY, b'{"holder": "elsewhere:9"}')
+            store.backend.put(".s2ingest/txn/stage/theirs/S2/R051/.zattrs", b"{}")
+            tx.commit()
+    assert other.holder == "elsewhere:9"
+    after = {k: store.backend.get(k) for k in store.backend.list("")}
+    assert after.pop(".s2ingest/txn/stage/theirs/S2/R051/.zattrs") == b"{}"  # not touched
+    assert after.pop(LOCK_KEY) == b'{"holder": "elsewhere:9"}'  # not released by the loser
+    before.pop(LOCK_KEY, None)
+    staged = [k for k in after if k.startswith(".s2ingest/txn/")]  # the loser's own staging
+    assert {k: v for k, v in after.items() if k not in staged} == before
+    assert store.version() == 1 and "note" not in store.consolidated("")[".zattrs"]
+
+
+def test_an_s3_prefix_holding_other_objects_is_refused(bucket):
+    backend = S3Backend(f"s3://{bucket}")
+    backend.put("data/report.csv", b"a,b\n")
+    with pytest.raises(NotACubeError, match=r"holds other objects \(report.csv\)"):
+        check_location(f"s3://{bucket}/data/")
+    backend.put("data/zarr/.zgroup", b'{"zarr_format": 2}')
+    with pytest.raises(NotACubeError, match="Zarr store without grid.json"):
+        check_location(f"s3://{bucket}/data/zarr")
+    check_location(f"s3://{bucket}/data/new.zarr")  # empty: fine
+
+
+# -- sync, crash, rerun --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sync_into_s3_survives_kills_mid_commit_and_equals_the_local_cube(
+        tmp_path, products, bucket, s3_endpoint, empty_config):
+    scenes = {d: [products.scene[(d, "31UET")]] for d in (D1, D3)}
+    first = _folder(scenes[D1], tmp_path / "first")
+    both = _folder(scenes[D1] + scenes[D3], tmp_path / "both")
+    # the reference: one uninterrupted sync of the same products onto a local disk
+    local = tmp_path / "local" / "cube.zarr"
+    local.parent.mkdir()
+    r = subprocess.run([S2INGEST, "sync", "--config", str(empty_config), "--store", str(local),
+                        "--source", str(both), "--no-progress"], env=cli_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+    url = f"s3://{bucket}/team/nl.zarr"
+    db = f"sqlite:///{tmp_path / 'nl.catalog.sqlite'}"
+    sync = ["sync", "--store", url, "--db", db, "--no-progress"]
+    # the first commit (it creates the cube) is killed half way through its switch
+    r = _s3(*sync, "--source", str(first), endpoint=s3_endpoint, config=empty_config,
+            fault="switch.data@2")
+    assert r.returncode == -9, r.stderr
+    store = CubeStore.open(url)
+    assert store.has_unfinished_commit()
+    # the next sync completes that commit, then its own is killed at the commit point
+    r = _s3(*sync, "--source", str(both), endpoint=s3_endpoint, config=empty_config,
+            fault="journal.written")
+    assert r.returncode == -9, r.stderr
+    assert read_published(url, GROUP).times == (D1,)  # the journal alone publishes nothing yet
+    assert store.backend.get(".s2ingest/txn/journal.json") is not None
+    r = _s3(*sync, "--source", str(both), endpoint=s3_endpoint, config=empty_config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_published(url, GROUP).times == (D1, D3)
+    assert not store.has_unfinished_commit() and store.backend.get(LOCK_KEY) is None
+
+    # the same arrays and chunks as the local cube, key for key
+    copy = _download(store.backend, tmp_path / "copy" / "cube.zarr")
+    assert_cubes_equal(copy, local)
+    # the same catalog
+    ref = _catalog(f"sqlite:///{local.parent / 'cube.catalog.sqlite'}")
+    got = _catalog(db)
+    assert got == ref and got["leases"] == [] and {s for _, s in got["products"]} == {"published"}
+
+    # readable by xarray over s3
+    import xarray as xr
+
+    window = written_window(local)
+    remote = xr.open_zarr(url, group=GROUP, consolidated=True, mask_and_scale=False,
+                          storage_options={"endpoint_url": s3_endpoint})
+    ref_ds = xr.open_zarr(str(local), group=GROUP, consolidated=True, mask_and_scale=False)
+    for var in ("B04", "SCL", "CLD"):
+        assert np.array_equal(remote[var][:, window[0], window[1]].values,
+                              ref_ds[var][:, window[0], window[1]].values), var
+    assert list(remote.time.values) == list(ref_ds.time.values)
+
+    r = _s3("verify", "--deep", "--db", db, url, endpoint=s3_endpoint, config=empty_config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ok: {url} at version 2" in r.stdout
+    # verify finds damage over s3 too
+    key = next(k for k in store.backend.list("S2/R051/B04") if not k.rsplit("/", 1)[-1].startswith("."))
+    damaged = bytearray(store.backend.get(key))
+    damaged[-1] ^= 0x01
+    store.backend.put(key, bytes(damaged))
+    r = _s3("verify", "--deep", "--no-catalog", url, endpoint=s3_endpoint, config=empty_config)
+    assert r.returncode == 9 and "sha256 differs" in r.stdout
