@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .options import progress_option, selection_options
+from .options import progress_option, s3_endpoint_option, selection_options
 
 
 def _size(n: float) -> str:
@@ -66,12 +66,13 @@ class _Progress:
               help="Seconds to wait for another writer of DST.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @progress_option
+@s3_endpoint_option
 def command(source: str, copy: str, selection, version, jobs, retries, quick, force,
             lock_timeout, as_json, progress) -> None:
     """Make DST a copy of exactly one published version of the cube at SRC.
 
-    SRC is a local path or the http(s):// URL of a cube on any static web server; DST a
-    local path. Every key is checked against the version's manifest (size, sha256). A rerun
+    SRC is a local path, an s3:// URL or the http(s):// URL of a cube on any static web
+    server; DST a local path or an s3:// URL. Every key is checked against the version's manifest (size, sha256). A rerun
     copies only what changed, deletes what is gone, fetches again any key damaged in the
     copy, and resumes an interrupted run. If SRC publishes a newer version during the copy,
     the copy moves to it (with --version it stops instead). The copy's consolidated metadata

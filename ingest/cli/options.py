@@ -148,3 +148,19 @@ def selection_options(func: Callable) -> Callable:
         return func(*args, selection=selection, **kwargs)
 
     return wrapper
+
+
+def s3_endpoint_option(func: Callable) -> Callable:
+    """--s3-endpoint for commands that name their stores as arguments (mirror, rechunk, …)."""
+
+    @click.option("--s3-endpoint", "s3_endpoint", default=None, metavar="URL",
+                  envvar="S2INGEST_S3_ENDPOINT",
+                  help="S3-compatible server of s3:// stores, e.g. http://minio:9000 "
+                       "[env S2INGEST_S3_ENDPOINT or AWS_ENDPOINT_URL; default: AWS].")
+    @functools.wraps(func)
+    def wrapper(*args, s3_endpoint, **kwargs):
+        if s3_endpoint:
+            os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint  # as cube_options does
+        return func(*args, **kwargs)
+
+    return wrapper
