@@ -76,9 +76,9 @@ def cli(verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from . import db, demo, init, retry, status, sync, synth, verify
+    from . import db, demo, export, init, rechunk, retry, status, sync, synth, verify
 
-    for module in (init, sync, status, verify, retry, synth, demo, db):
+    for module in (init, sync, status, verify, retry, synth, demo, db, rechunk, export):
         cli.add_command(module.command)
     try:
         from .layers import layers, stats
