@@ -145,3 +145,21 @@ def test_time_range_is_inclusive_and_variables_are_checked(history):
         s2ingest.open_cube(path, bbox=(-50.0, -40.0, -49.0, -39.0), crs="EPSG:4326")
     with pytest.raises(s2ingest.StoreError, match="no longer kept"):
         s2ingest.open_cube(path, version=99)
+
+
+def test_chunks_a_version_does_not_list_read_as_fill(history, tmp_path):
+    """Fill-only chunks are never stored, so no manifest lists them; a key a version does not
+    list is never fetched for that version, even if something is stored under it now."""
+    path, _, seen = history
+    va = seen["a"][0]
+    manifest = CubeStore.open(path).manifest(seen["c"][0])
+    stored = {p.name for p in (path / GROUP / "B04").iterdir() if not p.name.startswith(".")}
+    assert {k.rsplit("/", 1)[1] for k in manifest["keys"] if k.startswith(f"{GROUP}/B04/")
+            and not k.endswith((".zarray", ".zattrs"))} == stored
+    copy = tmp_path / "cube.zarr"
+    shutil.copytree(path.parent / "before" / "cube.zarr", copy)
+    (copy / GROUP / "B04" / "0.0.0").write_bytes(b"not a chunk of any version")
+    ds = s2ingest.open_cube(copy, version=va, variables=["B04"])
+    assert np.isnan(ds.B04.isel(x=slice(0, 500), y=slice(0, 625)).values).all()
+    with pytest.raises(Exception):  # a plain reader fetches the stray key and fails to decode
+        xr.open_zarr(copy, group=GROUP, consolidated=True).B04.isel(x=slice(0, 500), y=slice(0, 625)).values

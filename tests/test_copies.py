@@ -176,3 +176,22 @@ def test_export_to_netcdf_with_its_crs(synced_cube, tmp_path):
     assert str(nc.time.values)[:19] == D1.strftime("%Y-%m-%dT%H:%M:%S")
     r = run_here("export", str(synced_cube), str(tmp_path / "x.tif"), "--time", "2023-05-01/2023-05-31")
     assert r.returncode == 3 and "3 time steps in the range" in r.stderr
+
+
+@pytest.mark.slow
+def test_rechunk_on_a_dask_distributed_cluster(copies, synced_cube, tmp_path):
+    """--scheduler: the copy runs on the cluster's worker processes (the pinned-version store
+    travels to them by pickle and reopens the same version there) and equals the local one."""
+    from distributed import LocalCluster
+
+    root, _, _ = copies
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=None) as cluster:
+        r = run("rechunk", str(synced_cube), str(tmp_path / "d.zarr"), "--chunks",
+                "time=-1,y=25,x=25", "--bbox", BBOX, "--variables", "B04", "--no-progress",
+                "--scheduler", cluster.scheduler_address)
+        assert r.returncode == 0, r.stderr
+        assert cluster.scheduler.transition_counter > 0, "the cluster ran the tasks"
+    here = xr.open_zarr(root / "series.zarr", group=GROUP, consolidated=True, mask_and_scale=False)
+    there = xr.open_zarr(tmp_path / "d.zarr", group=GROUP, consolidated=True, mask_and_scale=False)
+    np.testing.assert_array_equal(there.B04.values, here.B04.values)
