@@ -125,6 +125,24 @@ def test_rechunk_refusals_create_nothing(copies, synced_cube, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_rechunk_that_fails_midway_leaves_no_copy(synced_cube, tmp_path):
+    """A damaged chunk stops the copy while it is being written: exit 6 naming the key, and
+    neither DST nor the temporary copy is left behind."""
+    import shutil
+
+    cube = tmp_path / "src" / "cube.zarr"
+    shutil.copytree(synced_cube, cube)
+    victim = sorted((cube / GROUP / "B04").glob("0.33.*"))[-1]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = run_here("rechunk", str(cube), str(out / "c.zarr"), "--chunks", "time=-1,y=25,x=25",
+                 "--variables", "B02,B04", "--bbox", "85000,431250,105000,437500")
+    assert r.returncode == 6, r.stderr
+    assert f"{GROUP}/B04/{victim.name} does not match the version's manifest" in r.stderr
+    assert list(out.iterdir()) == []
+
+
 def test_export_one_date_to_a_valid_cog(synced_cube, tmp_path):
     out = tmp_path / "d1.tif"
     r = run("export", str(synced_cube), str(out), "--time", D1.date().isoformat(), "--bbox", BBOX,

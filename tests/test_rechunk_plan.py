@@ -23,7 +23,7 @@ def problems(draw):
     return shape, source, target, itemsize, max_mem
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(problems())
 def test_every_stage_fits_and_aligns(problem):
     shape, source, target, itemsize, max_mem = problem

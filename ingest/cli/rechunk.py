@@ -44,5 +44,6 @@ def command(source: str, destination: str, chunks: str, shards: str | None, zarr
     if report.shards:
         layout += " in shards " + ",".join(f"{d}={n}" for d, n in report.shards.items())
     click.echo(f"rechunked version {report.version} of {report.source} /{report.group} "
-               f"({len(report.plans)} variables, {report.nbytes / 1e6:.1f} MB) to "
+               f"({len(report.plans)} variable{'' if len(report.plans) == 1 else 's'}, "
+               f"{report.nbytes / 1e6:.1f} MB) to "
                f"{report.destination} (Zarr format {report.zarr_format}, chunks {layout})")

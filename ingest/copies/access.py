@@ -109,7 +109,7 @@ def time_slice(time_range) -> slice:
     return slice(t0, t1)
 
 
-def select(ds: xr.Dataset, grid: CubeGrid, *, bbox=None, crs=None, time_range=None,
+def select(ds: xr.Dataset, grid: CubeGrid | None, *, bbox=None, crs=None, time_range=None,
            variables: Iterable[str] | None = None, where: str = "") -> xr.Dataset:
     """Cut ``ds`` (a group of the cube) to variables, bbox (whole pixels) and time range."""
     if variables is not None:

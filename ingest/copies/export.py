@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ConfigError, StoreError
-from .access import open_cube
+from .access import open_cube, select
 from .progress import compute_with_progress
 from .rechunk import fix_grid_mapping
 
@@ -75,11 +75,11 @@ def extract(source: str, *, time_range, reduce: str | None = None,
         raise ConfigError("give --time: a date, or a range START/END with --reduce")
     full = open_cube(source, bbox=bbox, crs=crs, time_range=time_range, version=version,
                      group=group, orbit=orbit, mask_and_scale=False)
+    where = f"version {full.attrs['s2ingest_store_version']} of {full.attrs['s2ingest_source']}"
     names = list(variables) if variables else [str(v) for v in full.data_vars]
-    sel = open_cube(source, bbox=bbox, crs=crs, time_range=time_range, version=version,
-                    group=group, orbit=orbit, mask_and_scale=False, variables=names)
+    sel = select(full, None, variables=names, where=where)
+    sel.attrs = dict(full.attrs)
     n = sel.sizes["time"]
-    where = f"version {sel.attrs['s2ingest_store_version']} of {sel.attrs['s2ingest_source']}"
     if n == 0:
         raise ConfigError(f"{where}: no time step in {time_range[0]} .. {time_range[1]}")
     if reduce is None:

@@ -138,9 +138,14 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
     inner = target_chunks(ds, chunk_spec)
     outer = None
     if shard_spec is not None:
-        outer = {**inner, **target_chunks(ds, shard_spec)}
-        outer = {d: max(inner[d], outer[d] // inner[d] * inner[d]) if outer[d] < ds.sizes[d]
-                 else ds.sizes[d] for d in inner}
+        target_chunks(ds, shard_spec)  # names only known dimensions
+        # a dimension the shards do not name is one inner chunk long; a shard is a whole
+        # number of inner chunks (or the whole axis)
+        outer = {}
+        for d, n in inner.items():
+            want = shard_spec.get(d, n)
+            size = int(ds.sizes[d])
+            outer[d] = size if want == -1 or want >= size else max(n, want // n * n)
     report = RechunkReport(ds.attrs["s2ingest_source"], int(ds.attrs["s2ingest_store_version"]),
                            grp, str(dst), inner, outer, zarr_format)
     out_vars, encoding = {}, {}
