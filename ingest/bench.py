@@ -3,6 +3,7 @@
     python -m ingest.bench --out bench-results/bench.json            # one full tile-date
     python -m ingest.bench --tiles 31UET,31UFT --dates 2             # 4 products, 2 time steps
     python -m ingest.bench --window 4800 4800 1200 1200 --repeat 1   # a quick run
+    python -m ingest.bench --only copies    # rechunked/sharded copies (ingest/bench_copies.py)
 
 What is measured, each step in a fresh ``spawn``-ed child process (so the parent's memory and
 imports never count; peak RSS is the child's own ``ru_maxrss``, GDAL's threads included):
@@ -398,6 +399,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["--only", "copies"]:  # rechunked and sharded copies: ingest/bench_copies.py
+        from .bench_copies import main as copies_main
+
+        return copies_main(argv[2:])
     args = parse_args(argv)
 
     def echo(line: str) -> None:

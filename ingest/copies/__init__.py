@@ -1,2 +1,3 @@
-"""Copies of a cube: consistent mirrors of one published version (``mirror``), subsets
-(``subset``), and the read API, rechunked copies and exports built on the same versions."""
+"""Copies of one published version of a cube: consistent mirrors (``mirror``, planned by
+``subset``), the data-store API (``access``), rechunked copies (``rechunk``) and GeoTIFF/netCDF
+extracts (``export``); DESIGN.md §5 (metadata snapshots and copies) and §10."""
