@@ -255,6 +255,16 @@ def test_mirror_to_and_from_s3_is_the_version_byte_for_byte(tmp_path, bucket, s3
     assert cli("verify", "--deep", "--no-catalog", url).returncode == 9
     r = cli("mirror", str(source), url, "--no-progress", "--json")
     assert r.returncode == 0 and _json.loads(r.stdout)["repaired"] == 1, r.stderr
+    # the data-store API reads the S3 copy, pinned to its version, like the local source
+    import s2ingest
+    import xarray as xr
+
+    window = dict(y=slice(27000, 27700), x=slice(0, 700))
+    remote = s2ingest.open_cube(url, variables=["B04", "SCL"]).isel(**window).load()
+    local = s2ingest.open_cube(str(source), variables=["B04", "SCL"]).isel(**window).load()
+    assert remote.attrs.pop("s2ingest_source") == url and local.attrs.pop("s2ingest_source") == str(source)
+    xr.testing.assert_identical(remote, local)
+    assert [v["version"] for v in s2ingest.list_versions(url)][-1] == CubeStore.open(url).version()
     back = tmp_path / "back.zarr"
     r = cli("mirror", url, str(back), "--no-progress")
     assert r.returncode == 0, r.stderr
