@@ -13,7 +13,6 @@ from pyproj import Transformer
 import s2ingest
 from conftest import D1, D2, D3, GROUP, ingest, new_cube
 from ingest.errors import ConfigError, UnknownVariableError
-from ingest.grid import NL_GRID
 from ingest.store import CubeStore
 from ingest.testing.httpserve import serve
 

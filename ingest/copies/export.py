@@ -23,9 +23,8 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ConfigError, StoreError
-from .access import open_cube, select
+from .access import fix_grid_mapping, open_cube, select
 from .progress import compute_with_progress
-from .rechunk import fix_grid_mapping
 
 log = logging.getLogger(__name__)
 REDUCERS = ("median", "mean", "max", "min")

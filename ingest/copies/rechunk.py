@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ConfigError, StoreError
-from .access import open_cube
+from .access import fix_grid_mapping, open_cube
 from .plan import RechunkPlan, parse_dims, plan_rechunk
 from .progress import compute_with_progress
 
@@ -91,26 +91,6 @@ def _encoding(var: xr.DataArray, chunks: tuple[int, ...], shards: tuple[int, ...
     else:
         enc["compressors"] = tuple(compressors)
     return enc
-
-
-def _geotransform(ds: xr.Dataset) -> str | None:
-    """The GDAL GeoTransform of a regular north-up selection (origin at its own corner)."""
-    if ds.sizes.get("x", 0) < 2 or ds.sizes.get("y", 0) < 2:
-        return None
-    x0, x1 = float(ds.x[0]), float(ds.x[1])
-    y0, y1 = float(ds.y[0]), float(ds.y[1])
-    rx, ry = x1 - x0, y1 - y0
-    return " ".join(str(v) for v in (x0 - rx / 2, rx, 0.0, y0 - ry / 2, 0.0, ry))
-
-
-def fix_grid_mapping(ds: xr.Dataset) -> xr.Dataset:
-    """A subset's ``spatial_ref`` names its own corner: GDAL and rioxarray read the
-    GeoTransform attribute before the coordinates."""
-    gt = _geotransform(ds)
-    if gt is not None and "spatial_ref" in ds.coords:
-        ds = ds.assign_coords(spatial_ref=ds.spatial_ref.copy())
-        ds.spatial_ref.attrs["GeoTransform"] = gt
-    return ds
 
 
 def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | dict,
