@@ -21,11 +21,13 @@ install: $(VENV)/.installed  ## create .venv and install s2ingest with test extr
 demo: install  ## build a small cube from synthetic products under $(DEMO_DIR)
 	$(BIN)/s2ingest demo $(DEMO_DIR)
 
-test: install  ## the test suite (PostgreSQL tests skip when no server is reachable)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+TEST_JOBS ?= auto
+
+test: install  ## the test suite on every core (PostgreSQL tests skip when no server is reachable)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: install  ## without the tests marked slow
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 bench: install  ## speed on full-size synthetic tiles; prints figures, writes bench-results/*.json
 	$(BIN)/python -m ingest.bench --out bench-results/bench.json
