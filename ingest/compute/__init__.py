@@ -1,0 +1,86 @@
+"""Where the expensive per-product work runs: worker processes on this machine or a dask cluster.
+
+One small interface (``Executor``): ``stream(fn, tasks)`` runs ``fn(task, emit)`` for every
+task on the workers and yields, in this process, whatever the tasks ``emit``, as it arrives.
+``ingest.write`` makes the tasks (parts of a write plan) and stages what comes back; nothing
+here knows about stores or plans.
+
+DESIGN CHOICE: the workers never write to the store. The process that holds the store's
+transaction (the committer) stays the only writer (DESIGN.md §5); workers decode, warp,
+mosaic and encode, and hand back encoded chunks.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+Emit = Callable[[Any], None]
+
+
+class Executor(Protocol):
+    workers: int  # tasks that run at once
+    max_part_blocks: int | None  # the most blocks a task may hold in its result (None: streamed)
+
+    def stream(self, fn: Callable[[Any, Emit], None], tasks: Sequence[Any]) -> Iterator[Any]:
+        """Run ``fn(task, emit)`` for each task on the workers; yield what they emit."""
+
+    def describe(self) -> str:
+        """A few words for progress lines ("2 worker processes")."""
+
+    def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How ``sync`` runs the work: in this process (default), a local process pool
+    (``workers``), a dask scheduler (``scheduler`` address) or a local dask cluster."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+    local_cluster: int | None = None
+
+    @property
+    def in_process(self) -> bool:
+        return not (self.workers or self.scheduler or self.local_cluster)
+
+
+def configure_worker(threads: int = 1) -> None:
+    """Run in every worker process: one worker uses ``threads`` cores.
+
+    DESIGN CHOICE: GDAL's OpenJPEG decoder and Blosc would each start a thread per core in
+    every worker; with one process per core that oversubscribes the machine, so a worker
+    decodes and compresses with ``threads`` threads and parallelism comes from the processes.
+    """
+    import numcodecs.blosc
+
+    from ..warp import GDAL_ENV
+
+    GDAL_ENV["GDAL_NUM_THREADS"] = str(threads)
+    numcodecs.blosc.set_nthreads(threads)
+
+
+@contextmanager
+def open_executor(options: ComputeOptions | None) -> Iterator[Executor | None]:
+    """The executor ``options`` asks for (None: work in this process), closed at the end."""
+    if options is None or options.in_process:
+        yield None
+        return
+    from ..errors import ConfigError
+
+    given = [o for o in ("workers", "scheduler", "local_cluster") if getattr(options, o)]
+    if len(given) > 1:
+        raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")
+    if options.workers:
+        from .local import LocalPool
+
+        executor: Executor = LocalPool(options.workers)
+    else:
+        from .cluster import DaskExecutor
+
+        executor = DaskExecutor(address=options.scheduler, local_workers=options.local_cluster)
+    try:
+        yield executor
+    finally:
+        executor.close()
