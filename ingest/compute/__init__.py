@@ -61,6 +61,17 @@ def configure_worker(threads: int = 1) -> None:
     numcodecs.blosc.set_nthreads(threads)
 
 
+def task_started() -> None:
+    """Called by every executor as a task starts. Tests set ``S2INGEST_TEST_TASK_DELAY``
+    (seconds) to hold tasks long enough to kill a worker in the middle of one."""
+    import os
+    import time
+
+    delay = os.environ.get("S2INGEST_TEST_TASK_DELAY")
+    if delay:
+        time.sleep(float(delay))
+
+
 @contextmanager
 def open_executor(options: ComputeOptions | None) -> Iterator[Executor | None]:
     """The executor ``options`` asks for (None: work in this process), closed at the end."""

@@ -5,7 +5,7 @@ import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ComputeError, ConfigError
-from . import Emit, configure_worker
+from . import Emit, configure_worker, task_started
 
 # DESIGN CHOICE: a dask task returns its whole result (no streaming back to the client), so a
 # part is capped at this many blocks (chunk rows): a worker then holds at most 4 rows of
@@ -18,6 +18,7 @@ CONNECT_TIMEOUT = "20s"
 def _collect(fn: Callable[[Any, Emit], None], task: Any) -> list:
     configure_worker(1)  # here, not at connect time: a worker restarted after a loss is new
     out: list = []
+    task_started()
     fn(task, out.append)
     return out
 

@@ -9,7 +9,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import ComputeError
-from . import Emit, configure_worker
+from . import Emit, configure_worker, task_started
 
 _QUEUE: Any = None  # in a worker: where its tasks emit
 
@@ -24,6 +24,7 @@ def _init(results, threads: int) -> None:
 
 def _run(fn: Callable[[Any, Emit], None], index: int, task: Any) -> None:
     results = _QUEUE
+    task_started()
     fn(task, lambda item: results.put(("item", index, item)))
     results.put(("done", index, None))
 
