@@ -287,7 +287,7 @@ def _apply_plan(
         by_tchunk.setdefault(slot.index // tc, []).append(slot)
     if executor is not None:
         n_chunks += _stage_parts(tx, executor, grid, group, metas, by_tchunk, products,
-                                 resampling, progress=progress)
+                                 resampling, progress=progress, threads=threads)
         write_time_axis(tx, group, [key[0] for key in plan.axis], _provenance(plan, old, products))
         return WriteReport(t_new, len(plan.slots), n_chunks, plan.superseded)
     work = [(k, block) for k, slots in sorted(by_tchunk.items())
@@ -333,22 +333,34 @@ class PartTask:
     products: dict[str, Product]  # the products of ``slots`` (paths the worker can read)
     resampling: dict[str, Resampling]
     metas: dict[str, ArrayMeta]
-    old: dict[str, bytes]  # the chunks of this part the transaction holds now (to merge into)
+    holding: frozenset[str]  # keys of this part's chunks that hold data now (to merge into)
 
 
-# (chunk key, encoded bytes or None to delete, (size, sha256) or None); one list per block
-StagedChunks = list[tuple[str, bytes | None, tuple[int, str] | None]]
+@dataclass
+class PartBlock:
+    """What a worker hands back for one block.
+
+    ``encoded``: (key, bytes, (size, sha256)) of chunks that held nothing before: final.
+    ``to_merge``: (variable, chunk, {time index: the chunk's pixels}) of chunks that hold data
+    now: the committer merges them into what its transaction holds (``merged_chunk``)."""
+
+    k: int  # the time chunk
+    counted: int
+    encoded: list[tuple[str, bytes, tuple[int, str]]]
+    to_merge: list[tuple[str, ChunkIndex, dict[int, np.ndarray]]]
 
 
 def compute_part(task: PartTask, emit: Emit) -> None:
-    """Warp, mosaic, merge and encode one part; ``emit`` gets (chunks counted, StagedChunks)
-    block by block, north to south.
+    """Warp, mosaic and encode one part; ``emit`` gets one ``PartBlock`` per block, north
+    to south.
 
     DESIGN CHOICE: a part walks its blocks north to south in one process, so each JP2 strip
     is decoded once per part (``OpenRasters``), exactly as the in-process writer does; the
-    block windows are the same ``_blocks`` windows, and chunks are merged and encoded by the
-    same ``merged_chunk``, so the bytes equal a single-process run. The sha256 is computed
-    here too, so the committer only writes.
+    block windows are the same ``_blocks`` windows and chunks are encoded by the same
+    ``merged_chunk``, so the bytes equal a single-process run. Workers never read the store:
+    a chunk that already holds data goes back as pixels and is merged by the committer,
+    which alone sees what its transaction holds (published or staged); the rest, usually
+    nearly all, comes back encoded, with its sha256, so the committer only writes it.
     """
     grid, k, slots = task.grid, task.k, list(task.slots)
     missing = sorted({str(p.source) for p in task.products.values() if not p.source.exists()})
@@ -364,19 +376,28 @@ def compute_part(task: PartTask, emit: Emit) -> None:
             computed = {s.index: _slot_block(s, task.products, target, task.resampling, pool, rasters)
                         for s in slots if s.chunks & block_chunks}
             _release_finished(slots, window, grid, rasters)
-            out: StagedChunks = []
+            out = PartBlock(k, len(block_chunks) * len(VARIABLES), [], [])
             for var in VARIABLES:
                 path = join(task.group, var)
                 for c in sorted(block_chunks):
                     key = chunk_key(path, "", k, *c)
-                    old = task.old.get(key)
-                    data = merged_chunk(task.metas[var], grid, var, k, c, key, old, slots, computed, window)
+                    if key in task.holding:
+                        out.to_merge.append((var, c, _chunk_pixels(grid, c, var, slots, computed, window)))
+                        continue
+                    data = merged_chunk(task.metas[var], grid, var, k, c, key, None, slots, computed, window)
                     if data is not None:
-                        out.append((key, data, digest(data)))
-                    elif old is not None:
-                        out.append((key, None, None))
+                        out.encoded.append((key, data, digest(data)))
             del computed
-            emit((len(block_chunks) * len(VARIABLES), out))
+            emit(out)
+
+
+def _chunk_pixels(grid: CubeGrid, c: ChunkIndex, var: str, slots: list[SlotWrite],
+                  computed: dict[int, dict[str, np.ndarray]], window: Window) -> dict[int, np.ndarray]:
+    cw = grid.chunk_window(c)
+    r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
+    h, w = int(cw.height), int(cw.width)
+    return {s.index: computed[s.index][var][r0:r0 + h, c0:c0 + w].copy()
+            for s in slots if s.index in computed and c in s.chunks}
 
 
 def split_parts(grid: CubeGrid, by_tchunk: dict[int, list[SlotWrite]], workers: int,
@@ -413,36 +434,42 @@ def split_parts(grid: CubeGrid, by_tchunk: dict[int, list[SlotWrite]], workers: 
 def _stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str,
                  metas: dict[str, ArrayMeta], by_tchunk: dict[int, list[SlotWrite]],
                  products: dict[str, Product], resampling: dict[str, Resampling],
-                 *, progress: bool) -> int:
+                 *, progress: bool, threads: int) -> int:
     """Compute the parts on ``executor`` and stage the chunks as they come back."""
     existing = {var: set(tx.chunk_keys(join(group, var))) for var in VARIABLES}
     tasks = []
     for k, blocks in split_parts(grid, by_tchunk, executor.workers, executor.max_part_blocks):
         slots = tuple(by_tchunk[k])
         chunks = set().union(*(b[1] for b in blocks))
-        old = {}
-        for var in VARIABLES:  # published (or staged: moved) chunks to merge into
-            for c in chunks:
-                name = f"{k}.{c[0]}.{c[1]}"
-                if name in existing[var]:
-                    key = chunk_key(join(group, var), "", k, *c)
-                    raw = tx.get(key)
-                    if raw is not None:
-                        old[key] = raw
+        holding = frozenset(chunk_key(join(group, var), "", k, *c) for var in VARIABLES for c in chunks
+                            if f"{k}.{c[0]}.{c[1]}" in existing[var])
         window_chunks = {c for w, _ in blocks for c in grid.chunks_in_window(w)}  # as _touches
         names = {p.name for s in slots for p in s.products if p.chunks & window_chunks}
         tasks.append(PartTask(grid, group, k, tuple((w, frozenset(c)) for w, c in blocks), slots,
-                              {n: products[n] for n in names}, resampling, metas, old))
-    total = sum(len(t.blocks) for t in tasks)
+                              {n: products[n] for n in names}, resampling, metas, holding))
     n = 0
-    with tqdm(total=total, desc=f"warp+write {group} ({executor.describe()})", unit="block",
-              disable=not progress) as bar:
-        for counted, staged in executor.stream(compute_part, tasks):
-            for key, data, d in staged:
-                if data is None:
-                    tx.delete(key)
-                else:
-                    tx.put(key, data, checksum=d)
-            n += counted
+
+    def merge(k: int, var: str, c: ChunkIndex, pixels: dict[int, np.ndarray]) -> None:
+        key = chunk_key(join(group, var), "", k, *c)
+        window = grid.chunk_window(c)
+        computed = {i: {var: a} for i, a in pixels.items()}
+        _merge_chunk(tx, metas[var], grid, var, k, c, key, by_tchunk[k], computed, window)
+
+    total = sum(len(t.blocks) for t in tasks)
+    # DESIGN CHOICE: merges (decode what is held, merge, encode) run in writer threads, as in
+    # the in-process writer; at most a few blocks' merges are pending (bounded memory).
+    with (tqdm(total=total, desc=f"warp+write {group} ({executor.describe()})", unit="block",
+               disable=not progress) as bar,
+          ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="merge") as writer):
+        pending: list = []
+        for block in executor.stream(compute_part, tasks):
+            for key, data, d in block.encoded:
+                tx.put(key, data, checksum=d)
+            pending.extend(writer.submit(merge, block.k, var, c, px) for var, c, px in block.to_merge)
+            while len(pending) > 4 * len(VARIABLES):
+                pending.pop(0).result()
+            n += block.counted
             bar.update(1)
+        for f in pending:
+            f.result()
     return n
