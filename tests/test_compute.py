@@ -134,3 +134,17 @@ def test_parts_cover_every_block_once_in_order():
         assert sum(1 for k, _ in parts if k == 0) == expected
         if cap:
             assert max(len(b) for _, b in parts) <= cap
+
+
+def test_one_way_of_running_workers_at_a_time(batches, tmp_path):
+    r = run(*sync_args(tmp_path / "c.zarr", "--source", batches[0], "--workers", "2",
+                       "--scheduler", "tcp://127.0.0.1:1"))
+    assert r.exit_code == 3 and "exclude each other" in r.output
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_nothing_to_write_starts_no_workers(batches, single):
+    """A rerun with nothing new neither spawns processes nor connects to a scheduler (none
+    listens at this address: connecting would fail)."""
+    r = run(*sync_args(single, "--source", batches[0], "--settle", "0", "--scheduler", "tcp://127.0.0.1:9"))
+    assert r.exit_code == 0 and "nothing new" in r.output, r.output

@@ -83,15 +83,49 @@ def open_executor(options: ComputeOptions | None) -> Iterator[Executor | None]:
     given = [o for o in ("workers", "scheduler", "local_cluster") if getattr(options, o)]
     if len(given) > 1:
         raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")
-    if options.workers:
-        from .local import LocalPool
 
-        executor: Executor = LocalPool(options.workers)
-    else:
+    def start() -> Executor:
+        if options.workers:
+            from .local import LocalPool
+
+            return LocalPool(options.workers)
         from .cluster import DaskExecutor
 
-        executor = DaskExecutor(address=options.scheduler, local_workers=options.local_cluster)
+        return DaskExecutor(address=options.scheduler, local_workers=options.local_cluster)
+
+    executor = _Lazy(start)
     try:
         yield executor
     finally:
         executor.close()
+
+
+class _Lazy:
+    """Starts the executor when first used: a run with nothing to write spawns no process
+    and connects to no scheduler."""
+
+    def __init__(self, start: Callable[[], Executor]) -> None:
+        self._start, self._executor = start, None
+
+    def _get(self) -> Executor:
+        if self._executor is None:
+            self._executor = self._start()
+        return self._executor
+
+    @property
+    def workers(self) -> int:
+        return self._get().workers
+
+    @property
+    def max_part_blocks(self) -> int | None:
+        return self._get().max_part_blocks
+
+    def describe(self) -> str:
+        return self._get().describe()
+
+    def stream(self, fn, tasks):
+        return self._get().stream(fn, tasks)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
