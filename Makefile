@@ -27,8 +27,9 @@ test: install  ## the test suite (PostgreSQL tests skip when no server is reacha
 test-fast: install  ## without the tests marked slow
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: install  ## speed on full-size synthetic tiles; prints figures, writes bench-results/bench.json
+bench: install  ## speed on full-size synthetic tiles; prints figures, writes bench-results/bench.json and workers.json
 	$(BIN)/python -m ingest.bench --out bench-results/bench.json
+	$(BIN)/python -m ingest.bench --only workers --repeat 1 --out bench-results/workers.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench-results .pytest_cache build *.egg-info
