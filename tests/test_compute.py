@@ -148,3 +148,22 @@ def test_nothing_to_write_starts_no_workers(batches, single):
     listens at this address: connecting would fail)."""
     r = run(*sync_args(single, "--source", batches[0], "--settle", "0", "--scheduler", "tcp://127.0.0.1:9"))
     assert r.exit_code == 0 and "nothing new" in r.output, r.output
+
+
+def test_a_product_found_corrupt_in_a_worker_is_rejected_and_the_rest_published(tmp_path):
+    """The worker's ProductError crosses the process boundary intact (product and reason)."""
+    from hub_fixtures import WINDOWS
+    from ingest.synth import make_product
+    from ingest.synth.hostile import corrupt_raster
+
+    folder = tmp_path / "products"
+    good = make_product(folder, tile="31UET", datatake_start=T1, window=WINDOWS["31UET"])
+    bad = make_product(folder, tile="31UFT", datatake_start=T1, window=WINDOWS["31UFT"])
+    rel = corrupt_raster(bad, "B04", "truncate")  # opens; decoding fails half way, in the worker
+    out, _ = cli(*sync_args(tmp_path / "cube.zarr", "--source", folder, "--settle", "0",
+                            "--workers", "2")).communicate(timeout=240)
+    assert f"rejected {bad.name[:-5]}" in out and rel.split("/")[-1] in out, out
+    assert "published 1," in out, out
+    from ingest.store import read_published
+
+    assert read_published(tmp_path / "cube.zarr", GROUP).products == ((good.name[:-5],),)
