@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -458,11 +459,13 @@ def _stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str
     total = sum(len(t.blocks) for t in tasks)
     # DESIGN CHOICE: merges (decode what is held, merge, encode) run in writer threads, as in
     # the in-process writer; at most a few blocks' merges are pending (bounded memory).
+    # closing: an error here (or Ctrl-C) ends the stream, which stops the workers at once
     with (tqdm(total=total, desc=f"warp+write {group} ({executor.describe()})", unit="block",
                disable=not progress) as bar,
-          ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="merge") as writer):
+          ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="merge") as writer,
+          closing(executor.stream(compute_part, tasks)) as blocks):
         pending: list = []
-        for block in executor.stream(compute_part, tasks):
+        for block in blocks:
             for key, data, d in block.encoded:
                 tx.put(key, data, checksum=d)
             pending.extend(writer.submit(merge, block.k, var, c, px) for var, c, px in block.to_merge)
