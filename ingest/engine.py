@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from rasterio.enums import Resampling
 
+from .compute import Executor
 from .errors import ProductError, StoreError
 from .footprint import majority_epsg, planned
 from .grid import CubeGrid
@@ -147,9 +148,9 @@ def _needed(plan: WritePlan, products: Sequence[Product], resolve: Resolver) -> 
 
 def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Product],
            resolve: Resolver, resampling: dict[str, Resampling], *, progress: bool, threads: int,
-           before_commit: Callable[[], None] | None) -> WriteReport:
+           before_commit: Callable[[], None] | None, executor: Executor | None = None) -> WriteReport:
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
-                        resampling, threads=threads, progress=progress)
+                        resampling, threads=threads, progress=progress, executor=executor)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
     if before_commit is not None:
         before_commit()
@@ -179,9 +180,10 @@ def ingest_products(
     resampling: dict[str, Resampling], *, progress: bool = True, threads: int = 2,
     before_commit: Callable[[], None] | None = None, store: CubeStore | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait: Callable[[str], None] | None = None,
-    validated: bool = False,
+    validated: bool = False, executor: Executor | None = None,
 ) -> tuple[WritePlan, WriteReport | None]:
-    """Validate, plan and write ``products`` in one locked transaction.
+    """Validate, plan and write ``products`` in one locked transaction (the decoding, warping
+    and encoding on ``executor``'s workers when one is given, see ``ingest.compute``).
 
     DESIGN CHOICE (DESIGN.md §5): recovery, reading the published state, planning and
     writing all happen under the writer lock, so a plan can never be made from a state
@@ -207,5 +209,5 @@ def ingest_products(
             log.info("nothing to write: every product is already published")
             return plan, None
         report = _write(tx, cube, plan, products, resolve, resampling, progress=progress,
-                        threads=threads, before_commit=before_commit)
+                        threads=threads, before_commit=before_commit, executor=executor)
     return plan, report

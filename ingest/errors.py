@@ -31,6 +31,9 @@ class ProductError(S2IngestError):
         self.product = product
         self.reason = reason
 
+    def __reduce__(self):  # picklable with its two arguments: it crosses worker processes
+        return (type(self), (self.product, self.reason))
+
 
 class CorruptProductError(ProductError, OSError):
     """Unreadable archive or raster (truncated zip, broken JP2)."""
@@ -75,6 +78,11 @@ class StalePlanError(StoreError):
 
 class NotACubeError(StoreError):
     """A path that is not an s2ingest cube (and not empty), or a Zarr store of another tool."""
+
+
+class ComputeError(S2IngestError):
+    """The workers cannot do the work: a dask scheduler unreachable, a worker process lost
+    for good, a worker that cannot read the products."""
 
 
 class CatalogError(S2IngestError):

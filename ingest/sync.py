@@ -23,6 +23,7 @@ from catalog import (
 from catalog import Product as Row
 from sqlalchemy import select
 
+from .compute import ComputeOptions, open_executor
 from .engine import Cube, ingest_products
 from .store.cube import DEFAULT_LOCK_TIMEOUT
 from .errors import AuthenticationError, ProductError, StoreError
@@ -58,6 +59,7 @@ class SyncOptions:
     # step. 0 publishes at once.
     settle_hours: float = SETTLE_HOURS
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    compute: ComputeOptions | None = None  # worker processes or a dask cluster (ingest.compute)
 
 
 @dataclass
@@ -141,6 +143,7 @@ class Syncer:
         # A dry run changes nothing: it never creates (or migrates) a catalog.
         self.engine = _existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
         self.report = SyncReport()
+        self.executor = None
 
     # -- stages ----------------------------------------------------------------------------
     def run(self) -> SyncReport:
@@ -154,7 +157,8 @@ class Syncer:
         self.reclaim_from_dead_workers()
         self.discover(records)
         self.download()
-        self.ingest()
+        with open_executor(self.opts.compute) as self.executor:  # started once per run
+            self.ingest()
         return self.report
 
     def _take_store_lease(self) -> None:
@@ -383,6 +387,7 @@ class Syncer:
             progress=self.opts.progress, threads=self.settings.threads, before_commit=renew,
             store=self.store, on_wait=self.echo, lock_timeout=self.opts.lock_timeout,
             validated=True,  # by the read step (cube_validate), which rejects bad products early
+            executor=self.executor,
         )
         faults.point("catalog.before-commit")
         state = self.store.published(self.cube.group)

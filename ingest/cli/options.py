@@ -163,4 +163,27 @@ def s3_endpoint_option(func: Callable) -> Callable:
             os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint  # as cube_options does
         return func(*args, **kwargs)
 
+
+def compute_options(func: Callable) -> Callable:
+    """--workers / --scheduler / --local-cluster: where decoding, warping and encoding run.
+    Passes an ``ingest.compute.ComputeOptions`` as ``compute``."""
+
+    @click.option("--workers", type=click.IntRange(1, 256), default=None, metavar="N",
+                  help="Decode, warp and mosaic in N worker processes on this machine (one core "
+                       "each); this process only writes the store [default: in this process].")
+    @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                  help="Run that work on a dask.distributed cluster (its workers must read the "
+                       "product cache at the same path).")
+    @click.option("--local-cluster", type=click.IntRange(1, 256), default=None, metavar="N",
+                  help="Run that work on a dask LocalCluster of N worker processes started here.")
+    @functools.wraps(func)
+    def wrapper(*args, workers, scheduler, local_cluster, **kwargs):
+        from ..compute import ComputeOptions
+        from ..errors import ConfigError
+
+        if sum(x is not None for x in (workers, scheduler, local_cluster)) > 1:
+            raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")
+        compute = ComputeOptions(workers=workers, scheduler=scheduler, local_cluster=local_cluster)
+        return func(*args, compute=compute, **kwargs)
+
     return wrapper

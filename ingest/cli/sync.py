@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import click
 
 from ..cli.main import EXIT_PARTIAL
-from .options import cube_options, orbit_option, progress_option
+from .options import compute_options, cube_options, orbit_option, progress_option
 
 
 def _date(ctx, param, value):
@@ -49,9 +49,10 @@ def _date(ctx, param, value):
                    "first and are published in one commit (0: publish at once) [default 6].")
 @click.option("--lock-timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
               help="How long to wait for another process writing the same store [default 3600].")
+@compute_options
 @progress_option
 def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_cloud, dry_run,
-            keep_products, resampling, max_downloads, settle, lock_timeout, progress) -> None:
+            keep_products, resampling, max_downloads, settle, lock_timeout, compute, progress) -> None:
     """Find new products of one relative orbit, download and verify them, and publish them
     into the cube, one time step per datatake.
 
@@ -66,6 +67,8 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
       s2ingest sync --orbit 51 --source products/
       s2ingest sync --orbit 51 --hub cdse --since 2024-03-01 --tiles 31UFT,31UFU
       s2ingest sync --orbit 51 --hub dhus --url https://dhus.example.org/ --dry-run
+      s2ingest sync --orbit 51 --source products/ --workers 2
+      s2ingest sync --orbit 51 --source products/ --scheduler tcp://scheduler:8786
     """
     from dataclasses import replace
 
@@ -96,7 +99,7 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
     opts = SyncOptions(orbit=orbit or settings.orbit, since=since, until=until,
                        tiles=[t.strip() for t in tiles.split(",")] if tiles else None,
                        max_cloud=max_cloud, dry_run=dry_run, keep_products=keep_products,
-                       progress=progress, max_downloads=max_downloads)
+                       progress=progress, max_downloads=max_downloads, compute=compute)
     if settle is not None:
         opts = replace(opts, settle_hours=settle)
     if lock_timeout is not None:

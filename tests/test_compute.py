@@ -1,0 +1,169 @@
+"""`sync --workers N` (a local process pool) and `sync --scheduler` / `--local-cluster` (dask):
+the same cube as a single-process run, and a dask worker lost mid-task does not fail the sync."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from conftest import cli_env
+from hub_fixtures import GROUP, T1, make_products, run, store_snapshot, sync_args  # noqa: F401
+from ingest.grid import CubeGrid
+from ingest.plan import SlotWrite
+from ingest.variables import VARIABLES
+
+pytestmark = pytest.mark.slow
+S2INGEST = str(Path(sys.executable).with_name("s2ingest"))  # as a user runs it
+
+FIRST = [T1 + timedelta(days=5 * i) for i in (0, 2, 3, 4, 6)]  # 0..4 in time chunk 0, 6 in chunk 1
+LATER = [T1 + timedelta(days=5 * i) for i in (1, 5)]  # a late datatake (moves 2..6) and one inside
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory) -> tuple[Path, Path]:
+    """Two folders of small products (two overlapping tiles per datatake): a first sync, then
+    a second that inserts a late datatake and merges into published time chunks."""
+    root = tmp_path_factory.mktemp("compute")
+    first, later = root / "first", root / "later"
+    make_products(first, times=FIRST)
+    make_products(later, times=LATER)
+    return first, later
+
+
+@pytest.fixture(scope="module")
+def single(batches, tmp_path_factory) -> Path:
+    """The reference: both syncs in this process, no workers."""
+    store = tmp_path_factory.mktemp("single") / "cube.zarr"
+    for folder in batches:
+        r = run(*sync_args(store, "--source", folder, "--settle", "0"))
+        assert r.exit_code == 0, r.output
+    return store
+
+
+def cli(*args, env=None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([S2INGEST, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env or cli_env(), **kw)
+
+
+def finish(p: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, out
+    return out
+
+
+def same_cube(a: Path, b: Path) -> None:
+    """Identical arrays (read with xarray) and identical keys, byte for byte (the manifests
+    differ only in their creation time)."""
+    # only the area that holds chunks: the cube spans the whole national grid
+    stored = [tuple(map(int, p.name.split("."))) for p in (a / GROUP / "B04").glob("*.*.*")]
+    rows = slice(min(c[1] for c in stored) * 625, (max(c[1] for c in stored) + 1) * 625)
+    cols = slice(min(c[2] for c in stored) * 500, (max(c[2] for c in stored) + 1) * 500)
+    xa, xb = (xr.open_zarr(s, group=GROUP, consolidated=True, mask_and_scale=False).isel(y=rows, x=cols)
+              for s in (a, b))
+    assert list(xa.time.values) == list(xb.time.values)
+    assert xa.sizes["time"] == len(FIRST) + len(LATER)
+    for var in VARIABLES:
+        na, nb = xa[var].values, xb[var].values
+        assert (na != VARIABLES[var].fill_value).any()
+        np.testing.assert_array_equal(na, nb, err_msg=var)
+    sa, sb = store_snapshot(a), store_snapshot(b)
+    manifests = {k for k in sa if k.startswith(".s2ingest/manifests/")}
+    assert {k: v for k, v in sa.items() if k not in manifests} == \
+        {k: v for k, v in sb.items() if k not in manifests}
+
+
+def test_workers_build_the_same_cube_as_one_process(batches, single, tmp_path):
+    store = tmp_path / "cube.zarr"
+    outputs = [finish(cli(*sync_args(store, "--source", folder, "--settle", "0", "--workers", "2")))
+               for folder in batches]
+    assert "published 10" in outputs[0] and "published 4" in outputs[1], outputs
+    same_cube(single, store)
+
+
+def test_dask_worker_killed_mid_task_is_retried_and_the_cube_is_the_same(batches, single, tmp_path,
+                                                                         monkeypatch):
+    from distributed import Client, LocalCluster
+
+    store = tmp_path / "cube.zarr"
+    finish(cli(*sync_args(store, "--source", batches[0], "--settle", "0", "--local-cluster", "2")))
+    # the second sync on a cluster of our own, whose tasks wait long enough to be killed
+    monkeypatch.setenv("S2INGEST_TEST_TASK_DELAY", "1.5")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        pids = client.run(os.getpid)
+        p = cli(*sync_args(store, "--source", batches[1], "--settle", "0",
+                           "--scheduler", cluster.scheduler_address))
+        victim = None
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and p.poll() is None:
+            for worker, keys in client.processing().items():
+                if any(str(k).startswith("s2ingest-part-") for k in keys):
+                    victim = worker
+                    break
+            time.sleep(0.05)
+        assert victim is not None, "no task was seen running"
+        os.kill(pids[victim], signal.SIGKILL)
+        out = finish(p)
+    assert "published 4" in out, out
+    same_cube(single, store)
+
+
+def test_parts_cover_every_block_once_in_order():
+    from ingest.write import _blocks, split_parts
+
+    grid = CubeGrid("t", "EPSG:28992", 10, (0, 0, 8000, 12000), chunk_shape=(100, 100), time_chunk=5)
+    chunks = frozenset((r, c) for r in range(12) for c in range(r % 4, 8))
+    by_k = {0: [SlotWrite((T1, "S2A"), 0, (), chunks, True)],
+            1: [SlotWrite((T1 + timedelta(days=30), "S2A"), 5, (), frozenset(list(chunks)[:5]), True)]}
+    for workers, cap in [(1, None), (2, None), (5, None), (2, 4), (64, None)]:
+        parts = split_parts(grid, by_k, workers, cap)
+        for k, slots in by_k.items():
+            mine = [b for kk, blocks in parts if kk == k for b in blocks]
+            assert mine == _blocks(grid, set().union(*(s.chunks for s in slots)))
+        want = -(-workers // 2)
+        expected = min(12, want if cap is None else max(want, -(-12 // cap)))
+        assert sum(1 for k, _ in parts if k == 0) == expected
+        if cap:
+            assert max(len(b) for _, b in parts) <= cap
+
+
+def test_one_way_of_running_workers_at_a_time(batches, tmp_path):
+    r = run(*sync_args(tmp_path / "c.zarr", "--source", batches[0], "--workers", "2",
+                       "--scheduler", "tcp://127.0.0.1:1"))
+    assert r.exit_code == 3 and "exclude each other" in r.output
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_nothing_to_write_starts_no_workers(batches, single):
+    """A rerun with nothing new neither spawns processes nor connects to a scheduler (none
+    listens at this address: connecting would fail)."""
+    r = run(*sync_args(single, "--source", batches[0], "--settle", "0", "--scheduler", "tcp://127.0.0.1:9"))
+    assert r.exit_code == 0 and "nothing new" in r.output, r.output
+
+
+def test_a_product_found_corrupt_in_a_worker_is_rejected_and_the_rest_published(tmp_path):
+    """The worker's ProductError crosses the process boundary intact (product and reason)."""
+    from hub_fixtures import WINDOWS
+    from ingest.synth import make_product
+    from ingest.synth.hostile import corrupt_raster
+
+    folder = tmp_path / "products"
+    good = make_product(folder, tile="31UET", datatake_start=T1, window=WINDOWS["31UET"])
+    bad = make_product(folder, tile="31UFT", datatake_start=T1, window=WINDOWS["31UFT"])
+    rel = corrupt_raster(bad, "B04", "truncate")  # opens; decoding fails half way, in the worker
+    out, _ = cli(*sync_args(tmp_path / "cube.zarr", "--source", folder, "--settle", "0",
+                            "--workers", "2")).communicate(timeout=240)
+    assert f"rejected {bad.name[:-5]}" in out and rel.split("/")[-1] in out, out
+    assert "published 1," in out, out
+    from ingest.store import read_published
+
+    assert read_published(tmp_path / "cube.zarr", GROUP).products == ((good.name[:-5],),)
