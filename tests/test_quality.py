@@ -1,0 +1,118 @@
+"""The quality atlas (ingest/quality): per (time step, H3 cell) statistics written inside the
+imagery commit, selection of dates over an area, the report.
+
+References are independent of the implementation: every pixel's cell comes from
+``h3.latlng_to_cell`` of its centre (pyproj to WGS 84), the statistics from numpy on the SCL/CLD
+arrays as zarr reads them.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h3
+import numpy as np
+import pytest
+import shapely
+import xarray as xr
+import zarr
+
+from conftest import D1, D2, D3, GROUP, cli_env, ingest, new_cube
+from ingest.grid import NL_GRID
+from ingest.quality.cells import grid_lonlat
+from ingest.store import CubeStore
+from ingest.store.verify import verify_store
+
+S2INGEST = str(Path(sys.executable).with_name("s2ingest"))
+Q = f"{GROUP}/quality"
+ROWS = slice(33 * 625, 34 * 625)  # the one chunk row every test product touches
+COLS = slice(16 * 500, 22 * 500)
+
+
+@pytest.fixture(scope="module")
+def pixel_cells() -> np.ndarray:
+    """H3 id (resolution 7) of every pixel centre of the test window, by h3 itself."""
+    left, _, _, top = NL_GRID.bounds
+    rows, cols = np.mgrid[ROWS, COLS]
+    lon, lat = grid_lonlat(NL_GRID, left + (cols + 0.5) * 10, top - (rows + 0.5) * 10)
+    ids = [h3.str_to_int(h3.latlng_to_cell(a, o, 7)) for a, o in zip(lat.ravel(), lon.ravel())]
+    return np.array(ids, dtype=np.uint64).reshape(rows.shape)
+
+
+def direct_stats(path: Path, pixel_cells: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
+    """Per time step: cell id -> (valid, cloud, clear, shadow, mean CLD) straight from the pixels."""
+    g = zarr.open_consolidated(str(path), path=GROUP, mode="r")
+    scl = g["SCL"][:, ROWS, COLS]
+    cld = g["CLD"][:, ROWS, COLS]
+    assert not (scl[:, :, [0, -1]] != 0).any() and not (scl[:, [0, -1], :] != 0).any(), \
+        "data reaches the window's edge: widen ROWS/COLS"
+    out = []
+    for t in range(scl.shape[0]):
+        s, c = scl[t], cld[t]
+        valid = s != 0
+        ids = pixel_cells[valid]
+        uniq, inv = np.unique(ids, return_inverse=True)
+        n = np.bincount(inv)
+        sv = s[valid]
+        stats = {}
+        for i, cell in enumerate(uniq):
+            m = inv == i
+            cls = sv[m]
+            stats[int(cell)] = np.array([n[i], np.isin(cls, (8, 9, 10)).sum(), np.isin(cls, (4, 5, 6)).sum(),
+                                         (cls == 3).sum(), c[valid][m].mean() / 100.0])
+        out.append(stats)
+    return out
+
+
+def assert_quality_matches(path: Path, pixel_cells: np.ndarray) -> None:
+    """The stored quality group equals the direct computation, for every step and cell."""
+    assert verify_store(CubeStore.open(path)) == []
+    q = zarr.open_consolidated(str(path), path=Q, mode="r")
+    g = zarr.open_consolidated(str(path), path=GROUP, mode="r")
+    assert np.array_equal(q["time"][:], g["time"][:])
+    cells = q["cell"][:]
+    assert (np.diff(cells.astype(np.float64)) > 0).all()
+    valid, cloud, clear = q["valid"][:], q["cloud"][:], q["clear"][:]
+    shadow, cld = q["cloud_shadow"][:], q["cld_mean"][:]
+    expected = direct_stats(path, pixel_cells)
+    assert valid.shape == (len(expected), len(cells))
+    for t, stats in enumerate(expected):
+        assert int(valid[t].sum()) == sum(int(v[0]) for v in stats.values())
+        pos = np.searchsorted(cells, np.array(list(stats), dtype=np.uint64))
+        want = np.array(list(stats.values()))
+        assert np.array_equal(valid[t, pos], want[:, 0]), f"step {t}: valid counts differ"
+        for got, col in ((cloud, 1), (clear, 2), (shadow, 3)):
+            assert np.array_equal(np.rint(got[t, pos].astype(np.float64) * want[:, 0]), want[:, col])
+        assert np.allclose(cld[t, pos], want[:, 4], atol=1e-6)
+        others = np.setdiff1d(np.arange(len(cells)), pos)
+        assert (valid[t, others] == 0).all() and np.isnan(cloud[t, others]).all()
+
+
+@pytest.fixture(scope="module")
+def quality_cube(tmp_path_factory, products, pixel_cells):
+    """D1 and D3, then D2 inserted between them: checked after each step; returns the path."""
+    cube = new_cube(tmp_path_factory.mktemp("quality") / "cube.zarr")
+    ingest(cube, [products.scene[(D1, t)] for t in ("31UET", "31UFT")]
+           + [products.scene[(D3, t)] for t in ("31UET", "31UFT")], products)
+    assert_quality_matches(cube.path, pixel_cells)
+    ingest(cube, [products.scene[(D2, t)] for t in ("31UET", "31UFT")], products)  # insertion
+    assert zarr.open_consolidated(str(cube.path), path=Q, mode="r")["time"].shape == (3,)
+    assert_quality_matches(cube.path, pixel_cells)
+    return cube.path
+
+
+def test_statistics_after_append_insertion_and_supersede(quality_cube, tmp_path, products, pixel_cells):
+    import shutil
+
+    path = tmp_path / "cube.zarr"
+    shutil.copytree(quality_cube, path)
+    before = zarr.open_consolidated(str(path), path=Q, mode="r")["valid"][:]
+    ingest(new_cube(path), [products.twins[1]], products)  # PB 05.09 replaces D1/31UFT 02.14
+    assert_quality_matches(path, pixel_cells)
+    after = zarr.open_consolidated(str(path), path=Q, mode="r")
+    assert np.array_equal(after["valid"][1:], before[1:])  # untouched steps kept
+    manifest = CubeStore.open(path).manifest()
+    assert any(k.startswith(Q + "/cloud/") for k in manifest["changes"])  # versioned with the imagery
+    assert any(k.startswith(Q + "/") for k in manifest["keys"])
