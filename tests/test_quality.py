@@ -116,3 +116,78 @@ def test_statistics_after_append_insertion_and_supersede(quality_cube, tmp_path,
     manifest = CubeStore.open(path).manifest()
     assert any(k.startswith(Q + "/cloud/") for k in manifest["changes"])  # versioned with the imagery
     assert any(k.startswith(Q + "/") for k in manifest["keys"])
+
+
+def _direct_fractions(path: Path, mask: np.ndarray) -> list[tuple[float, float, int]]:
+    """(cloud fraction, clear fraction, valid pixels) per step over ``mask`` by xarray."""
+    ds = xr.open_zarr(str(path), group=GROUP, consolidated=True, mask_and_scale=False)
+    scl = ds.SCL.isel(y=ROWS, x=COLS).values
+    out = []
+    for s in scl:
+        valid = (s != 0) & mask
+        out.append(((np.isin(s, (8, 9, 10)) & valid).sum() / valid.sum(),
+                    (np.isin(s, (4, 5, 6)) & valid).sum() / valid.sum(), int(valid.sum())))
+    return out
+
+
+class CountingBackend:
+    """Wraps a backend and records every key read."""
+
+    def __init__(self, inner):
+        self.inner, self.keys = inner, []
+
+    def get(self, key):
+        self.keys.append(key)
+        return self.inner.get(key)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_selection_over_a_union_of_cells_is_exact_and_reads_only_the_quality_group(quality_cube, pixel_cells):
+    from ingest.quality.select import select_dates
+
+    border = np.unique(np.r_[pixel_cells[0], pixel_cells[-1], pixel_cells[:, 0], pixel_cells[:, -1]])
+    q = zarr.open_consolidated(str(quality_cube), path=Q, mode="r")
+    with_data = q["cell"][:][(q["valid"][:] > 0).any(axis=0)]
+    chosen = np.setdiff1d(with_data, border)[::2]  # cells wholly inside the window, not contiguous
+    assert len(chosen) >= 4
+    aoi = shapely.union_all([shapely.Polygon([(lng, lat) for lat, lng in h3.cell_to_boundary(h3.int_to_str(int(c)))])
+                             for c in chosen])
+    mask = np.isin(pixel_cells, chosen)
+    direct = _direct_fractions(quality_cube, mask)
+
+    store = CubeStore.open(quality_cube)
+    store.backend = CountingBackend(store.backend)
+    rows = select_dates(store, group=GROUP, aoi=aoi, aoi_crs="EPSG:4326")
+    assert store.backend.keys and all(k.startswith(Q + "/") for k in store.backend.keys), store.backend.keys
+    assert [r.time for r in rows] == list(CubeStore.open(quality_cube).published(GROUP).times)
+    for r, (cloud, clear, nvalid) in zip(rows, direct):
+        assert r.uncertainty == 0.0
+        assert r.cloud == pytest.approx(cloud, abs=1e-12) and r.clear == pytest.approx(clear, abs=1e-12)
+        assert r.valid == pytest.approx(min(1.0, nvalid / mask.sum()), abs=2e-3)
+    clouds = sorted(r.cloud for r in rows)
+    assert clouds[-1] > clouds[-2]
+    threshold = (clouds[-2] + clouds[-1]) / 2 * 100  # leaves out the cloudiest date
+    picked = [r.time for r in select_dates(quality_cube, group=GROUP, aoi=aoi, aoi_crs="EPSG:4326",
+                                           max_cloud=threshold) if r.selected]
+    want = [r.time for r, (cloud, _, n) in zip(rows, direct) if n and cloud * 100 < threshold]
+    assert picked == want and len(picked) == 2
+
+
+def test_selection_over_any_area_is_within_the_stated_uncertainty(quality_cube, pixel_cells):
+    from ingest.quality.select import select_dates
+
+    left, _, _, top = NL_GRID.bounds
+    r0, r1 = ROWS.start + 250, ROWS.start + 420  # inside the data strip of every product
+    c0, c1 = COLS.start + 900, COLS.start + 2300
+    bbox = (left + c0 * 10, top - r1 * 10, left + c1 * 10, top - r0 * 10)
+    mask = np.zeros(pixel_cells.shape, bool)
+    mask[r0 - ROWS.start:r1 - ROWS.start, c0 - COLS.start:c1 - COLS.start] = True
+    direct = _direct_fractions(quality_cube, mask)
+    from ingest.quality.select import aoi_from_bbox
+
+    rows = select_dates(quality_cube, group=GROUP, aoi=aoi_from_bbox(bbox, NL_GRID))
+    for r, (cloud, _, nvalid) in zip(rows, direct):
+        assert 0 < r.uncertainty <= 1
+        assert abs(r.cloud - cloud) <= r.uncertainty, (r, cloud)
