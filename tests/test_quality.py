@@ -191,3 +191,44 @@ def test_selection_over_any_area_is_within_the_stated_uncertainty(quality_cube, 
     for r, (cloud, _, nvalid) in zip(rows, direct):
         assert 0 < r.uncertainty <= 1
         assert abs(r.cloud - cloud) <= r.uncertainty, (r, cloud)
+
+
+def test_cli_quality_rebuild_select_and_report(quality_cube, tmp_path):
+    """Through the CLI as a user runs it: rebuild (another resolution, then back), selection as
+    JSON and table, the report with its maps; verify accepts the cube after the rebuilds."""
+    import shutil
+
+    path = tmp_path / "cube.zarr"
+    shutil.copytree(quality_cube, path)
+    before = {k: v for k, v in CubeStore.open(path).manifest()["keys"].items() if k.startswith(Q + "/")}
+
+    def run(*args, ok=True):
+        r = subprocess.run([S2INGEST, *args], capture_output=True, text=True, env=cli_env(), timeout=300)
+        assert (r.returncode == 0) == ok, r.stderr
+        return r
+
+    run("quality", "rebuild", "--store", str(path), "--h3-resolution", "8", "--no-progress")
+    q = zarr.open_consolidated(str(path), path=Q, mode="r")
+    assert q.attrs["h3_resolution"] == 8 and h3.get_resolution(h3.int_to_str(int(q["cell"][0]))) == 8
+    run("quality", "rebuild", "--store", str(path), "--h3-resolution", "7", "--no-progress")
+    after = {k: v for k, v in CubeStore.open(path).manifest()["keys"].items() if k.startswith(Q + "/")}
+    assert after == before  # recomputed from the pixels: byte for byte what the ingests wrote
+    assert "ok:" in run("verify", "--store", str(path), "--no-catalog").stdout
+
+    bbox = "4.30,51.90,4.60,52.00"
+    rows = json.loads(run("quality", "--store", str(path), "--bbox", bbox, "--bbox-crs", "EPSG:4326",
+                          "--json").stdout)
+    assert len(rows) == 3 and all(r["selected"] for r in rows)
+    clouds = sorted(r["cloud"] for r in rows)
+    limit = (clouds[1] + clouds[2]) / 2 * 100
+    r = run("quality", "--store", str(path), "--bbox", bbox, "--bbox-crs", "EPSG:4326",
+            "--max-cloud", f"{limit:.4f}")
+    assert len(r.stdout.strip().splitlines()) == 3 and "2 of 3 dates selected" in r.stderr
+    bad = run("quality", "--store", str(path), "--bbox", "1,2,3,4", "--bbox-crs", "EPSG:4326", ok=False)
+    assert bad.returncode == 3 and "does not overlap" in bad.stderr
+
+    html_path, png = tmp_path / "report.html", tmp_path / "clear.png"
+    r = run("report", "--store", str(path), "--html", str(html_path), "--map", str(png))
+    assert "31UET,31UFT" in r.stdout and len(r.stdout.strip().splitlines()) == 4
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert html_path.read_text().count("data:image/png") == 4  # clear-sky map + one per step

@@ -224,3 +224,24 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
     for name in ARRAYS:
         _stage(tx, q, name, new[name], write_chunks, tc)
     return len(steps)
+
+
+def rebuild_quality(store, group: str, *, resolution: int | None = None,
+                    progress: Callable[[int, int], None] | None = None, lock_timeout: float | None = None):
+    """Recompute the whole quality group of ``group`` (at ``resolution``, default the stored
+    one or 7) in one commit; returns its ``CommitReport``."""
+    from ..store import CubeStore
+    from ..store.cube import DEFAULT_LOCK_TIMEOUT
+    from ..store.layout import GROUP_VERSION_ATTR
+
+    store = store if isinstance(store, CubeStore) else CubeStore.open(store)
+    if not store.backend.writable:
+        raise StoreError(f"{store.url} is read only; rebuild the quality atlas where the cube is written")
+    with store.transaction(timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT) as tx:
+        if not tx.is_array(join(group, "SCL")):
+            raise StoreError(f"{store.url}: no imagery group /{group} (nothing to compute from)")
+        n = update_quality(tx, store.grid, group, None, resolution=resolution, rebuild=True, progress=progress)
+        tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+        report = tx.commit()
+    log.info("/%s: quality atlas of %d time steps rebuilt in version %d", group, n, report.version)
+    return report
