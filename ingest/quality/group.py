@@ -116,19 +116,25 @@ def _read_2d(tx: Transaction, path: str) -> np.ndarray:
 
 
 def compute_rows(tx: Transaction, grid: CubeGrid, group: str, index: CellIndex,
-                 steps: list[int], progress: Callable[[int, int], None] | None = None) -> Rows:
+                 steps: list[int], progress: Callable[[int, int], None] | None = None,
+                 chunks_of: dict[int, set] | None = None) -> Rows:
     """Exact sums for the time ``steps`` of ``group`` from the SCL/CLD/SNW chunks the
-    transaction would publish (staged ones included)."""
+    transaction would publish (staged ones included). ``chunks_of`` (step -> spatial chunks
+    that can hold its data, e.g. its products' chunks) spares listing the SCL array; without
+    it every stored chunk of the steps' time chunks is read."""
     tc = grid.time_chunk
     rows = Rows.zeros(len(steps), len(index))
     row_of = {t: r for r, t in enumerate(steps)}
     kset = {t // tc for t in steps}
     metas = {v: tx.array(join(group, v)) for v in ("SCL", "CLD", "SNW")}
-    work = []
-    for name in tx.chunk_keys(join(group, "SCL")):
-        k, iy, ix = (int(p) for p in name.split("."))
-        if k in kset:
-            work.append((k, iy, ix))
+    if chunks_of is not None:
+        work = sorted({(t // tc, int(c[0]), int(c[1])) for t in steps for c in chunks_of.get(t, ())})
+    else:
+        work = []
+        for name in tx.chunk_keys(join(group, "SCL")):
+            k, iy, ix = (int(p) for p in name.split("."))
+            if k in kset:
+                work.append((k, iy, ix))
     for i, (k, iy, ix) in enumerate(sorted(work)):
         chunks = {}
         for var, meta in metas.items():
@@ -201,6 +207,7 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
             old = {name: _read_2d(tx, join(q, name)) for name in ARRAYS}
         else:
             log.warning("/%s: quality arrays do not match the published axis; recomputing them", q)
+    chunks_of = None
     if old is None:
         _create(tx, grid, q, index)
         steps = list(range(t_new))
@@ -216,8 +223,11 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
             if o != n:
                 changed.add(n)
         write_chunks = {t // tc for t in changed}
+        # DESIGN CHOICE: a step's pixels lie only in its products' chunks (the plan knows
+        # them), so only those are read, without listing the SCL array
+        chunks_of = {s.index: set(s.chunks).union(*(p.chunks for p in s.products)) for s in plan.slots}
     if steps:
-        computed = compute_rows(tx, grid, group, index, steps, progress).fractions()
+        computed = compute_rows(tx, grid, group, index, steps, progress, chunks_of).fractions()
         for name in ARRAYS:
             new[name][steps] = computed[name]
     write_1d(tx, join(q, "time"), times)
