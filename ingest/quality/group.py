@@ -100,8 +100,11 @@ def _create(tx: Transaction, grid: CubeGrid, q: str, index: CellIndex) -> None:
                         "long_name": "datatake sensing start", "units": TIME_UNITS,
                         "calendar": "proleptic_gregorian"})
     for name in ARRAYS:
+        # DESIGN CHOICE: ``valid`` has no fill value: 0 is a count, not "missing" (xarray
+        # would mask it and turn the counts into floats); every chunk is written anyway
         tx.create_array(join(q, name), shape=(0, n), chunks=(grid.time_chunk, max(n, 1)),
-                        dtype=_dtype(name), fill_value=_fill(name), compressor=COMPRESSOR,
+                        dtype=_dtype(name), fill_value=None if name == "valid" else _fill(name),
+                        compressor=COMPRESSOR,
                         attrs=_array_attrs(name))
 
 
