@@ -13,7 +13,8 @@ between the vertices, which moves an edge by less than a millimetre for cells of
 4 and finer (edge length <= 23 km; the sagitta of such an arc in a conformal projection of
 the Netherlands is below 1 mm at 1.4 km). So the assignment equals ``latlng_to_cell`` for
 every pixel whose centre is more than a millimetre from a cell edge -- in practice for every
-pixel (``tests/test_quality.py`` compares them on every pixel of a chunk). A pixel the
+pixel (``tests/test_quality.py`` takes ``latlng_to_cell`` of every pixel of its test window
+as the reference of the statistics). A pixel the
 polygons leave unassigned (floating-point ties at a vertex) gets ``latlng_to_cell`` itself.
 It costs a few ms per 625 x 500 chunk and is cached per process.
 """
