@@ -9,10 +9,11 @@ DESIGN CHOICE: each cell's boundary (``h3.cell_to_boundary``) is taken into the 
 once, and the pixel centres inside it are found row by row (a scanline over the polygon's
 edges, half-open so that two neighbours sharing an edge never both take a pixel). H3 cell
 edges are great-circle arcs; in the grid's CRS (RD New) they are drawn as straight lines
-between the vertices, which moves an edge by less than a millimetre for cells of resolution
-4 and finer (edge length <= 23 km; the sagitta of such an arc in a conformal projection of
-the Netherlands is below 1 mm at 1.4 km). So the assignment equals ``latlng_to_cell`` for
-every pixel whose centre is more than a millimetre from a cell edge -- in practice for every
+between the vertices. The two differ by about a millimetre for the 1.4 km edges of
+resolution 7 (estimated from the arc's curvature in a conformal projection of the Netherlands;
+it grows with the square of the edge length: centimetres for the ~10 km edges of resolution 5,
+still far below a 10 m pixel). So the assignment equals ``latlng_to_cell`` for
+every pixel whose centre is farther than that from a cell edge -- in practice for every
 pixel (``tests/test_quality.py`` takes ``latlng_to_cell`` of every pixel of its test window
 as the reference of the statistics). A pixel the
 polygons leave unassigned (floating-point ties at a vertex) gets ``latlng_to_cell`` itself.
