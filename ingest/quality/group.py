@@ -192,8 +192,20 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
 
     ``plan`` (a ``WritePlan`` applied in ``tx``): only its slots are recomputed and the rows
     of published steps follow ``plan.old_to_new``. Without a plan, or with ``rebuild``,
-    every step is recomputed (``s2ingest quality rebuild``).
+    every step is recomputed (``s2ingest quality rebuild``). A failing write (full disk,
+    lost mount) raises one ``StoreError``; the transaction then discards what it staged.
     """
+    try:
+        return _update(tx, grid, group, plan, resolution=resolution, rebuild=rebuild, progress=progress)
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot write to {tx.store.url}: {exc.strerror or exc}; "
+                         "nothing was published") from exc
+
+
+def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: int | None,
+            rebuild: bool, progress) -> int:
     group = group.strip("/")
     q = quality_path(group)
     tc = grid.time_chunk
