@@ -251,6 +251,7 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
     timers.wrap(write, "_slot_block", "warp_mosaic")
     timers.wrap(write, "warp_product_part", "warp")
     timers.wrap(write, "_write_var_block", "write")  # read + decode + merge + compress + store
+    timers.wrap(engine, "update_quality", "quality")  # the quality atlas, inside the commit
     t0 = time.perf_counter()
     # the pool's start (spawning and importing in the workers) is part of the measured time
     with open_executor(ComputeOptions(workers=workers)) as executor:
@@ -725,6 +726,10 @@ def print_report(rep: dict) -> None:
     ph = res["ingest_fresh"]["phases_median_s"]
     print("\ningest phases (fresh cube, cumulative s): " + ", ".join(
         f"{k} {_fmt(v, '.1f')}" for k, v in ph.items()))
+    for k, label in (("ingest_fresh", "fresh cube"), ("ingest_populated", "larger cube")):
+        q = res.get(k, {}).get("phases_median_s", {}).get("quality")
+        if q is not None:
+            print(f"quality atlas ({label}): {q:.2f} s = {100 * q / res[k]['seconds_median']:.1f} % of the ingest")
     print(f"store: {s['store_chunk_bytes'] / 1e6:.0f} MB of chunks, compression ratio "
           f"{_fmt(s['compression_ratio'], '.2f')} (logical {s['logical_bytes'] / 1e6:.0f} MB)")
     print(f"\nSPEED   ingest / decode floor ({s['decode_floor_mode']}) = {s['ratio_to_decode_floor']:.2f} "

@@ -19,6 +19,7 @@ from .footprint import majority_epsg, planned
 from .grid import CubeGrid
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from .product import Product, ProductName
+from .quality import update_quality
 from .safe import check_orbit, check_overlaps, check_rasters
 from .store import CubeStore, PublishedState, Transaction, group_path
 from .store.cube import DEFAULT_LOCK_TIMEOUT
@@ -152,6 +153,8 @@ def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Prod
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
                         resampling, threads=threads, progress=progress, executor=executor)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+    # the quality atlas of the steps this commit wrote, in the same version (ingest/quality)
+    update_quality(tx, cube.grid, cube.group, plan)
     if before_commit is not None:
         before_commit()
     try:

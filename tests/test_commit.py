@@ -32,7 +32,9 @@ AT_JOURNAL = ["journal.written"]
 # points during the switch: data switched in place; the rerun rolls forward
 DURING_SWITCH = ["switch.data", "switch.coords", "switch.metadata"]
 # points after a consolidated metadata document is out: the new version is published
-AFTER_FLIP = ["switch.group-zmetadata", "switch.root-zmetadata", "commit.marked",
+# (switch.group-zmetadata@2: the imagery group's; the first one switched, deepest first, is
+# that of its quality subgroup /S2/R051/quality)
+AFTER_FLIP = ["switch.group-zmetadata@2", "switch.root-zmetadata", "commit.marked",
               "catalog.before-commit"]
 
 

@@ -16,9 +16,14 @@ from .layout import META_DIR, TXN_DIR, manifest_key
 
 
 def imagery_groups(store: CubeStore) -> list[str]:
-    """Paths of the groups that hold a time axis (``S2/R051``, …)."""
+    """Paths of the groups that hold a time axis with provenance (``S2/R051``, …).
+
+    DESIGN CHOICE: a ``products`` column is required too, so the quality group
+    (``S2/R051/quality``, a copy of the time axis but no provenance) is not one of them; its
+    arrays are still checked against its parent's axis (``check_structure``)."""
     meta = store.consolidated("") or {}
-    return sorted({k.rsplit("/", 2)[0] for k in meta if k.endswith("/time/.zarray")})
+    return sorted({g for k in meta if k.endswith("/time/.zarray")
+                   and f"{(g := k.rsplit('/', 2)[0])}/products/.zarray" in meta})
 
 
 def check_structure(store: CubeStore) -> Iterator[str]:
