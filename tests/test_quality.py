@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timezone
 from pathlib import Path
 
 import h3
@@ -238,3 +239,28 @@ def test_cli_quality_rebuild_select_and_report(quality_cube, tmp_path):
     assert "31UET,31UFT" in r.stdout and len(r.stdout.strip().splitlines()) == 4
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert html_path.read_text().count("data:image/png") == 4  # clear-sky map + one per step
+
+
+def test_open_cube_keeps_only_the_dates_the_atlas_selects(quality_cube):
+    """open_cube(max_cloud=…, bbox=…) returns exactly the dates select_dates chooses over that
+    bbox: a threshold between the dates' cloud fractions keeps some and drops others."""
+    import s2ingest
+    from ingest.quality.select import aoi_from_bbox, select_dates
+
+    left, _, _, top = NL_GRID.bounds
+    r0, r1, c0, c1 = ROWS.start + 250, ROWS.start + 420, COLS.start + 900, COLS.start + 2300
+    bbox = (left + c0 * 10, top - r1 * 10, left + c1 * 10, top - r0 * 10)
+    clouds = sorted(r.cloud for r in select_dates(quality_cube, group=GROUP, aoi=aoi_from_bbox(bbox, NL_GRID)))
+    assert clouds[0] < clouds[-1], "the test needs dates of different cloudiness"
+    threshold = 100 * (clouds[0] + clouds[-1]) / 2
+    want = [r.time for r in select_dates(quality_cube, group=GROUP, aoi=aoi_from_bbox(bbox, NL_GRID),
+                                         max_cloud=threshold) if r.selected]
+    ds = s2ingest.open_cube(quality_cube, bbox=bbox, max_cloud=threshold, variables=["SCL"])
+    got = [t.replace(tzinfo=timezone.utc) for t in ds.time.to_index().to_pydatetime()]
+    assert 0 < len(got) < 3 and got == want
+    # export's clear-sky reduction skips the same dates before reading any imagery
+    from ingest.copies.export import extract
+
+    out, _ = extract(str(quality_cube), time_range=(None, None), reduce="median", bbox=bbox,
+                     variables=["B04"], max_cloud=threshold)
+    assert out.attrs["s2ingest_time_steps"] == len(want)

@@ -24,12 +24,15 @@ def _ints(text: str) -> tuple[int, ...]:
               help="SCL classes that count as clear for --reduce.")
 @click.option("--max-cld", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
               help="With --reduce: also require a cloud probability (CLD) of at most this.")
+@click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
+              help="Skip dates whose cloud fraction over --bbox (quality atlas) is this or more.")
 @click.option("--format", "fmt", type=click.Choice(["cog", "netcdf"]), default=None,
               help="Output format [default: by suffix, .tif COG, .nc netCDF].")
 @selection_options
 @progress_option
 def command(source: str, output: str, reduce: str | None, clear_classes: str,
-            max_cld: float | None, fmt: str | None, selection: dict, progress: bool) -> None:
+            max_cld: float | None, max_cloud: float | None, fmt: str | None, selection: dict,
+            progress: bool) -> None:
     """Export one time step (--time 2024-05-01) or a time range reduced per pixel
     (--time 2024-04-01/2024-06-30 --reduce median, over clear observations only) of one
     version of the cube at SRC (path or URL), for --bbox and --variables, to OUT: a
@@ -40,7 +43,7 @@ def command(source: str, output: str, reduce: str | None, clear_classes: str,
 
     time_range = selection.pop("time_range")
     report = export(source, output, time_range=time_range, reduce=reduce,
-                    clear_classes=_ints(clear_classes), max_cld=max_cld, fmt=fmt,
+                    clear_classes=_ints(clear_classes), max_cld=max_cld, max_cloud=max_cloud, fmt=fmt,
                     progress=progress, **selection)
     what = (f"{report.reduce} of {len(report.times)} time steps" if report.reduce
             else f"time step {report.times[0]}")

@@ -131,13 +131,19 @@ def select(ds: xr.Dataset, grid: CubeGrid | None, *, bbox=None, crs=None, time_r
 def open_cube(store, bbox: Sequence[float] | None = None, crs: str | None = None,
               time_range: tuple | None = None, variables: Iterable[str] | None = None,
               version: int | None = None, group: str | None = None, orbit: int | None = None,
-              *, chunks=None, mask_and_scale: bool = True) -> xr.Dataset:
+              *, max_cloud: float | None = None, min_valid: float | None = None, aoi=None,
+              aoi_crs: str | None = None, chunks=None, mask_and_scale: bool = True) -> xr.Dataset:
     """One version of the cube at ``store`` (path, http(s):// or s3:// URL) as a lazy Dataset.
 
     ``bbox`` (left, bottom, right, top) is in the grid CRS (RD New) unless ``crs`` names
     another (e.g. ``"EPSG:4326"`` for lon/lat); it is expanded to whole pixels. ``time_range``
     is (start, end), inclusive, either may be None. ``version`` defaults to the one readers see
     now; a chunk a later version rewrote raises ``VersionGoneError`` when read.
+
+    ``max_cloud`` / ``min_valid`` (percent) keep only the dates whose area-weighted cloud
+    fraction over ``aoi`` (a shapely geometry in ``aoi_crs``; default: the bbox, else the whole
+    grid) is below / valid share at least that, as ``s2ingest quality`` selects them from the
+    quality group (``ingest.quality.select``; no imagery is read to choose).
     """
     view = VersionStore(str(store), version)
     grp = choose_group(view, group, orbit)
@@ -146,10 +152,29 @@ def open_cube(store, bbox: Sequence[float] | None = None, crs: str | None = None
                       mask_and_scale=mask_and_scale)
     ds = select(ds, grid, bbox=bbox, crs=crs, time_range=time_range, variables=variables,
                 where=f"version {view.version} of {view.url}/{grp}")
+    if max_cloud is not None or min_valid is not None:
+        ds = _clear_dates(ds, store, grp, max_cloud, min_valid, aoi, aoi_crs, bbox, crs)
     ds.attrs[VERSION_ATTR] = view.version
     ds.attrs["s2ingest_source"] = view.url
     ds.attrs["s2ingest_group"] = grp
     return ds
+
+
+def _clear_dates(ds: xr.Dataset, store, group: str, max_cloud, min_valid, aoi, aoi_crs, bbox,
+                 crs) -> xr.Dataset:
+    """``ds`` at the dates the quality atlas selects over the AOI (DESIGN.md §11)."""
+    import shapely
+
+    from ..quality.select import select_dates
+
+    if aoi is None and bbox is not None:
+        aoi, aoi_crs = shapely.box(*bbox), crs
+    rows = select_dates(str(store), group=group, aoi=aoi, aoi_crs=aoi_crs, max_cloud=max_cloud,
+                        min_valid=min_valid)
+    keep = pd.DatetimeIndex([pd.Timestamp(r.time) for r in rows if r.selected])
+    if keep.tz is not None:
+        keep = keep.tz_convert(None)
+    return ds.sel(time=ds.time.isin(keep.values))
 
 
 def pixel_bounds(ds: xr.Dataset) -> Bounds:

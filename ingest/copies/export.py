@@ -65,22 +65,25 @@ def _format_for(path: Path, fmt: str | None) -> str:
 def extract(source: str, *, time_range, reduce: str | None = None,
             clear_classes: Sequence[int] = DEFAULT_CLEAR, max_cld: float | None = None,
             variables: Sequence[str] | None = None, bbox=None, crs=None, version=None,
-            group=None, orbit=None) -> tuple[xr.Dataset, xr.Dataset]:
+            group=None, orbit=None, max_cloud: float | None = None) -> tuple[xr.Dataset, xr.Dataset]:
     """(result, source selection): the 2-D variables of one time step or a reduction, lazy,
     as stored integers with their CF attributes."""
     if reduce is not None and reduce not in REDUCERS:
         raise ConfigError(f"--reduce {reduce}: one of {', '.join(REDUCERS)}")
     if time_range is None:
         raise ConfigError("give --time: a date, or a range START/END with --reduce")
+    # DESIGN CHOICE: with --max-cloud the quality atlas drops the cloudy dates before any
+    # imagery chunk is read (a reduction over a season skips most Dutch dates)
     full = open_cube(source, bbox=bbox, crs=crs, time_range=time_range, version=version,
-                     group=group, orbit=orbit, mask_and_scale=False)
+                     group=group, orbit=orbit, mask_and_scale=False, max_cloud=max_cloud)
     where = f"version {full.attrs['s2ingest_store_version']} of {full.attrs['s2ingest_source']}"
     names = list(variables) if variables else [str(v) for v in full.data_vars]
     sel = select(full, None, variables=names, where=where)
     sel.attrs = dict(full.attrs)
     n = sel.sizes["time"]
     if n == 0:
-        raise ConfigError(f"{where}: no time step in {time_range[0]} .. {time_range[1]}")
+        cloudy = f" with less than {max_cloud:g} % cloud" if max_cloud is not None else ""
+        raise ConfigError(f"{where}: no time step{cloudy} in {time_range[0]} .. {time_range[1]}")
     if reduce is None:
         if n > 1:
             days = ", ".join(str(t)[:19] for t in sel.time.values)
@@ -122,14 +125,15 @@ def extract(source: str, *, time_range, reduce: str | None = None,
 def export(source: str, path: str | os.PathLike[str], *, time_range, reduce: str | None = None,
            clear_classes: Sequence[int] = DEFAULT_CLEAR, max_cld: float | None = None,
            variables: Sequence[str] | None = None, fmt: str | None = None, bbox=None, crs=None,
-           version=None, group=None, orbit=None, progress: bool = False) -> ExportReport:
+           version=None, group=None, orbit=None, progress: bool = False,
+           max_cloud: float | None = None) -> ExportReport:
     out_path = Path(path)
     kind = _format_for(out_path, fmt)
     if "://" in str(path):
         raise ConfigError(f"{path}: export writes a local file")
     result, sel = extract(source, time_range=time_range, reduce=reduce, clear_classes=clear_classes,
                           max_cld=max_cld, variables=variables, bbox=bbox, crs=crs,
-                          version=version, group=group, orbit=orbit)
+                          version=version, group=group, orbit=orbit, max_cloud=max_cloud)
     result = fix_grid_mapping(result)
     names = [str(v) for v in result.data_vars]
     with warnings.catch_warnings():  # a pixel with no clear observation is nodata, not news
