@@ -163,6 +163,8 @@ def s3_endpoint_option(func: Callable) -> Callable:
             os.environ["AWS_ENDPOINT_URL_S3"] = s3_endpoint  # as cube_options does
         return func(*args, **kwargs)
 
+    return wrapper
+
 
 def compute_options(func: Callable) -> Callable:
     """--workers / --scheduler / --local-cluster: where decoding, warping and encoding run.
