@@ -16,6 +16,7 @@ from rasterio.enums import Resampling
 from .errors import ProductError, StoreError
 from .footprint import majority_epsg, planned
 from .grid import CubeGrid
+from .overviews import update_overviews
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from .product import Product, ProductName
 from .safe import check_orbit, check_overlaps, check_rasters
@@ -151,6 +152,7 @@ def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Prod
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
                         resampling, threads=threads, progress=progress)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+    update_overviews(tx, cube.grid, cube.group, threads=threads)  # the levels follow, same commit
     if before_commit is not None:
         before_commit()
     try:
