@@ -76,9 +76,9 @@ def cli(verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from . import db, demo, init, mirror, overviews, retry, status, sync, synth, verify
+    from . import db, demo, init, mirror, overviews, retry, serve, status, sync, synth, verify
 
-    for module in (init, sync, status, verify, mirror, retry, synth, demo, db, overviews):
+    for module in (init, sync, status, verify, mirror, retry, synth, demo, db, overviews, serve):
         cli.add_command(module.command)
     try:
         from .layers import layers, stats
