@@ -146,7 +146,7 @@ def test_bad_parameters_get_a_clear_4xx(client, query, status, message):
 def test_point_series_equal_xarray_json_and_csv(client, ds):
     row, col = PROBES["FT_ONLY"]
     lon, lat = lonlat(row, col)
-    px = ds.isel(y=row, x=col).load()
+    px = ds[["B04", "B08", "SCL"]].isel(y=row, x=col).load()
     r = client.get(f"/api/series?lon={lon}&lat={lat}&variable=NDVI")
     body = r.json()
     assert body["row_col"] == [row, col]
@@ -164,10 +164,22 @@ def test_parcel_series_chips_and_histograms_match_a_direct_computation(client, c
     pid, rows, cols, mask = parcel
     r = client.get(f"/api/series?parcel={pid}&variable=NDVI")
     assert r.status_code == 200, r.text
-    sub = ds.isel(y=rows, x=cols).load()
+    sub = ds[["B04", "B08"]].isel(y=rows, x=cols).load()
     ndvi = ((sub.B08 - sub.B04) / (sub.B08 + sub.B04)).values
     expect = [np.nanmean(ndvi[t][mask]) for t in range(ndvi.shape[0])]
     assert np.allclose([s["value"] for s in r.json()["series"]], expect)
+
+    # a GeoJSON polygon (lon/lat): 6 x 4 pixels whose edges lie on pixel edges
+    r0, c0 = PROBES["FT_ONLY"]
+    left, top = NL_GRID.bounds[0] + c0 * 10, NL_GRID.bounds[3] - r0 * 10
+    ring = [TO_LL.transform(x, y) for x, y in ((left, top), (left + 60, top), (left + 60, top - 40),
+                                               (left, top - 40), (left, top))]
+    r = client.get("/api/series", params={"polygon": json.dumps({"type": "Polygon", "coordinates": [ring]}),
+                                          "variable": "B04"})
+    assert r.status_code == 200, r.text
+    box_b04 = ds["B04"].isel(y=slice(r0, r0 + 4), x=slice(c0, c0 + 6)).values
+    assert [s["count"] for s in r.json()["series"]] == [24, 24]
+    assert np.allclose([s["value"] for s in r.json()["series"]], box_b04.mean(axis=(1, 2)))
 
     r = client.get(f"/api/chips?parcel={pid}&start=2023-05-01&end=2023-05-31")
     assert r.status_code == 200, r.text
@@ -188,10 +200,9 @@ def test_parcel_series_chips_and_histograms_match_a_direct_computation(client, c
             top_row = int(round((NL_GRID.bounds[3] - src.bounds.top) / 10))
             left_col = int(round((src.bounds.left - NL_GRID.bounds[0]) / 10))
             assert (top_row, left_col) == (box[0].start, box[1].start)
-            window_scl = scl_raw.isel(time=k).values
-            assert np.array_equal(src.read(5), window_scl[box])
-            assert np.array_equal(src.read(3), raw_b04.isel(time=k).values[box])
-        counts = np.bincount(window_scl[rows, cols][mask], minlength=256)
+            assert np.array_equal(src.read(5), scl_raw.isel(time=k, y=box[0], x=box[1]).values)
+            assert np.array_equal(src.read(3), raw_b04.isel(time=k, y=box[0], x=box[1]).values)
+        counts = np.bincount(scl_raw.isel(time=k, y=rows, x=cols).values[mask], minlength=256)
         assert hist[k]["scl"] == {SCL_CLASSES[c]: int(counts[c]) for c in sorted(SCL_CLASSES)}
     as_json = client.get(f"/api/chips?parcel={pid}&format=json").json()["histograms"]
     assert as_json == hist

@@ -280,8 +280,18 @@ def _level_var(tx: Transaction, grid: CubeGrid, src_path: str, src_shape: tuple[
         cols = src_shape[1] - 2 * jx * cx
         block[:, max(rows, 0):, :] = fill
         block[:, :, max(cols, 0):] = fill
-        block[max(length - k * tc, 0):] = fill
-        out = halve(block, how, fill)
+        nt = min(tc, max(length - k * tc, 0))
+        out = np.full((tc, cy, cx), fill, dtype=dst.dtype)
+        # DESIGN CHOICE: only the published steps of the chunk and the box (2 x 2 aligned) that
+        # holds data are reduced; the rest is nodata by construction. An append into a new time
+        # chunk then reduces one step, and the coarse levels (mostly empty) a small box.
+        has = (block[:nt] != fill).any(axis=0)
+        if nt and has.any():
+            rr = np.flatnonzero(has.any(axis=1))
+            cc = np.flatnonzero(has.any(axis=0))
+            r0, r1 = rr[0] // 2 * 2, (rr[-1] // 2 + 1) * 2
+            c0, c1 = cc[0] // 2 * 2, (cc[-1] // 2 + 1) * 2
+            out[:nt, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = halve(block[:nt, r0:r1, c0:c1], how, fill)
         if (out != fill).any():
             tx.put(key, dst.encode(out))
         elif tx.get(key) is not None:
