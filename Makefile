@@ -30,6 +30,7 @@ test-fast: install  ## without the tests marked slow
 bench: install  ## speed on full-size synthetic tiles; prints figures, writes bench-results/*.json
 	$(BIN)/python -m ingest.bench --out bench-results/bench.json
 	$(BIN)/python -m ingest.benchmarks.mirror --out bench-results/mirror.json
+	$(BIN)/python -m ingest.benchmarks.serve --out bench-results/serve.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench-results .pytest_cache build *.egg-info

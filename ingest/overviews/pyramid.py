@@ -238,9 +238,13 @@ def _propagate(tx: Transaction, grid: CubeGrid, group: str, touched: Iterable[Ch
         for f in levels:
             dst_path = level_path(group, f)
             nxt = sorted({(k, iy // 2, ix // 2) for k, iy, ix in cur})
-            jobs = [pool.submit(_level_var, tx, grid, src_path, src_shape, dst_path, var, nxt)
-                    for var in VARIABLES]
-            n += sum(j.result() for j in jobs)
+            if threads <= 1:
+                n += sum(_level_var(tx, grid, src_path, src_shape, dst_path, var, nxt)
+                         for var in VARIABLES)
+            else:
+                jobs = [pool.submit(_level_var, tx, grid, src_path, src_shape, dst_path, var, nxt)
+                        for var in VARIABLES]
+                n += sum(j.result() for j in jobs)
             log.info("overview level %d: %d chunks recomputed", f, len(nxt))
             cur, src_path, src_shape = set(nxt), dst_path, level_shape(grid.shape, f)
             bar.update(1)
@@ -265,7 +269,8 @@ def _level_var(tx: Transaction, grid: CubeGrid, src_path: str, src_shape: tuple[
             if tx.get(key) is not None:
                 tx.delete(key)
             continue
-        block = np.full((tc, 2 * cy, 2 * cx), fill, dtype=src.dtype)
+        nt = min(tc, max(length - k * tc, 0))  # the published steps of this time chunk
+        block = np.full((nt, 2 * cy, 2 * cx), fill, dtype=src.dtype)
         for (a, b), raw in raws.items():
             if raw is None:
                 continue
@@ -274,24 +279,23 @@ def _level_var(tx: Transaction, grid: CubeGrid, src_path: str, src_shape: tuple[
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise StoreError(f"store chunk {join(src_path, var)}/{k}.{2 * jy + a}.{2 * jx + b} "
                                  f"is damaged ({exc})") from exc
-            block[:, a * cy:(a + 1) * cy, b * cx:(b + 1) * cx] = chunk
+            block[:, a * cy:(a + 1) * cy, b * cx:(b + 1) * cx] = chunk[:nt]
         # what lies outside the source array (its ragged edge, steps past its end) is nodata
         rows = src_shape[0] - 2 * jy * cy
         cols = src_shape[1] - 2 * jx * cx
         block[:, max(rows, 0):, :] = fill
         block[:, :, max(cols, 0):] = fill
-        nt = min(tc, max(length - k * tc, 0))
         out = np.full((tc, cy, cx), fill, dtype=dst.dtype)
         # DESIGN CHOICE: only the published steps of the chunk and the box (2 x 2 aligned) that
         # holds data are reduced; the rest is nodata by construction. An append into a new time
         # chunk then reduces one step, and the coarse levels (mostly empty) a small box.
-        has = (block[:nt] != fill).any(axis=0)
+        has = (block != fill).any(axis=0)
         if nt and has.any():
             rr = np.flatnonzero(has.any(axis=1))
             cc = np.flatnonzero(has.any(axis=0))
             r0, r1 = rr[0] // 2 * 2, (rr[-1] // 2 + 1) * 2
             c0, c1 = cc[0] // 2 * 2, (cc[-1] // 2 + 1) * 2
-            out[:nt, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = halve(block[:nt, r0:r1, c0:c1], how, fill)
+            out[:nt, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = halve(block[:, r0:r1, c0:c1], how, fill)
         if (out != fill).any():
             tx.put(key, dst.encode(out))
         elif tx.get(key) is not None:
