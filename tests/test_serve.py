@@ -269,6 +269,15 @@ def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chrom
         background = np.array([0xdd, 0xdd, 0xee]).reshape(3, 1, 1)
         imagery = (np.abs(map_part.astype(int) - background).sum(axis=0) > 30).mean()
         assert imagery > 0.05, f"only {imagery:.1%} of the map shows imagery"
+        # parcel outlines (a reference layer) drawn over the imagery
+        def yellow() -> int:
+            img = _png_rgba(page.screenshot())[:3, :, 330:].astype(int)
+            return int(((img[0] > 230) & (img[1] > 230) & (img[2] < 40)).sum())
+
+        before = yellow()
+        page.select_option("#outlines", "NL/BRP/parcel")
+        page.wait_for_timeout(2500)
+        assert yellow() > before + 200, "no parcel outlines drawn"
         # the slider changes the date (and the tiles asked for)
         first = page.inner_text("#date")
         page.eval_on_selector("#time", "el => { el.value = 0; el.dispatchEvent(new Event('input')); }")

@@ -33,9 +33,11 @@
   }
 
   function setOutlines() {
-    if ($("outlines").checked && !outlines) {
-      outlines = L.tileLayer("tiles/layer/{z}/{x}/{y}.png?layer=NL/BRP/parcel", { maxZoom: 18, minZoom: 12 }).addTo(map);
-    } else if (!$("outlines").checked && outlines) { map.removeLayer(outlines); outlines = null; }
+    if (outlines) { map.removeLayer(outlines); outlines = null; }
+    const layer = $("outlines").value;
+    if (layer) {
+      outlines = L.tileLayer("tiles/layer/{z}/{x}/{y}.png?layer=" + encodeURIComponent(layer), { maxZoom: 18 }).addTo(map);
+    }
   }
 
   function drawChart(series, label) {
@@ -87,7 +89,9 @@
     const g = viewer.meta.groups[group()];
     const b = (g && g.data_bounds_wgs84) || viewer.meta.bounds_wgs84;
     map.fitBounds([[b[1], b[0]], [b[3], b[2]]]);
-    if (!viewer.meta.layers.includes("NL/BRP/parcel")) { $("outlines").disabled = true; }
+    $("outlines").add(new Option("none", ""));
+    viewer.meta.layers.filter((l) => !l.endsWith("/crop") && !l.endsWith("/landuse"))
+      .forEach((l) => $("outlines").add(new Option(l, l)));
     $("group").onchange = () => { setSlider(); redraw(); };
     $("product").onchange = redraw;
     $("time").oninput = redraw;
