@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -245,6 +246,8 @@ def server(cube):
     m = re.search(r"http://[\d.]+:(\d+)/", line)
     assert m, line
     url = f"http://127.0.0.1:{m.group(1)}/"
+    # keep reading its stderr: a full pipe would block the server
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
     yield url
     proc.terminate()
     proc.wait(timeout=20)

@@ -15,8 +15,14 @@ def command(store, host, port) -> None:
     metadata at /api/meta (OpenAPI docs at /docs). Never writes to the store.
     """
     import socket
+    import warnings
 
     import uvicorn
+
+    # DESIGN CHOICE: a long-running server logs requests' problems, not library deprecation
+    # notes repeated per tile (affine's `*`, rasterio's in-memory PNGs without georeference)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
     from ..serve import create_app
 
