@@ -34,6 +34,7 @@ bench: install  ## speed on full-size synthetic tiles; prints figures, writes be
 	$(BIN)/python -m ingest.benchmarks.mirror --out bench-results/mirror.json
 	$(BIN)/python -m ingest.bench --only copies --out bench-results/bench-copies.json
 	$(BIN)/python -m ingest.bench --only workers --repeat 1 --out bench-results/workers.json
+	$(BIN)/python -m ingest.benchmarks.serve --out bench-results/serve.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench-results .pytest_cache build *.egg-info

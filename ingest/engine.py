@@ -17,6 +17,7 @@ from .compute import Executor
 from .errors import ProductError, StoreError
 from .footprint import majority_epsg, planned
 from .grid import CubeGrid
+from .overviews import update_overviews
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from .product import Product, ProductName
 from .quality import update_quality
@@ -153,6 +154,7 @@ def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Prod
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
                         resampling, threads=threads, progress=progress, executor=executor)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+    update_overviews(tx, cube.grid, cube.group, threads=threads)  # the levels follow, same commit
     # the quality atlas of the steps this commit wrote, in the same version (ingest/quality)
     update_quality(tx, cube.grid, cube.group, plan)
     if before_commit is not None:

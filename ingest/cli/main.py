@@ -77,11 +77,12 @@ def cli(verbose: int, quiet: int) -> None:
 
 def _register() -> None:
     from . import (
-        db, demo, export, init, mirror, quality, rechunk, report, retry, status, sync, synth, verify,
+        db, demo, export, init, mirror, overviews, quality, rechunk, report, retry, serve, status,
+        sync, synth, verify,
     )
 
-    for module in (init, sync, status, verify, mirror, rechunk, export, quality, report, retry,
-                   synth, demo, db):
+    for module in (init, sync, status, verify, mirror, rechunk, export, quality, report, overviews,
+                   serve, retry, synth, demo, db):
         cli.add_command(module.command)
     try:
         from .layers import layers, stats

@@ -534,6 +534,12 @@ class Transaction:
                         names.add(name)
         return sorted(names)
 
+    def staged_keys(self, prefix: str = "") -> dict[str, bool]:
+        """The keys this transaction changes under ``prefix``: key -> True (put), False (delete).
+        Derived data (overviews) is recomputed for exactly these."""
+        with self._mutex:
+            return {k: op is not None for k, op in self._ops.items() if k.startswith(prefix)}
+
     def published(self, group: str) -> PublishedState:
         """The published state of ``group`` at ``base_version`` (read under the lock)."""
         return self.store.published(group)

@@ -1,0 +1,41 @@
+"""``s2ingest serve``: a read-only HTTP server (tiles, series, chips, viewer) over a cube."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("serve")
+@click.argument("store", type=str)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on (0: any free port; the chosen one is printed).")
+def command(store, host, port) -> None:
+    """Serve the cube at STORE (a path or http(s) URL) read only: a web viewer at /, XYZ tiles
+    at /tiles/{z}/{x}/{y}.png, time series at /api/series, chips at /api/chips and the
+    metadata at /api/meta (OpenAPI docs at /docs). Never writes to the store.
+    """
+    import socket
+    import warnings
+
+    import uvicorn
+
+    # DESIGN CHOICE: a long-running server logs requests' problems, not library deprecation
+    # notes repeated per tile (affine's `*`, rasterio's in-memory PNGs without georeference)
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+
+    from ..serve import create_app
+
+    app = create_app(store)  # opens the cube now: a bad STORE fails before listening
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    bound = sock.getsockname()[1]
+    click.echo(f"serving {store} at http://{host}:{bound}/ (Ctrl-C stops)", err=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

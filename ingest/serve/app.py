@@ -1,0 +1,190 @@
+"""The HTTP API and the viewer (FastAPI): read only, bounded work per request, 4xx for bad
+parameters. ``create_app(store)`` is what ``s2ingest serve`` runs under uvicorn."""
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from ..errors import S2IngestError
+from . import chips as chips_mod
+from .reader import MAX_AREA_PIXELS, CubeReader, RequestError
+from .tiles import TILESIZE, TMS, empty_png, tile_png
+
+PNG = "image/png"
+MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)
+
+
+def create_app(location: str) -> FastAPI:
+    reader = CubeReader(str(location))
+    app = FastAPI(title="s2ingest cube server", version="1",
+                  description="Tiles, time series, chips and metadata of one s2ingest cube (read only).")
+    static = resources.files("ingest.serve") / "static"
+
+    @app.exception_handler(RequestError)
+    async def _bad_request(request: Request, exc: RequestError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(S2IngestError)
+    async def _store_error(request: Request, exc: S2IngestError):
+        return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.middleware("http")
+    async def _refresh(request: Request, call_next):
+        reader.refresh()  # a new published version replaces the cached datasets
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(str(static / "index.html"))
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/api/meta")
+    def meta():
+        """Variables, composites, groups with their time steps and overview levels, versions."""
+        return reader.metadata()
+
+    @app.get("/tiles/{z}/{x}/{y}.png")
+    def tile(z: int, x: int, y: int, orbit: int | None = None, time: str | None = None,
+             variable: str | None = None, composite: str | None = None,
+             vmin: float | None = None, vmax: float | None = None, colormap: str | None = None,
+             overviews: bool = True):
+        """One 256 px Web Mercator tile: ``variable`` with ``colormap`` over ``vmin..vmax`` or a
+        ``composite`` (true_color, false_color, ndvi), at time step ``time`` (index or date)."""
+        png, factor = tile_png(reader, reader.group(orbit), z, x, y, time=time, variable=variable,
+                               composite=composite, vmin=vmin, vmax=vmax, colormap=colormap,
+                               overviews=overviews)
+        return Response(png, media_type=PNG, headers={"X-Overview-Level": str(factor),
+                                                       "Cache-Control": "max-age=60"})
+
+    @app.get("/tiles/layer/{z}/{x}/{y}.png")
+    def layer_tile(z: int, x: int, y: int, layer: str = "NL/BRP/parcel"):
+        """Outlines of a reference layer's zones (pixels whose right or lower neighbour differs)."""
+        return Response(_outline_tile(reader, layer, z, x, y), media_type=PNG)
+
+    def _area(lon, lat, parcel, polygon, size=None):
+        if parcel is not None:
+            return reader.parcel_area(parcel)
+        if polygon is not None:
+            try:
+                geom = json.loads(polygon)
+            except ValueError:
+                raise RequestError("polygon must be a GeoJSON geometry (lon/lat)") from None
+            return reader.polygon_area(geom)
+        if lon is None or lat is None:
+            raise RequestError("give lon and lat, a parcel id, or a polygon")
+        row, col = reader.cell(lon, lat)
+        if size is None:
+            return slice(row, row + 1), slice(col, col + 1), np.ones((1, 1), bool)
+        if not 1 <= size <= int(math.sqrt(MAX_AREA_PIXELS)):
+            raise RequestError(f"size must be 1..{int(math.sqrt(MAX_AREA_PIXELS))} pixels")
+        ny, nx = reader.grid.shape
+        r0, c0 = max(0, row - size // 2), max(0, col - size // 2)
+        rows, cols = slice(r0, min(ny, r0 + size)), slice(c0, min(nx, c0 + size))
+        return rows, cols, np.ones((rows.stop - rows.start, cols.stop - cols.start), bool)
+
+    @app.get("/api/series")
+    def series(lon: float | None = None, lat: float | None = None, parcel: int | None = None,
+               polygon: str | None = None, variable: str = "NDVI", orbit: int | None = None,
+               clear: bool = False, format: str = Query("json", pattern="^(json|csv)$")):
+        """Time series of a pixel (lon/lat), a parcel (mean of its pixels) or a GeoJSON polygon;
+        ``clear`` keeps only clear-sky pixels (SCL 4, 5, 6, 7, 11)."""
+        group = reader.group(orbit)
+        if parcel is None and polygon is None:
+            if lon is None or lat is None:
+                raise RequestError("give lon and lat, a parcel id, or a polygon")
+            df = reader.point_series(group, variable, lon, lat, clear)
+            where = {"lon": lon, "lat": lat, "row_col": list(reader.cell(lon, lat))}
+        else:
+            rows, cols, mask = _area(lon, lat, parcel, polygon)
+            df = reader.area_series(group, variable, rows, cols, mask, clear)
+            where = {"parcel": parcel} if parcel is not None else {"polygon": json.loads(polygon)}
+        if format == "csv":
+            return Response(df.to_csv(index=False), media_type="text/csv")
+        records = json.loads(df.to_json(orient="records"))
+        return {"group": group, "variable": variable, "clear": clear, **where, "series": records}
+
+    @app.get("/api/parcel")
+    def parcel_at(lon: float, lat: float):
+        """The BRP parcel id at a point (0: none)."""
+        row, col = reader.cell(lon, lat)
+        if "NL/BRP/parcel" not in reader.layers():
+            raise RequestError("this cube has no parcel layer /NL/BRP/parcel")
+        v = int(reader.dataset("NL/BRP")["parcel"].isel(edition=-1, y=row, x=col).values)
+        return {"parcel": v}
+
+    @app.get("/api/chips")
+    def chips(lon: float | None = None, lat: float | None = None, parcel: int | None = None,
+              size: int = 64, start: str | None = None, end: str | None = None,
+              orbit: int | None = None, format: str = Query("zip", pattern="^(zip|png|json)$")):
+        """Chips of a parcel (its bounding box) or of ``size`` x ``size`` pixels around a point,
+        for the dates in ``start..end``: a zip of GeoTIFFs (+ histograms.json), a PNG gallery,
+        or the SCL class histograms per date as JSON."""
+        group = reader.group(orbit)
+        sel = chips_mod.select(reader, group, _area(lon, lat, parcel, None, size), start, end)
+        if format == "json":
+            return {"group": group, "parcel": parcel, "histograms": chips_mod.histograms(reader, sel)}
+        if format == "png":
+            return Response(chips_mod.gallery_png(reader, sel), media_type=PNG)
+        name = f"chips_{'parcel' + str(parcel) if parcel is not None else 'point'}.zip"
+        return Response(chips_mod.geotiff_zip(reader, sel), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    app.state.reader = reader
+    return app
+
+
+def _lat(xy) -> float:
+    from pyproj import Transformer
+
+    return Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform(
+        (xy.left + xy.right) / 2, (xy.top + xy.bottom) / 2)[1]
+
+
+def _outline_tile(reader: CubeReader, layer: str, z: int, x: int, y: int) -> bytes:
+    import morecantile
+    from rio_tiler.utils import render
+
+    if layer not in reader.layers():
+        raise RequestError(f"no layer {layer}; the cube has {', '.join(reader.layers()) or 'none'}")
+    group, var = layer.rsplit("/", 1)
+    ds = reader.dataset(group)
+    xy = TMS.xy_bounds(morecantile.Tile(x, y, z))
+    left, bottom, right, top = reader.to_grid_from_mercator.transform_bounds(xy.left, xy.bottom, xy.right, xy.top)
+    gl, _, _, gt = reader.grid.bounds
+    r = reader.grid.resolution
+    ny, nx = reader.grid.shape
+    r0, r1 = max(0, math.floor((gt - top) / r)), min(ny, math.ceil((gt - bottom) / r))
+    c0, c1 = max(0, math.floor((left - gl) / r)), min(nx, math.ceil((right - gl) / r))
+    if r1 <= r0 or c1 <= c0:
+        return empty_png()
+    # bounded work: at most MAX_LAYER_CHUNKS stored chunks under the tile, read with a stride
+    # of about one tile pixel (outlines of large zones stay visible at low zooms)
+    cy, cx = reader.grid.chunk_shape
+    if ((r1 - 1) // cy - r0 // cy + 1) * ((c1 - 1) // cx - c0 // cx + 1) > MAX_LAYER_CHUNKS:
+        return empty_png()
+    step = max(1, int((xy.right - xy.left) * math.cos(math.radians(_lat(xy))) / TILESIZE / r))
+    zones = ds[var].isel(edition=-1, y=slice(r0, r1, step), x=slice(c0, c1, step)).values
+    edge = np.zeros(zones.shape, bool)
+    edge[:-1] |= zones[:-1] != zones[1:]
+    edge[:, :-1] |= zones[:, :-1] != zones[:, 1:]
+    # nearest resampling of the edge mask onto the tile's pixels
+    xs = np.linspace(xy.left, xy.right, TILESIZE, endpoint=False) + (xy.right - xy.left) / TILESIZE / 2
+    ys = np.linspace(xy.top, xy.bottom, TILESIZE, endpoint=False) - (xy.top - xy.bottom) / TILESIZE / 2
+    gx, gy = np.meshgrid(xs, ys)
+    px, py = reader.to_grid_from_mercator.transform(gx, gy)
+    rows = (np.floor((gt - py) / r).astype(int) - r0) // step
+    cols = (np.floor((px - gl) / r).astype(int) - c0) // step
+    inside = (rows >= 0) & (rows < edge.shape[0]) & (cols >= 0) & (cols < edge.shape[1])
+    mask = np.zeros((TILESIZE, TILESIZE), bool)
+    mask[inside] = edge[rows[inside], cols[inside]]
+    rgb = np.zeros((3, TILESIZE, TILESIZE), "uint8")
+    rgb[0], rgb[1], rgb[2] = 255, 255, 0
+    return render(rgb, mask=(mask * 255).astype("uint8"), img_format="PNG")
+

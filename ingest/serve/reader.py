@@ -1,0 +1,347 @@
+"""Read-only access to a published cube for the server: levels, tiles, series, chips.
+
+Everything here reads through xarray/zarr with the published consolidated metadata; nothing
+writes. Every request is bounded: a tile reads at most ``MAX_TILE_PIXELS`` source pixels (the
+right overview level keeps it small), a polygon at most ``MAX_AREA_PIXELS``, a chip request at
+most ``MAX_CHIP_DATES`` dates.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from pyproj import Transformer
+from rasterio.features import geometry_mask
+from rasterio.transform import Affine
+
+from ..errors import S2IngestError
+from ..overviews import level_factors, levels_of
+from ..store import CubeStore
+from ..variables import SCL_CLASSES, VARIABLES
+
+MAX_TILE_PIXELS = 1024 * 1024  # source pixels one tile may read (per band)
+MAX_AREA_PIXELS = 1_000_000  # pixels of one polygon / parcel series or chip (100 km² at 10 m)
+MAX_CHIP_DATES = 60
+CLEAR_SCL = (4, 5, 6, 7, 11)  # vegetation, not vegetated, water, unclassified, snow
+MERCATOR_RES0 = 2 * math.pi * 6378137 / 256  # m per pixel at zoom 0 (equator)
+
+COMPOSITES = {  # name -> (bands, default range in reflectance / index units)
+    "true_color": (("B04", "B03", "B02"), (0.0, 0.3)),
+    "false_color": (("B08", "B04", "B03"), (0.0, 0.5)),
+    "ndvi": (("B08", "B04"), (-0.2, 0.9)),
+}
+
+
+class RequestError(S2IngestError):
+    """A bad request parameter (the server answers 4xx with this message)."""
+
+    status = 400
+
+
+class NotFound(RequestError):
+    status = 404
+
+
+@dataclass(frozen=True)
+class Level:
+    factor: int  # 1: the native group
+    path: str  # zarr group path
+
+
+class CubeReader:
+    """One published cube, opened once per server process (thread-safe reads)."""
+
+    def __init__(self, location: str) -> None:
+        self.store = CubeStore.open(location)
+        self.location = location
+        self.grid = self.store.grid
+        self._lock = threading.Lock()
+        self._datasets: dict[str, xr.Dataset] = {}
+        self._version = None
+        self._parcels: dict | None = None
+
+    # -- what is published ---------------------------------------------------------------
+    def refresh(self) -> None:
+        """Forget opened datasets when the store published a new version (cheap check)."""
+        v = self.store.version()
+        with self._lock:
+            if v != self._version:
+                self._datasets.clear()
+                self._parcels = None
+                self._version = v
+                self.__dict__.pop("groups", None)
+
+    @cached_property
+    def groups(self) -> list[str]:
+        root = self.store.consolidated("") or {}
+        out = sorted({k.rsplit("/", 2)[0] for k in root
+                      if k.startswith("S2/") and k.endswith("/B04/.zarray") and k.count("/") == 3})
+        return out
+
+    def group(self, orbit: int | None) -> str:
+        groups = self.groups
+        if not groups:
+            raise NotFound(f"{self.location} holds no imagery yet")
+        if orbit is None:
+            return groups[0]
+        g = f"S2/R{orbit:03d}"
+        if g not in groups:
+            raise NotFound(f"no group /{g}; the cube has {', '.join('/' + x for x in groups)}")
+        return g
+
+    def dataset(self, path: str) -> xr.Dataset:
+        with self._lock:
+            ds = self._datasets.get(path)
+        if ds is None:
+            ds = xr.open_zarr(self.location, group=path, consolidated=True, chunks=None,
+                              mask_and_scale=False, decode_times=True)
+            with self._lock:
+                self._datasets[path] = ds
+        return ds
+
+    def levels(self, group: str) -> list[Level]:
+        meta = self.store.consolidated(group) or {}
+        return [Level(1, group)] + [Level(f, f"{group}/overviews/{f}") for f in levels_of(meta)]
+
+    def times(self, group: str) -> list[datetime]:
+        return [pd.Timestamp(t).to_pydatetime().replace(tzinfo=timezone.utc)
+                for t in self.dataset(group)["time"].values]
+
+    def time_index(self, group: str, time: str | None) -> int:
+        times = self.times(group)
+        if not times:
+            raise NotFound(f"/{group} has no time steps yet")
+        if time is None or time == "":
+            return len(times) - 1
+        if time.lstrip("-").isdigit():
+            i = int(time)
+            if not -len(times) <= i < len(times):
+                raise RequestError(f"time index {i} out of range (0..{len(times) - 1})")
+            return i % len(times)
+        try:
+            t = pd.Timestamp(time)
+        except ValueError:
+            raise RequestError(f"time {time!r} is neither an index nor an ISO date") from None
+        t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        for i, s in enumerate(times):
+            if s.date() == t.date() if len(time) <= 10 else abs((s - t.to_pydatetime()).total_seconds()) < 1:
+                return i
+        raise NotFound(f"no time step at {time}")
+
+    def metadata(self) -> dict:
+        out = {"store": self.location, "version": self.store.version(),
+               "versions_kept": self.store.manifest_versions(),
+               "crs": self.grid.crs, "resolution": self.grid.resolution,
+               "bounds": list(self.grid.bounds), "bounds_wgs84": list(self.bounds_wgs84()),
+               "variables": {n: {"long_name": s.long_name, "units": s.units,
+                                 "scale_factor": s.scale_factor, "fill_value": s.fill_value,
+                                 "kind": s.kind} for n, s in VARIABLES.items()},
+               "composites": {k: {"bands": list(b), "range": list(r)} for k, (b, r) in COMPOSITES.items()},
+               "scl_classes": {str(k): v for k, v in SCL_CLASSES.items()},
+               "groups": {}, "layers": self.layers()}
+        for g in self.groups:
+            ds = self.dataset(g)
+            out["groups"][g] = {
+                "times": [t.isoformat().replace("+00:00", "Z") for t in self.times(g)],
+                "platforms": [str(v) for v in ds["platform"].values] if "platform" in ds else [],
+                "levels": [lv.factor for lv in self.levels(g)],
+                "data_bounds_wgs84": self.data_bounds_wgs84(g),
+            }
+        return out
+
+    def layers(self) -> list[str]:
+        root = self.store.consolidated("") or {}
+        return sorted(k.rsplit("/", 1)[0] for k in root
+                      if k.startswith("NL") and k.endswith("/.zarray") and k.count("/") >= 1
+                      and k.rsplit("/", 2)[-2] not in ("x", "y", "spatial_ref", "edition"))
+
+    # -- coordinates ---------------------------------------------------------------------------
+    @cached_property
+    def to_grid(self) -> Transformer:
+        return Transformer.from_crs("EPSG:4326", self.grid.crs, always_xy=True)
+
+    @cached_property
+    def to_grid_from_mercator(self) -> Transformer:
+        return Transformer.from_crs("EPSG:3857", self.grid.crs, always_xy=True)
+
+    @cached_property
+    def to_wgs84(self) -> Transformer:
+        return Transformer.from_crs(self.grid.crs, "EPSG:4326", always_xy=True)
+
+    def bounds_wgs84(self, bounds=None) -> tuple[float, float, float, float]:
+        left, bottom, right, top = bounds or self.grid.bounds
+        return self.to_wgs84.transform_bounds(left, bottom, right, top)
+
+    def data_bounds_wgs84(self, group: str) -> list[float] | None:
+        """Bounds of the stored chunks of B04 (from the chunk keys of the native group)."""
+        keys = self.store.backend.list_dir(f"{group}/B04")[0] if hasattr(self.store.backend, "list_dir") else []
+        cells = [tuple(int(v) for v in k.split(".")[1:]) for k in keys if not k.startswith(".")]
+        if not cells:
+            return None
+        cy, cx = self.grid.chunk_shape
+        left, _, _, top = self.grid.bounds
+        r = self.grid.resolution
+        rows = [c[0] for c in cells]
+        cols = [c[1] for c in cells]
+        b = (left + min(cols) * cx * r, top - (max(rows) + 1) * cy * r,
+             left + (max(cols) + 1) * cx * r, top - min(rows) * cy * r)
+        return list(self.bounds_wgs84(b))
+
+    def cell(self, lon: float, lat: float) -> tuple[int, int]:
+        x, y = self.to_grid.transform(lon, lat)
+        left, _, _, top = self.grid.bounds
+        row = int((top - y) // self.grid.resolution)
+        col = int((x - left) // self.grid.resolution)
+        ny, nx = self.grid.shape
+        if not (0 <= row < ny and 0 <= col < nx):
+            raise RequestError(f"point {lon}, {lat} lies outside the grid {self.grid.name}")
+        return row, col
+
+    # -- tiles: which level --------------------------------------------------------------------
+    def level_for_zoom(self, group: str, z: int, lat: float, use_overviews: bool = True) -> Level:
+        """The coarsest level whose pixels are no larger than the tile's pixels on the ground."""
+        ground = MERCATOR_RES0 / 2 ** z * math.cos(math.radians(lat))
+        best = Level(1, group)
+        if use_overviews:
+            for lv in self.levels(group):
+                if self.grid.resolution * lv.factor <= ground:
+                    best = lv
+        return best
+
+    # -- series --------------------------------------------------------------------------------
+    def values(self, group: str, var: str, rows: slice, cols: slice,
+               times: slice | list[int] = slice(None)) -> np.ndarray:
+        """Physical values (float, NaN for nodata) of a variable or NDVI over a window."""
+        ds = self.dataset(group)
+        if var.upper() == "NDVI":
+            nir = self.values(group, "B08", rows, cols, times)
+            red = self.values(group, "B04", rows, cols, times)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return (nir - red) / (nir + red)
+        spec = check_variable(var)
+        raw = ds[spec.name].isel(time=times, y=rows, x=cols).values
+        out = raw.astype("f8")
+        out[raw == spec.fill_value] = np.nan
+        if spec.scale_factor:
+            out *= spec.scale_factor
+        return out
+
+    def point_series(self, group: str, var: str, lon: float, lat: float, clear: bool) -> pd.DataFrame:
+        row, col = self.cell(lon, lat)
+        v = self.values(group, var, slice(row, row + 1), slice(col, col + 1))[:, 0, 0]
+        scl = self.dataset(group)["SCL"].isel(y=row, x=col).values
+        df = pd.DataFrame({"time": [t.isoformat().replace("+00:00", "Z") for t in self.times(group)],
+                           "value": v, "scl": scl.astype(int)})
+        if clear:
+            df = df[df["scl"].isin(CLEAR_SCL)]
+        return df
+
+    def area_series(self, group: str, var: str, rows: slice, cols: slice, mask: np.ndarray,
+                    clear: bool) -> pd.DataFrame:
+        v = self.values(group, var, rows, cols)
+        scl = self.dataset(group)["SCL"].isel(y=rows, x=cols).values
+        ok = np.broadcast_to(mask, v.shape) & ~np.isnan(v)
+        if clear:
+            ok &= np.isin(scl, CLEAR_SCL)
+        n = ok.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore"):
+            mean = np.where(n > 0, np.where(ok, v, 0).sum(axis=(1, 2)) / np.maximum(n, 1), np.nan)
+        df = pd.DataFrame({"time": [t.isoformat().replace("+00:00", "Z") for t in self.times(group)],
+                           "value": mean, "count": n.astype(int), "pixels": int(mask.sum())})
+        if clear:
+            df = df[df["count"] > 0]
+        return df
+
+    # -- areas: polygons and parcels ----------------------------------------------------------
+    def window_of_bounds(self, bounds) -> tuple[slice, slice]:
+        w = self.grid.window_for_bounds(bounds)
+        if w is None:
+            raise RequestError(f"area {bounds} lies outside the grid")
+        rows = slice(int(w.row_off), int(w.row_off + w.height))
+        cols = slice(int(w.col_off), int(w.col_off + w.width))
+        if (rows.stop - rows.start) * (cols.stop - cols.start) > MAX_AREA_PIXELS:
+            raise RequestError(f"area too large: more than {MAX_AREA_PIXELS} pixels")
+        return rows, cols
+
+    def polygon_area(self, geometry) -> tuple[slice, slice, np.ndarray]:
+        """Window and mask of a GeoJSON geometry in lon/lat (WGS 84)."""
+        from shapely.geometry import mapping, shape
+        from shapely.ops import transform
+
+        try:
+            geom = transform(self.to_grid.transform, shape(geometry))
+        except Exception as exc:  # shapely raises many kinds for bad GeoJSON
+            raise RequestError(f"bad polygon: {exc}") from None
+        if geom.is_empty or geom.area <= 0:
+            raise RequestError("the polygon is empty")
+        rows, cols = self.window_of_bounds(geom.bounds)
+        left, _, _, top = self.grid.bounds
+        r = self.grid.resolution
+        tr = Affine(r, 0, left + cols.start * r, 0, -r, top - rows.start * r)
+        mask = geometry_mask([mapping(geom)], out_shape=(rows.stop - rows.start, cols.stop - cols.start),
+                             transform=tr, invert=True, all_touched=False)
+        return rows, cols, mask
+
+    def parcel_area(self, parcel: int) -> tuple[slice, slice, np.ndarray]:
+        """Window and mask of a BRP parcel (``/NL/BRP/parcel``, newest edition)."""
+        index = self.parcel_index()
+        if parcel not in index:
+            raise NotFound(f"no parcel {parcel} in /NL/BRP/parcel")
+        r0, r1, c0, c1 = index[parcel]
+        if (r1 - r0) * (c1 - c0) > MAX_AREA_PIXELS:
+            raise RequestError(f"parcel {parcel} is larger than {MAX_AREA_PIXELS} pixels")
+        rows, cols = slice(r0, r1), slice(c0, c1)
+        layer = self.dataset("NL/BRP")["parcel"].isel(edition=-1, y=rows, x=cols).values
+        return rows, cols, layer == parcel
+
+    def parcel_index(self) -> dict[int, tuple[int, int, int, int]]:
+        """Pixel bounds (row0, row1, col0, col1) of every parcel, built once per version from
+        the layer's stored chunks (DESIGN CHOICE: one scan per published version instead of a
+        scan per request; a national BRP takes a while once, then lookups are instant)."""
+        with self._lock:
+            if self._parcels is not None:
+                return self._parcels
+        if "NL/BRP/parcel" not in self.layers():
+            raise NotFound(f"{self.location} has no parcel layer /NL/BRP/parcel")
+        da = self.dataset("NL/BRP")["parcel"].isel(edition=-1)
+        keys = self.store.backend.list_dir("NL/BRP/parcel")[0]
+        n_ed = self.dataset("NL/BRP").sizes["edition"]
+        cy, cx = da.encoding.get("preferred_chunks", {}).get("y", 625), da.encoding.get("preferred_chunks", {}).get("x", 500)
+        index: dict[int, list[int]] = {}
+        for k in keys:
+            if k.startswith("."):
+                continue
+            e, iy, ix = (int(v) for v in k.split("."))
+            if e != n_ed - 1:
+                continue
+            block = da.isel(y=slice(iy * cy, (iy + 1) * cy), x=slice(ix * cx, (ix + 1) * cx)).values
+            rr, cc = np.nonzero(block > 0)
+            if not len(rr):
+                continue
+            df = pd.DataFrame({"id": block[rr, cc], "r": rr + iy * cy, "c": cc + ix * cx})
+            g = df.groupby("id").agg(r0=("r", "min"), r1=("r", "max"), c0=("c", "min"), c1=("c", "max"))
+            for pid, (a, b, c, d) in zip(g.index, g.to_numpy()):
+                new = [int(a), int(b) + 1, int(c), int(d) + 1]
+                old = index.get(int(pid))
+                index[int(pid)] = new if old is None else [min(old[0], new[0]), max(old[1], new[1]),
+                                                           min(old[2], new[2]), max(old[3], new[3])]
+        result = {k: tuple(v) for k, v in index.items()}
+        with self._lock:
+            self._parcels = result
+        return result
+
+
+def check_variable(var: str):
+    spec = VARIABLES.get(var)
+    if spec is None:
+        raise RequestError(f"unknown variable {var!r}; known: {', '.join(VARIABLES)}, NDVI")
+    return spec
+
+
+__all__ = ["CubeReader", "RequestError", "NotFound", "COMPOSITES", "CLEAR_SCL", "level_factors"]

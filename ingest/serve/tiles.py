@@ -1,0 +1,135 @@
+"""XYZ tiles (Web Mercator) of one variable or an RGB composite, rendered to PNG.
+
+DESIGN CHOICE: rio-tiler's ``XarrayReader`` (the reader titiler-xarray is built on) does the
+Web Mercator tile maths and the reprojection of a lazily opened xarray DataArray; we choose the
+overview level ourselves (``CubeReader.level_for_zoom``), so a zoomed-out tile reads a few
+hundred level pixels instead of millions of native ones, and we refuse a tile that would read
+more than ``MAX_TILE_PIXELS`` (a cube without overviews at a low zoom).
+"""
+from __future__ import annotations
+
+import math
+
+import morecantile
+import numpy as np
+import xarray as xr
+from rio_tiler.colormap import cmap as colormaps
+from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io.xarray import XarrayReader
+from rio_tiler.utils import render
+
+from ..variables import VARIABLES
+from .reader import COMPOSITES, MAX_TILE_PIXELS, CubeReader, RequestError, check_variable
+
+TMS = morecantile.tms.get("WebMercatorQuad")
+TILESIZE = 256
+DEFAULT_RANGES = {"reflectance": (0.0, 0.3), "classes": (0, 11), "probability": (0.0, 1.0),
+                  "aot": (0.0, 0.5), "wvp": (0.0, 5.0)}
+
+
+def empty_png() -> bytes:
+    return render(np.zeros((1, TILESIZE, TILESIZE), dtype="uint8"),
+                  mask=np.zeros((TILESIZE, TILESIZE), dtype="uint8"), img_format="PNG")
+
+
+def _lut(name: str) -> np.ndarray:
+    try:
+        cm = colormaps.get(name.lower())
+    except Exception:
+        raise RequestError(f"unknown colour map {name!r}; e.g. viridis, rdylgn, greys, terrain") from None
+    lut = np.zeros((256, 4), dtype="uint8")
+    for k, v in cm.items():
+        lut[int(k)] = v
+    return lut
+
+
+def scl_lut() -> np.ndarray:
+    """The usual SCL palette (ESA's colours per class)."""
+    colours = {1: (255, 0, 0), 2: (47, 47, 47), 3: (100, 50, 0), 4: (0, 160, 0), 5: (255, 230, 90),
+               6: (0, 0, 255), 7: (128, 128, 128), 8: (192, 192, 192), 9: (255, 255, 255),
+               10: (100, 200, 255), 11: (255, 150, 255)}
+    lut = np.zeros((256, 4), dtype="uint8")
+    for k, (r, g, b) in colours.items():
+        lut[k] = (r, g, b, 255)
+    return lut
+
+
+def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: str | None,
+             variable: str | None, composite: str | None, vmin: float | None, vmax: float | None,
+             colormap: str | None, overviews: bool = True) -> tuple[bytes, int]:
+    """(PNG bytes, overview factor used) of tile z/x/y."""
+    if z < 0 or z > 24 or not (0 <= x < 2 ** z and 0 <= y < 2 ** z):
+        raise RequestError(f"no tile {z}/{x}/{y}")
+    if composite:
+        if composite not in COMPOSITES:
+            raise RequestError(f"unknown composite {composite!r}; one of {', '.join(COMPOSITES)}")
+        bands, (lo, hi) = COMPOSITES[composite]
+    else:
+        spec = check_variable(variable or "B04")
+        bands, (lo, hi) = (spec.name,), DEFAULT_RANGES[spec.kind]
+    lo = lo if vmin is None else vmin
+    hi = hi if vmax is None else vmax
+    if not hi > lo:
+        raise RequestError(f"empty range {lo} .. {hi}")
+    t = reader.time_index(group, time)
+    bounds = TMS.bounds(morecantile.Tile(x, y, z))
+    lat = (bounds.bottom + bounds.top) / 2
+    level = reader.level_for_zoom(group, z, lat, overviews)
+    ds = reader.dataset(level.path)
+    # bounded work: read only the level pixels under this tile (plus a margin), never more
+    # than MAX_TILE_PIXELS; the window is sliced lazily before anything is loaded
+    xy = TMS.xy_bounds(morecantile.Tile(x, y, z))
+    left, bottom, right, top = reader.to_grid_from_mercator.transform_bounds(
+        xy.left, xy.bottom, xy.right, xy.top)
+    gl, _, _, gt = reader.grid.bounds
+    rf = reader.grid.resolution * level.factor
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    r0, r1 = max(0, math.floor((gt - top) / rf) - 2), min(ny, math.ceil((gt - bottom) / rf) + 2)
+    c0, c1 = max(0, math.floor((left - gl) / rf) - 2), min(nx, math.ceil((right - gl) / rf) + 2)
+    if r1 - r0 < 2 or c1 - c0 < 2:
+        return empty_png(), level.factor
+    if (r1 - r0) * (c1 - c0) > MAX_TILE_PIXELS:
+        raise RequestError(f"tile {z}/{x}/{y} would read {(r1 - r0) * (c1 - c0)} pixels at level "
+                           f"{level.factor}; zoom in (or build overviews: s2ingest overviews)")
+    fills = [VARIABLES[b].fill_value for b in bands]
+    window = {"time": t, "y": slice(r0, r1), "x": slice(c0, c1)}
+    planes = []
+    for b, f in zip(bands, fills):
+        raw = ds[b].isel(window).values
+        plane = raw.astype("float32")
+        plane[raw == f] = np.nan
+        planes.append(plane)
+    da = xr.DataArray(np.stack(planes), dims=("band", "y", "x"),
+                      coords={"band": np.arange(1, len(bands) + 1),
+                              "y": ds["y"].values[r0:r1], "x": ds["x"].values[c0:c1]})
+    da = da.rio.write_crs(reader.grid.crs).rio.write_nodata(np.nan)
+    try:
+        with XarrayReader(da) as r:
+            img = r.tile(x, y, z, tilesize=TILESIZE, reproject_method="nearest", nodata=np.nan)
+    except TileOutsideBounds:
+        return empty_png(), level.factor
+    data = np.ma.filled(img.array.astype("float64"), np.nan)
+    scales = [VARIABLES[b].scale_factor or 1.0 for b in bands]
+    phys = np.stack([d * s for d, s in zip(data, scales)])
+    valid = ~np.isnan(phys).any(axis=0)
+    if composite == "ndvi":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nd = (phys[0] - phys[1]) / (phys[0] + phys[1])
+        valid &= ~np.isnan(nd)
+        rgba = _lut(colormap or "rdylgn")[_scale(nd, lo, hi)]
+    elif composite:
+        rgba = np.dstack([_scale(b, lo, hi) for b in phys] + [np.full(valid.shape, 255, "uint8")])
+    elif VARIABLES[bands[0]].kind == "classes" and not colormap:
+        rgba = scl_lut()[np.nan_to_num(data[0], nan=0).astype("uint8")]
+    else:
+        rgba = _lut(colormap or "viridis")[_scale(phys[0], lo, hi)]
+    rgba = rgba.copy()
+    rgba[..., 3] = np.where(valid, rgba[..., 3], 0)
+    png = render(np.moveaxis(rgba[..., :3], -1, 0).astype("uint8"), mask=rgba[..., 3], img_format="PNG")
+    return png, level.factor
+
+
+def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        s = np.clip((a - lo) / (hi - lo), 0, 1) * 255
+    return np.nan_to_num(s, nan=0).astype("uint8")
