@@ -186,6 +186,7 @@ def test_a_subset_copy_is_a_smaller_valid_cube(tmp_path, source, products, http_
     src = xr.open_zarr(source, group=GROUP, consolidated=True)
     part = xr.open_zarr(copy, group=GROUP, consolidated=True)
     assert sorted(part.data_vars) == ["B04", "SCL"]
+    assert (source / GROUP / "quality").is_dir() and not (copy / GROUP / "quality").exists()
     grid = CubeStore.open(copy).grid
     cy, cx = grid.chunk_shape
     assert part.sizes["y"] % cy == 0 and part.sizes["x"] % cx == 0  # whole chunks

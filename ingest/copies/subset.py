@@ -189,9 +189,22 @@ def _ancestors(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
+# DESIGN CHOICE: a subset leaves out what is derived from a whole imagery group (the overview
+# levels, whose arrays have other shapes; the quality atlas, whose cells cover the whole grid):
+# cut at the subset's chunks they would be wrong. `s2ingest overviews` / `quality rebuild`
+# make them again on the copy.
+DERIVED = ("overviews", "quality")
+
+
+def _derived(group: str) -> bool:
+    return any(part in DERIVED for part in group.split("/")[2:])
+
+
 def _selected_groups(docs, arrays, selection: Selection) -> list[str]:
-    """Groups that hold arrays and are selected (all of them without ``--groups``)."""
-    holding = sorted({p.rsplit("/", 1)[0] for p in arrays if "/" in p})
+    """Groups that hold arrays and are selected (all of them without ``--groups``), without
+    the derived ones."""
+    holding = sorted({g for p in arrays if "/" in p
+                      if not _derived(g := p.rsplit("/", 1)[0])})
     if not selection.groups:
         return holding
     out = []
