@@ -198,8 +198,12 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
+# VmHWM: this process's own peak (ru_maxrss would start from the peak of the process that
+# spawned it: Linux carries the parent's high-water mark over an exec after vfork)
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 with open(sys.argv[1], "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+    f.write(str(hwm * 1024))
 sys.exit(code)
 """
 
