@@ -10,14 +10,13 @@ body bytes it sends (``ingest.testing.httpserve``, range requests like an object
   hash-checked) and from a ``--chunks time=-1,y=125,x=100`` copy;
 * one date of four bands (B02 B03 B04 B08) over the whole area: bytes from the source and from a
   Zarr format 3 copy with inner chunks of one date in shards of five;
-* peak RSS of ``s2ingest rechunk`` (the child's own ``ru_maxrss``) at two ``--max-mem`` values.
+* peak RSS of ``s2ingest rechunk`` (the child's own VmHWM) at two ``--max-mem`` values.
 
 Figures are ratios within the run; nothing is asserted (a bench, not a test).
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -81,28 +80,53 @@ def written_bounds(cube: Path) -> tuple[float, float, float, float]:
             left + (max(cols) + 1) * cx * r, top - min(rows) * cy * r)
 
 
+# DESIGN CHOICE: the child reports its own VmHWM at exit. Not ``ru_maxrss``: Linux carries the
+# spawning process's peak over the exec, so a child of a large bench process would report it.
+_MEASURED = """
+import sys
+out, argv = sys.argv[1], sys.argv[2:]
+code = 0
+try:
+    if argv == ["--imports-only"]:
+        import ingest.cli.main, ingest.copies.rechunk, xarray, dask.array, zarr, numcodecs
+    else:
+        from ingest.cli.main import cli
+        cli.main(argv, prog_name="s2ingest")
+except SystemExit as exc:
+    code = exc.code or 0
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+with open(out, "w") as f:
+    f.write(str(hwm))
+sys.exit(code)
+"""
+
+
+def _measured(argv: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """(process, seconds, own peak RSS in MB) of ``s2ingest ARGV`` in a child."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as hwm:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _MEASURED, hwm.name, *argv],
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+        peak = int(hwm.read() or 0) / 1024
+    return proc, seconds, peak
+
+
 def run_rechunk(args: list[str]) -> dict:
     """``s2ingest rechunk ARGS`` in a child; its wall time and own peak RSS."""
-    exe = str(Path(sys.executable).with_name("s2ingest"))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([exe, "rechunk", *args, "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc, seconds, peak = _measured(["rechunk", *args, "--no-progress"])
     if proc.returncode != 0:
-        raise SystemExit(f"rechunk failed: {err.strip()[-500:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out.strip()}
+        raise SystemExit(f"rechunk failed: {proc.stderr.strip()[-500:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak, "stdout": proc.stdout.strip()}
 
 
 def baseline_rss_mb() -> float:
     """Peak RSS of a child that only imports what ``s2ingest rechunk`` imports (the floor
     under the rechunk figures: interpreter, numpy, xarray, dask, zarr, GDAL)."""
-    code = "import ingest.cli.main, ingest.copies.rechunk, xarray, dask.array, zarr, numcodecs"
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    _, _, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss / 1024
+    return _measured(["--imports-only"])[2]
 
 
 def timed_bytes(server, read, repeat: int) -> dict:
