@@ -132,6 +132,12 @@ def test_killed_sync_leaves_the_readers_view_unchanged(crashed):
     for delay, store, killed, view, after in runs:
         if not killed:
             continue
+        if after.version != state.version:
+            # killed after its commit point (journal written, keys switching or switched, the
+            # staging area not yet removed): that version is published and never taken back;
+            # the reruns below check what follows
+            assert after.version > state.version, delay
+            continue
         assert after.times == state.times and after.products == state.products, delay
         assert after.version == state.version
         for name in before:
