@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from .compute import ComputeOptions, open_executor
 from .engine import Cube, ingest_products
+from .store.backend import process_alive
 from .store.cube import DEFAULT_LOCK_TIMEOUT
 from .errors import AuthenticationError, ProductError, StoreError
 from .grid import get_grid
@@ -82,16 +83,6 @@ class SyncReport:
     @property
     def has_problems(self) -> bool:
         return bool(self.failed or self.rejected)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def worker_name() -> str:
@@ -196,7 +187,7 @@ class Syncer:
             dead: dict[str, list[int]] = {}
             for row in rows:
                 pid = row.lease_owner.rsplit(":", 1)[1]
-                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
                     dead.setdefault(row.lease_owner, []).append(row.id)
             for owner, ids in dead.items():
                 released = release(s, ids, owner)

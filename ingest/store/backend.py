@@ -266,6 +266,17 @@ class LocalBackend(Backend):
             os.close(fd)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists (a lock holder's liveness)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _read_holder(path: Path) -> str:
     try:
         text = path.read_text().strip()

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from ..errors import StoreBusyError, StoreError, StoreLeaseLostError
-from .backend import Backend, Fence
+from .backend import Backend, Fence, process_alive
 
 log = logging.getLogger(__name__)
 
@@ -238,16 +238,6 @@ class S3Backend(Backend):
             lease.release()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class S3Lease(Fence):
     """The writer lease of one S3 store: the object ``.s2ingest/lock``.
 
@@ -330,7 +320,7 @@ class S3Lease(Fence):
     def _dead_here(self, body: dict) -> bool:
         host, _, pid = str(body.get("holder", "")).rpartition(":")
         return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() \
-            and not _alive(int(pid))
+            and not process_alive(int(pid))
 
     def acquire(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> None:
         deadline = time.monotonic() + timeout
