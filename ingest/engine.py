@@ -17,7 +17,7 @@ from .compute import Executor
 from .errors import ProductError, StoreError
 from .footprint import majority_epsg, planned
 from .grid import CubeGrid
-from .overviews import update_overviews
+from .overviews import overview_stream, update_overviews
 from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from .product import Product, ProductName
 from .quality import update_quality
@@ -151,10 +151,15 @@ def _needed(plan: WritePlan, products: Sequence[Product], resolve: Resolver) -> 
 def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Product],
            resolve: Resolver, resampling: dict[str, Resampling], *, progress: bool, threads: int,
            before_commit: Callable[[], None] | None, executor: Executor | None = None) -> WriteReport:
+    # the overview levels follow in the same commit, made from the chunks the writer merges
+    # while it still warps (ingest/overviews/stream.py), the rest after it
+    stream = None if executor is not None else overview_stream(tx, cube.grid, cube.group,
+                                                                len(plan.axis))
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
-                        resampling, threads=threads, progress=progress, executor=executor)
+                        resampling, threads=threads, progress=progress, executor=executor,
+                        sink=stream)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
-    update_overviews(tx, cube.grid, cube.group, threads=threads)  # the levels follow, same commit
+    update_overviews(tx, cube.grid, cube.group, threads=threads, stream=stream)
     # the quality atlas of the steps this commit wrote, in the same version (ingest/quality)
     update_quality(tx, cube.grid, cube.group, plan)
     if before_commit is not None:

@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import numpy as np
 import rasterio
@@ -41,6 +41,18 @@ class WriteReport:
     superseded: tuple[str, ...] = ()
     version: int | None = None  # set when committed
     commit: CommitReport | None = None  # what the commit changed (keys, sizes, hashes)
+
+
+class ChunkSink(Protocol):
+    """Derived data made from the chunks the writer merges, while it writes (the overview
+    levels: ``ingest.overviews.OverviewStream``)."""
+
+    def expect(self, k: int, chunks: set[ChunkIndex]) -> None:
+        """Before the writing starts: the chunks of time chunk ``k`` one block will deliver."""
+
+    def merged(self, var: str, k: int, arrays: dict[ChunkIndex, np.ndarray]) -> None:
+        """One block's final chunks of ``var`` (all time steps of time chunk ``k``), called in a
+        writer thread; the arrays must not be changed."""
 
 
 def _blocks(grid: CubeGrid, chunks: Iterable[ChunkIndex]) -> list[tuple[Window, set[ChunkIndex]]]:
@@ -89,7 +101,8 @@ def _slot_block(
 
 def _write_var_block(tx: Transaction, meta: ArrayMeta, path: str, grid: CubeGrid, var: str,
                      k: int, block_chunks: set[ChunkIndex], slots: list[SlotWrite],
-                     computed: dict[int, dict[str, np.ndarray]], window: Window) -> int:
+                     computed: dict[int, dict[str, np.ndarray]], window: Window,
+                     sink: ChunkSink | None = None) -> int:
     """Merge the computed time steps of one variable into time chunk ``k`` over one block;
     returns the number of chunks staged (written or deleted).
 
@@ -99,16 +112,19 @@ def _write_var_block(tx: Transaction, meta: ArrayMeta, path: str, grid: CubeGrid
     (chunks holding only fill values are never stored).
     """
     n = 0
+    arrays: dict[ChunkIndex, np.ndarray] = {}
     for c in block_chunks:
         key = chunk_key(path, "", k, *c)
         try:
-            _merge_chunk(tx, meta, grid, var, k, c, key, slots, computed, window)
+            arrays[c] = _merge_chunk(tx, meta, grid, var, k, c, key, slots, computed, window)
         except OSError as exc:  # full disk, lost mount, permissions: name the key and the cause
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot write chunk {key}: {exc.strerror or exc}; "
                              "nothing was published") from exc
         n += 1
+    if sink is not None:
+        sink.merged(var, k, arrays)
     return n
 
 
@@ -122,14 +138,15 @@ def _decode(meta: ArrayMeta, raw: bytes, key: str, out: np.ndarray | None = None
 
 def _merge_chunk(tx: Transaction, meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex,
                  key: str, slots: list[SlotWrite], computed: dict[int, dict[str, np.ndarray]],
-                 window: Window) -> None:
-    """Read, merge, encode and stage one chunk (see ``_write_var_block``)."""
+                 window: Window) -> np.ndarray:
+    """Read, merge, encode and stage one chunk (see ``_write_var_block``); returns it."""
     old = tx.get(key)
-    data = merged_chunk(meta, grid, var, k, c, key, old, slots, computed, window)
-    if data is not None:
-        tx.put(key, data)
+    chunk = merged_array(meta, grid, var, k, c, key, old, slots, computed, window)
+    if (chunk != meta.fill_value).any():
+        tx.put(key, meta.encode(chunk))
     elif old is not None:
         tx.delete(key)
+    return chunk
 
 
 def merged_chunk(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex, key: str,
@@ -141,8 +158,17 @@ def merged_chunk(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkInde
     Pure (no store access): the in-process writer and the worker processes
     (``ingest.compute``) both use it, so both write the same bytes.
     """
+    chunk = merged_array(meta, grid, var, k, c, key, old, slots, computed, window)
+    if (chunk != meta.fill_value).any():
+        return meta.encode(chunk)
+    return None
+
+
+def merged_array(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex, key: str,
+                 old: bytes | None, slots: Iterable[SlotWrite],
+                 computed: dict[int, dict[str, np.ndarray]], window: Window) -> np.ndarray:
+    """The chunk of ``merged_chunk`` as an array (every time step of time chunk ``k``)."""
     tc = grid.time_chunk
-    fill = meta.fill_value
     chunk = meta.empty_chunk() if old is None else _decode(meta, old, key)
     cw = grid.chunk_window(c)
     r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
@@ -150,9 +176,7 @@ def merged_chunk(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkInde
     for s in slots:
         if s.index in computed and c in s.chunks:
             chunk[s.index - k * tc, :h, :w] = computed[s.index][var][r0:r0 + h, c0:c0 + w]
-    if (chunk != fill).any():
-        return meta.encode(chunk)
-    return None
+    return chunk
 
 
 def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
@@ -243,9 +267,13 @@ def apply_plan(
     tx: Transaction, grid: CubeGrid, group: str, plan: WritePlan,
     products: dict[str, Product], resampling: dict[str, Resampling],
     *, threads: int = 2, progress: bool = True, executor: Executor | None = None,
+    sink: ChunkSink | None = None,
 ) -> WriteReport:
     """Stage ``plan`` in ``tx`` (the caller commits): resize, move published steps, warp +
     mosaic + encode every touched chunk, then the time axis and provenance.
+
+    ``sink`` (the in-process writer only): gets every merged chunk as an array, for derived
+    data made while the writer writes (``ChunkSink``).
 
     DESIGN CHOICE: everything is staged before any published key changes (DESIGN.md §5), so
     a rewrite of published steps (insertion, supersede, late tile) is switched in one short
@@ -260,7 +288,7 @@ def apply_plan(
     tx.check_base(plan.base_version)
     try:
         return _apply_plan(tx, grid, group, plan, products, resampling, threads=threads,
-                           progress=progress, executor=executor)
+                           progress=progress, executor=executor, sink=sink)
     except (StoreError, ProductError):  # already say what and why (both may be OSErrors)
         raise
     except OSError as exc:
@@ -272,6 +300,7 @@ def _apply_plan(
     tx: Transaction, grid: CubeGrid, group: str, plan: WritePlan,
     products: dict[str, Product], resampling: dict[str, Resampling],
     *, threads: int, progress: bool, executor: Executor | None = None,
+    sink: ChunkSink | None = None,
 ) -> WriteReport:
     group = group.strip("/")
     tc = grid.time_chunk
@@ -296,6 +325,9 @@ def _apply_plan(
     # DESIGN CHOICE: writer threads compress and stage the variables of block k while the
     # pool warps block k+1; at most two blocks are in flight (bounded memory). Blocks own
     # disjoint chunks.
+    if sink is not None:
+        for k, (_, block_chunks) in work:
+            sink.expect(k, block_chunks)
     in_flight: list[list] = []
     with (rasterio.Env(**GDAL_ENV), OpenRasters() as rasters,
           ThreadPoolExecutor(max_workers=max(1, threads)) as pool,
@@ -311,7 +343,8 @@ def _apply_plan(
                 for f in in_flight.pop(0):
                     n_chunks += f.result()
             in_flight.append([writer.submit(_write_var_block, tx, metas[var], join(group, var),
-                                            grid, var, k, block_chunks, slots, computed, window)
+                                            grid, var, k, block_chunks, slots, computed, window,
+                                            sink)
                               for var in VARIABLES])
         for futures in in_flight:
             for f in futures:

@@ -2,16 +2,18 @@
 
 ``build_overviews`` creates them for an existing cube (``s2ingest overviews``);
 ``update_overviews`` is the one publish hook (``ingest.engine``) that keeps them equal to a
-coarsening of the native data, inside the same commit.
+coarsening of the native data, inside the same commit; ``overview_stream`` lets it compute
+level rows while the writer is still warping (``ingest.write.apply_plan``'s ``after_block``).
 """
 from .aggregate import halve, reduction
 from .pyramid import (
     OVERVIEWS, build_overviews, has_overviews, level_factors, level_path, level_shape,
     level_transform, levels_of, multiscales_attrs, update_overviews,
 )
+from .stream import OverviewStream, overview_stream
 
 __all__ = [
-    "OVERVIEWS", "build_overviews", "halve", "has_overviews", "level_factors", "level_path",
-    "level_shape", "level_transform", "levels_of", "multiscales_attrs", "reduction",
-    "update_overviews",
+    "OVERVIEWS", "OverviewStream", "build_overviews", "halve", "has_overviews", "level_factors", "level_path",
+    "level_shape", "level_transform", "levels_of", "multiscales_attrs", "overview_stream",
+    "reduction", "update_overviews",
 ]

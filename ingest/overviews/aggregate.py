@@ -13,6 +13,7 @@ reduction per variable kind:
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from ..variables import VariableSpec
@@ -37,21 +38,10 @@ def halve(a: np.ndarray, how: str, fill) -> np.ndarray:
 
     Works on the four strided views of the 2 x 2 blocks (no copies): a few vector passes."""
     a = pad_even(a, fill)
+    if how == "mean":
+        return _mean(a, fill)
     q = [a[..., i::2, j::2] for i in (0, 1) for j in (0, 1)]
     valid = [v != fill for v in q]
-    if how == "mean":
-        n = np.zeros(q[0].shape, dtype=np.uint8)
-        s = np.zeros(q[0].shape, dtype=np.uint32)
-        for v, ok in zip(q, valid):
-            n += ok
-            s += v
-        if fill:
-            s -= (4 - n).astype(np.uint32) * np.uint32(fill)
-        out = np.full(n.shape, fill, dtype=a.dtype)
-        has = n > 0
-        nn = n[has].astype(np.uint32)
-        out[has] = ((s[has] + nn // 2) // nn).astype(a.dtype)
-        return out
     if how == "mode":
         if a.dtype.itemsize != 1:
             raise ValueError("mode reduction is for uint8 classes")
@@ -68,3 +58,25 @@ def halve(a: np.ndarray, how: str, fill) -> np.ndarray:
         out[best == 0] = fill
         return out
     raise ValueError(f"unknown reduction {how!r}")
+
+
+def _mean(a: np.ndarray, fill) -> np.ndarray:
+    """``mean`` of ``halve`` (even sizes), exact: OpenCV's area resampling of an exact 2x
+    reduction is the mean of the 2 x 2 block in float32, exact here (a sum of four 16-bit
+    values has at most 18 bits), so sum / count = mean(values) / mean(valid) is the correctly
+    rounded quotient, and ``floor(q + 0.5)`` equals the integer ``(sum + n // 2) // n``."""
+    lead, (h, w) = a.shape[:-2], a.shape[-2:]
+    flat = a.reshape(-1, h, w)
+    out = np.empty((flat.shape[0], h // 2, w // 2), dtype=a.dtype)
+    for i, band in enumerate(flat):
+        valid = band != fill
+        values = band.astype(np.float32)
+        if fill:
+            values[~valid] = 0
+        s = cv2.resize(values, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        n = cv2.resize(valid.view(np.uint8).astype(np.float32), (w // 2, h // 2),
+                       interpolation=cv2.INTER_AREA)
+        q = np.floor(cv2.divide(s, n) + 0.5)  # n == 0 gives 0 (OpenCV), replaced below
+        q[n == 0] = fill
+        out[i] = q
+    return out.reshape(*lead, h // 2, w // 2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,6 +28,9 @@ from ..store.layout import COMPRESSOR, COORD_CHUNK, cf_grid_mapping, variable_at
 from ..store.zarrdocs import read_array
 from ..variables import VARIABLES
 from .aggregate import halve, reduction
+
+if TYPE_CHECKING:
+    from .stream import OverviewStream
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,8 @@ def build_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bo
     return _propagate(tx, grid, group, touched, progress=progress, threads=threads)
 
 
-def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: int = 2) -> int:
+def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: int = 2,
+                     stream: "OverviewStream | None" = None) -> int:
     """THE publish hook: recompute the level chunks over every native chunk this transaction
     staged or deleted, and follow the time axis (length, time coordinate). A group without
     overviews is left alone (``s2ingest overviews`` creates them once). Returns the chunks staged.
@@ -193,6 +197,11 @@ def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: in
     recomputed from what the transaction would publish, not patched step by step: appends,
     insertions that shift published steps and supersedes all come down to "these native
     chunks changed", so one rule keeps the levels equal to a coarsening of the native data.
+
+    ``stream``: the ``OverviewStream`` (``ingest.overviews.stream``) that computed level chunks
+    from the writer's arrays while it was still warping; only what it did not see (chunks
+    staged outside the writer's merges, e.g. steps moved by an insertion) and what lies above
+    that is computed here.
     """
     group = group.strip("/")
     if not has_overviews(tx, group):
@@ -216,9 +225,11 @@ def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: in
                 tx.resize(join(path, var), (length, *meta.shape[1:]))
         if tx.array(join(path, "time")).shape[0] != length or touched:
             write_1d(tx, join(path, "time"), times)
+    if stream is not None:
+        stream.finish()
     if not touched:
         return 0
-    return _propagate(tx, grid, group, touched, progress=False, threads=threads)
+    return _propagate(tx, grid, group, touched, progress=False, threads=threads, stream=stream)
 
 
 def _parse(name: str) -> ChunkId:
@@ -226,39 +237,51 @@ def _parse(name: str) -> ChunkId:
     return k, iy, ix
 
 
+def _parents(chunks: Iterable[ChunkId]) -> set[ChunkId]:
+    return {(k, iy // 2, ix // 2) for k, iy, ix in chunks}
+
+
 def _propagate(tx: Transaction, grid: CubeGrid, group: str, touched: Iterable[ChunkId], *,
-               progress: bool, threads: int) -> int:
-    """Recompute, level by level, the chunks above ``touched`` native chunks."""
+               progress: bool, threads: int, stream: "OverviewStream | None" = None) -> int:
+    """Recompute, level by level, the chunks above ``touched`` native chunks (those a
+    ``stream`` computed from final inputs are kept)."""
     src_path, src_shape = group, grid.shape
+    length = tx.array(join(group, "B04")).shape[0]
     cur = set(touched)
+    # what changed below a level and was not seen by the stream: its parents are (re)done here
+    redo = cur - stream.seen_native if stream is not None else cur
     n = 0
     levels = level_factors(grid.shape)
     bar = tqdm(total=len(levels), desc=f"overviews {group}", unit="level", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="overviews") as pool:
         for f in levels:
             dst_path = level_path(group, f)
-            nxt = sorted({(k, iy // 2, ix // 2) for k, iy, ix in cur})
+            targets = _parents(cur)
+            done = stream.done(f) if stream is not None else set()
+            redo = (targets - done) | _parents(redo)
+            nxt = sorted(redo)
             if threads <= 1:
-                n += sum(_level_var(tx, grid, src_path, src_shape, dst_path, var, nxt)
+                n += sum(_level_var(tx, grid, src_path, src_shape, dst_path, var, nxt, length)
                          for var in VARIABLES)
             else:
-                jobs = [pool.submit(_level_var, tx, grid, src_path, src_shape, dst_path, var, nxt)
-                        for var in VARIABLES]
+                jobs = [pool.submit(_level_var, tx, grid, src_path, src_shape, dst_path, var, nxt,
+                                    length) for var in VARIABLES]
                 n += sum(j.result() for j in jobs)
             log.info("overview level %d: %d chunks recomputed", f, len(nxt))
-            cur, src_path, src_shape = set(nxt), dst_path, level_shape(grid.shape, f)
+            cur, src_path, src_shape = targets, dst_path, level_shape(grid.shape, f)
             bar.update(1)
     bar.close()
-    return n
+    return n + (stream.staged if stream is not None else 0)
 
 
 def _level_var(tx: Transaction, grid: CubeGrid, src_path: str, src_shape: tuple[int, int],
-               dst_path: str, var: str, chunks: list[ChunkId]) -> int:
+               dst_path: str, var: str, chunks: list[ChunkId], length: int) -> int:
+    """Compute and stage the level chunks ``chunks`` of ``var`` from the level above
+    (``src_path``); ``length``: the number of time steps the commit publishes."""
     spec = VARIABLES[var]
     how = reduction(spec)
     src = tx.array(join(src_path, var))
     dst = tx.array(join(dst_path, var))
-    length = dst.shape[0]
     tc, cy, cx = dst.chunks
     fill = spec.fill_value
     for k, jy, jx in chunks:

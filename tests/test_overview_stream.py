@@ -1,0 +1,182 @@
+"""The overview stream (``ingest.overviews.stream``): level chunks made from the arrays the
+writer merges equal, byte for byte, the levels ``update_overviews`` computes from the store,
+for odd and even chunk heights, ragged grid edges, untouched neighbours, chunks that become
+empty, any delivery order and two writer threads; the pass after the writer then has nothing
+left to do."""
+from __future__ import annotations
+
+import random
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.engine import Cube
+from ingest.grid import CubeGrid
+from ingest.overviews import build_overviews, level_factors, overview_stream, update_overviews
+from ingest.overviews import pyramid
+from ingest.store import CubeStore, join
+from ingest.store.imagery import write_1d
+from ingest.variables import VARIABLES
+
+GROUP = "S2/R051"
+
+
+def _grid(cy: int, cx: int) -> CubeGrid:
+    # 2403 x 2998 px: three levels (2, 4, 8 -> 301 x 375 <= 512) and ragged edges everywhere
+    return CubeGrid("t", "EPSG:28992", 10.0, (0.0, 300_000.0, 29_980.0, 324_030.0),
+                    chunk_shape=(cy, cx), time_chunk=3)
+
+
+def _random_chunk(rng: np.random.Generator, var: str, shape, nt: int, empty: bool) -> np.ndarray:
+    spec = VARIABLES[var]
+    a = np.full(shape, spec.fill_value, dtype=spec.dtype)
+    if empty:
+        return a
+    hi = 12 if spec.kind == "classes" else 3000
+    a[:nt] = rng.integers(1, hi, (nt, *shape[1:])).astype(spec.dtype)
+    holes = rng.random(shape) < 0.3  # nodata the reductions must skip
+    a[holes] = spec.fill_value
+    return a
+
+
+def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, stream: bool,
+           empty: frozenset = frozenset()) -> dict:
+    """Stage random native chunks as the writer would, feed the stream (if asked) from two
+    threads in random order, let ``update_overviews`` finish, commit; what the end pass did."""
+    rng = np.random.default_rng(seed)
+    tc = grid.time_chunk
+    end_pass: list = []
+    real = pyramid._level_var
+
+    def spy(tx, grid_, src, shape, dst, var, todo, n):
+        end_pass.extend(todo)
+        return real(tx, grid_, src, shape, dst, var, todo, n)
+
+    with store.transaction() as tx:
+        for var in VARIABLES:
+            tx.resize(join(GROUP, var), (length, *grid.shape))
+        write_1d(tx, join(GROUP, "time"), np.arange(length, dtype="i8") * 86_400_000)
+        s = overview_stream(tx, grid, GROUP, length) if stream else None
+        blocks: dict[tuple[int, int], set] = {}
+        for k, iy, ix in chunks:
+            blocks.setdefault((k, iy), set()).add((iy, ix))
+        if s is not None:
+            for (k, _), cs in sorted(blocks.items()):
+                s.expect(k, cs)
+        deliveries = []
+        for (k, iy), cs in sorted(blocks.items()):
+            nt = min(tc, length - k * tc)
+            for var in VARIABLES:
+                arrays = {}
+                for c in sorted(cs):
+                    meta = tx.array(join(GROUP, var))
+                    a = _random_chunk(rng, var, meta.chunks, nt, (k, *c) in empty)
+                    key = f"{GROUP}/{var}/{k}.{c[0]}.{c[1]}"
+                    if (a != meta.fill_value).any():
+                        tx.put(key, meta.encode(a))
+                    elif tx.get(key) is not None:
+                        tx.delete(key)
+                    arrays[c] = a
+                deliveries.append((var, k, arrays))
+        if s is not None:
+            random.Random(seed).shuffle(deliveries)
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda d: s.merged(*d), deliveries))
+        pyramid._level_var = spy
+        try:
+            update_overviews(tx, grid, GROUP, threads=1, stream=s)
+        finally:
+            pyramid._level_var = real
+        tx.commit()
+    return {"end_pass": end_pass, "stream_done": s.done(level_factors(grid.shape)[0]) if s else set()}
+
+
+def _overview_files(root: Path) -> dict[str, bytes]:
+    base = root / GROUP / "overviews"
+    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("cy,cx", [(25, 30), (24, 30)], ids=["odd-chunk-height", "even-chunk-height"])
+def test_stream_levels_equal_the_levels_computed_from_the_store(tmp_path, cy, cx):
+    grid = _grid(cy, cx)
+    assert len(level_factors(grid.shape)) == 3
+    ny, nx = -(-grid.shape[0] // cy), -(-grid.shape[1] // cx)
+    base = tmp_path / "base.zarr"
+    Cube(base, grid, 51).ensure()
+    store = CubeStore.open(base)
+    # version 1: data in time chunk 0 over a block of chunks reaching the ragged edges
+    first = [(0, iy, ix) for iy in range(ny - 7, ny) for ix in range(nx - 9, nx)]
+    _write(store, grid, 3, first, seed=1, stream=False)
+    with store.transaction() as tx:
+        build_overviews(tx, grid, GROUP)
+        tx.commit()
+    # the next commit: an append (time chunk 1) and a rewrite of some published chunks of
+    # time chunk 0, over rows that start on odd and even chunk rows, with untouched
+    # neighbours (published) and chunks that become empty
+    second = ([(1, iy, ix) for iy in range(ny - 6, ny) for ix in range(nx - 5, nx - 1)]
+              + [(0, iy, ix) for iy in range(ny - 5, ny - 2) for ix in range(nx - 8, nx - 3)])
+    empty = frozenset({(0, ny - 4, nx - 6), (0, ny - 3, nx - 8)})
+    copies = {}
+    for stream in (True, False):
+        path = tmp_path / f"{stream}.zarr"
+        shutil.copytree(base, path)
+        copies[stream] = _write(CubeStore.open(path), grid, 4, second, seed=2, stream=stream,
+                                empty=empty)
+    # the stream did the levels; the pass after the writer found nothing left
+    assert copies[True]["stream_done"] and copies[True]["end_pass"] == []
+    assert copies[False]["end_pass"]
+    a, b = _overview_files(tmp_path / "True.zarr"), _overview_files(tmp_path / "False.zarr")
+    assert a.keys() == b.keys() and any(k.startswith("8/B04/1.") for k in a)
+    assert [k for k in a if a[k] != b[k]] == []
+    # and both equal a rebuild of every level from the native data
+    with CubeStore.open(tmp_path / "False.zarr").transaction() as tx:
+        build_overviews(tx, grid, GROUP)
+        tx.commit()
+    assert _overview_files(tmp_path / "False.zarr") == b
+
+
+def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
+    """Chunks staged outside the writer's merges (an insertion moves published steps) are
+    not seen by the stream: their parents, and what lies above them, are computed after."""
+    grid = _grid(25, 30)
+    ny, nx = -(-grid.shape[0] // 25), -(-grid.shape[1] // 30)
+    base = tmp_path / "base.zarr"
+    Cube(base, grid, 51).ensure()
+    store = CubeStore.open(base)
+    _write(store, grid, 3, [(0, iy, ix) for iy in range(ny - 3, ny) for ix in range(nx - 3, nx)],
+           seed=1, stream=False)
+    with store.transaction() as tx:
+        build_overviews(tx, grid, GROUP)
+        tx.commit()
+    end_pass: list = []
+    real = pyramid._level_var
+
+    def spy(tx, grid_, src, shape, dst, var, todo, n):
+        end_pass.extend(todo)
+        return real(tx, grid_, src, shape, dst, var, todo, n)
+
+    with store.transaction() as tx:
+        s = overview_stream(tx, grid, GROUP, 3)
+        # "moved" by something else than the writer: chunk (0, ny-1, nx-1) of every variable
+        for var in VARIABLES:
+            meta = tx.array(join(GROUP, var))
+            a = _random_chunk(np.random.default_rng(5), var, meta.chunks, 3, False)
+            tx.put(f"{GROUP}/{var}/0.{ny - 1}.{nx - 1}", meta.encode(a))
+        pyramid._level_var = spy
+        try:
+            update_overviews(tx, grid, GROUP, threads=1, stream=s)
+        finally:
+            pyramid._level_var = real
+        tx.commit()
+    assert sorted(set(end_pass)) == [(0, (ny - 1) // 2 // 2 // 2, (nx - 1) // 2 // 2 // 2),
+                                     (0, (ny - 1) // 2 // 2, (nx - 1) // 2 // 2),
+                                     (0, (ny - 1) // 2, (nx - 1) // 2)]
+    before = _overview_files(base)
+    with store.transaction() as tx:
+        build_overviews(tx, grid, GROUP)
+        tx.commit()
+    assert _overview_files(base) == before
