@@ -55,6 +55,7 @@ ORBIT = 51
 BASELINE = "05.09"
 FIRST_DATATAKE = datetime(2023, 7, 14, 10, 56, 19, tzinfo=UTC)  # measured datatakes: +5 d each
 TARGET_RATIO = 1.5  # ingest time / decode floor (the issue's target)
+OVERVIEWS_TARGET = 0.10  # keeping the overviews current: < 10 % of the ingest time (issue #12)
 MEMORY_TOLERANCE = 1.10  # "independent of the cube size": populated peak within 10 % of fresh
 DEFAULT_CACHE = Path("bench-results/products")
 FULL = 10980
@@ -158,7 +159,7 @@ def _child(task: str, kwargs: dict) -> dict:
     from . import engine, write  # noqa: F401  (imports are not part of the measurement)
 
     baseline = _status_mb("VmRSS") or _peak_mb()
-    fn = {"decode": _decode, "ingest": _ingest}[task]
+    fn = {"decode": _decode, "ingest": _ingest, "overviews": _overviews}[task]
     cpu0, t0 = _cpu_s(), time.perf_counter()
     result = fn(**kwargs)
     wall = time.perf_counter() - t0
@@ -281,6 +282,18 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
         "worker_cpu_s": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
                          + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime) if workers else 0.0,
     }
+
+
+def _overviews(cube_path: str) -> dict:
+    """Build the multiscale levels of a cube (one commit), as ``s2ingest overviews`` does."""
+    from .overviews import build_overviews
+    from .store import CubeStore
+
+    store = CubeStore.open(Path(cube_path))
+    with store.transaction() as tx:
+        n = build_overviews(tx, store.grid, f"S2/R{ORBIT:03d}")
+        tx.commit()
+    return {"level_chunks": n}
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -486,6 +499,13 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{chunk_bytes(base) / 1e6:.0f} MB")
             runs["ingest_populated"] = []
             sizes["populated_base_chunk_bytes"] = chunk_bytes(base)
+            # the same cube with multiscale overviews: every publish keeps them current in the
+            # same commit (DESIGN.md §12); their cost is the difference of interleaved runs
+            base_ov = work / "populated-overviews-base.zarr"
+            shutil.copytree(base, base_ov)
+            r = run_child("overviews", cube_path=str(base_ov))
+            echo(f"  overviews of the larger cube: {r['seconds']:.1f} s, {r['level_chunks']} level chunks")
+            runs["ingest_populated_overviews"] = []
         for i in range(args.repeat):
             echo(f"run {i + 1}/{args.repeat}")
             for mode, kw in decode_modes.items():
@@ -507,6 +527,13 @@ def main(argv: list[str] | None = None) -> dict:
                 runs["ingest_populated"].append(r)
                 shutil.rmtree(cube, ignore_errors=True)
                 echo(f"  {'ingest (larger cube)':<24} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
+                cube = work / f"populated-overviews-{i}.zarr"
+                link_tree(base_ov, cube)
+                r = run_child("ingest", cube_path=str(cube), product_paths=measured_s, known_paths=all_s,
+                              resampling=resampling, threads=threads)
+                runs["ingest_populated_overviews"].append(r)
+                shutil.rmtree(cube, ignore_errors=True)
+                echo(f"  {'ingest (same, overviews)':<24} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -549,6 +576,16 @@ def main(argv: list[str] | None = None) -> dict:
             memory_tolerance=MEMORY_TOLERANCE,
             ingest_populated_s=pop["seconds_median"],
         )
+    if runs.get("ingest_populated_overviews"):
+        # DESIGN CHOICE: the overhead is the median of the ratios of interleaved pairs (the
+        # same products into the same cube, without and with overviews), wall and CPU
+        pairs = list(zip(runs["ingest_populated"], runs["ingest_populated_overviews"]))
+        summary.update(
+            overviews_publish_overhead=median([(w["seconds"] - p["seconds"]) / p["seconds"] for p, w in pairs]),
+            overviews_publish_overhead_cpu=median([(w["cpu_s"] - p["cpu_s"]) / p["cpu_s"] for p, w in pairs]),
+            overviews_target=OVERVIEWS_TARGET,
+        )
+        summary["overviews_target_met"] = summary["overviews_publish_overhead"] < OVERVIEWS_TARGET
     report = {
         "schema": 1, "date": started.isoformat(timespec="seconds"),
         "duration_s": (datetime.now(UTC) - started).total_seconds(),
@@ -712,7 +749,8 @@ def print_report(rep: dict) -> None:
                      ("decode_serial_allcpus", "decode, serial ALL_CPUS"),
                      ("decode_pool", f"decode, {m['nproc']}-thread pool"),
                      ("ingest_fresh", "ingest, fresh cube"),
-                     ("ingest_populated", "ingest, larger cube")]:
+                     ("ingest_populated", "ingest, larger cube"),
+                     ("ingest_populated_overviews", "ingest, same + overviews")]:
         if k not in res:
             continue
         r = res[k]
@@ -739,6 +777,10 @@ def print_report(rep: dict) -> None:
               f"({s['populated_time_steps_before']} time steps already published) {s['peak_rss_mb_populated']:.0f} MB: "
               f"ratio {s['peak_rss_ratio_populated_to_fresh']:.2f} "
               f"({'independent' if s['memory_independent'] else 'GROWS'} at {s['memory_tolerance']:.2f} tolerance)")
+    if "overviews_publish_overhead" in s:
+        print(f"OVERVIEWS keeping them current costs {s['overviews_publish_overhead']:.1%} of the ingest "
+              f"({s['overviews_publish_overhead_cpu']:.1%} in CPU time; target < {s['overviews_target']:.0%}): "
+              f"{'MET' if s['overviews_target_met'] else 'NOT MET'}")
 
 
 if __name__ == "__main__":

@@ -153,13 +153,13 @@ def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Prod
            before_commit: Callable[[], None] | None, executor: Executor | None = None) -> WriteReport:
     # the overview levels follow in the same commit, made from the chunks the writer merges
     # while it still warps (ingest/overviews/stream.py), the rest after it
-    stream = None if executor is not None else overview_stream(tx, cube.grid, cube.group,
-                                                                len(plan.axis))
+    stream = None if executor is not None else overview_stream(tx, cube.grid, cube.group)
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
                         resampling, threads=threads, progress=progress, executor=executor,
                         sink=stream)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
-    update_overviews(tx, cube.grid, cube.group, threads=threads, stream=stream)
+    update_overviews(tx, cube.grid, cube.group, threads=threads, stream=stream,
+                     steps=plan.changed_steps())
     # the quality atlas of the steps this commit wrote, in the same version (ingest/quality)
     update_quality(tx, cube.grid, cube.group, plan)
     if before_commit is not None:

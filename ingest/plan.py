@@ -62,6 +62,11 @@ class WritePlan:
     def is_empty(self) -> bool:
         return not self.slots
 
+    def changed_steps(self) -> set[int]:
+        """Indices (after this write) of the time steps whose content changes: the written
+        slots and every published step that moves (derived data follows exactly these)."""
+        return {s.index for s in self.slots} | {n for o, n in self.old_to_new.items() if o != n}
+
     @property
     def shifts(self) -> bool:
         """True when published time steps move (a late datatake was inserted)."""

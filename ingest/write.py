@@ -47,8 +47,9 @@ class ChunkSink(Protocol):
     """Derived data made from the chunks the writer merges, while it writes (the overview
     levels: ``ingest.overviews.OverviewStream``)."""
 
-    def expect(self, k: int, chunks: set[ChunkIndex]) -> None:
-        """Before the writing starts: the chunks of time chunk ``k`` one block will deliver."""
+    def expect(self, k: int, chunks: set[ChunkIndex], steps: set[int]) -> None:
+        """Before the writing starts: the chunks of time chunk ``k`` one block will deliver,
+        and the time steps (indices on the new axis) it writes there."""
 
     def merged(self, var: str, k: int, arrays: dict[ChunkIndex, np.ndarray]) -> None:
         """One block's final chunks of ``var`` (all time steps of time chunk ``k``), called in a
@@ -327,7 +328,7 @@ def _apply_plan(
     # disjoint chunks.
     if sink is not None:
         for k, (_, block_chunks) in work:
-            sink.expect(k, block_chunks)
+            sink.expect(k, block_chunks, {s.index for s in by_tchunk[k] if s.chunks & block_chunks})
     in_flight: list[list] = []
     with (rasterio.Env(**GDAL_ENV), OpenRasters() as rasters,
           ThreadPoolExecutor(max_workers=max(1, threads)) as pool,

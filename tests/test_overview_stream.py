@@ -39,13 +39,20 @@ def _random_chunk(rng: np.random.Generator, var: str, shape, nt: int, empty: boo
     a[:nt] = rng.integers(1, hi, (nt, *shape[1:])).astype(spec.dtype)
     holes = rng.random(shape) < 0.3  # nodata the reductions must skip
     a[holes] = spec.fill_value
+    if rng.random() < 0.5:  # data in a box only (odd and even offsets): the reduced box
+        r0, c0 = rng.integers(0, shape[1]), rng.integers(0, shape[2])
+        r1, c1 = rng.integers(r0 + 1, shape[1] + 1), rng.integers(c0 + 1, shape[2] + 1)
+        box = a[:, r0:r1, c0:c1].copy()
+        a[:] = spec.fill_value
+        a[:, r0:r1, c0:c1] = box
     return a
 
 
 def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, stream: bool,
-           empty: frozenset = frozenset()) -> dict:
-    """Stage random native chunks as the writer would, feed the stream (if asked) from two
-    threads in random order, let ``update_overviews`` finish, commit; what the end pass did."""
+           empty: frozenset = frozenset(), steps: set[int] | None = None) -> dict:
+    """Stage random native chunks as the writer would (new values at ``steps`` only, None:
+    all), feed the stream (if asked) from two threads in random order, let
+    ``update_overviews`` finish, commit; what the end pass did."""
     rng = np.random.default_rng(seed)
     tc = grid.time_chunk
     end_pass: list = []
@@ -59,13 +66,18 @@ def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, 
         for var in VARIABLES:
             tx.resize(join(GROUP, var), (length, *grid.shape))
         write_1d(tx, join(GROUP, "time"), np.arange(length, dtype="i8") * 86_400_000)
-        s = overview_stream(tx, grid, GROUP, length) if stream else None
+        s = overview_stream(tx, grid, GROUP) if stream else None
         blocks: dict[tuple[int, int], set] = {}
         for k, iy, ix in chunks:
             blocks.setdefault((k, iy), set()).add((iy, ix))
+
+        def block_steps(k):
+            nt = min(tc, length - k * tc)
+            return {t for t in range(k * tc, k * tc + nt) if steps is None or t in steps}
+
         if s is not None:
             for (k, _), cs in sorted(blocks.items()):
-                s.expect(k, cs)
+                s.expect(k, cs, block_steps(k))
         deliveries = []
         for (k, iy), cs in sorted(blocks.items()):
             nt = min(tc, length - k * tc)
@@ -75,6 +87,9 @@ def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, 
                     meta = tx.array(join(GROUP, var))
                     a = _random_chunk(rng, var, meta.chunks, nt, (k, *c) in empty)
                     key = f"{GROUP}/{var}/{k}.{c[0]}.{c[1]}"
+                    old = tx.get(key)
+                    keep = [t - k * tc for t in range(k * tc, k * tc + tc) if t not in block_steps(k)]
+                    a[keep] = (meta.decode(old) if old is not None else meta.empty_chunk())[keep]
                     if (a != meta.fill_value).any():
                         tx.put(key, meta.encode(a))
                     elif tx.get(key) is not None:
@@ -87,11 +102,12 @@ def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, 
                 list(pool.map(lambda d: s.merged(*d), deliveries))
         pyramid._level_var = spy
         try:
-            update_overviews(tx, grid, GROUP, threads=1, stream=s)
+            update_overviews(tx, grid, GROUP, threads=1, stream=s, steps=steps)
         finally:
             pyramid._level_var = real
         tx.commit()
-    return {"end_pass": end_pass, "stream_done": s.done(level_factors(grid.shape)[0]) if s else set()}
+    return {"end_pass": end_pass, "end_pass_keys": [f"x/{t}.{jy}.{jx}" for t, jy, jx in end_pass],
+            "stream_done": s.done(level_factors(grid.shape)[0]) if s else set()}
 
 
 def _overview_files(root: Path) -> dict[str, bytes]:
@@ -114,9 +130,9 @@ def test_stream_levels_equal_the_levels_computed_from_the_store(tmp_path, cy, cx
     with store.transaction() as tx:
         build_overviews(tx, grid, GROUP)
         tx.commit()
-    # the next commit: an append (time chunk 1) and a rewrite of some published chunks of
-    # time chunk 0, over rows that start on odd and even chunk rows, with untouched
-    # neighbours (published) and chunks that become empty
+    # the next commit: an append (step 3, time chunk 1) and a rewrite of step 1 of some
+    # published chunks of time chunk 0 (steps 0 and 2 stay), over rows that start on odd and
+    # even chunk rows, with untouched neighbours (published) and chunks that become empty
     second = ([(1, iy, ix) for iy in range(ny - 6, ny) for ix in range(nx - 5, nx - 1)]
               + [(0, iy, ix) for iy in range(ny - 5, ny - 2) for ix in range(nx - 8, nx - 3)])
     empty = frozenset({(0, ny - 4, nx - 6), (0, ny - 3, nx - 8)})
@@ -125,12 +141,14 @@ def test_stream_levels_equal_the_levels_computed_from_the_store(tmp_path, cy, cx
         path = tmp_path / f"{stream}.zarr"
         shutil.copytree(base, path)
         copies[stream] = _write(CubeStore.open(path), grid, 4, second, seed=2, stream=stream,
-                                empty=empty)
+                                empty=empty, steps={1, 3})
     # the stream did the levels; the pass after the writer found nothing left
     assert copies[True]["stream_done"] and copies[True]["end_pass"] == []
     assert copies[False]["end_pass"]
     a, b = _overview_files(tmp_path / "True.zarr"), _overview_files(tmp_path / "False.zarr")
-    assert a.keys() == b.keys() and any(k.startswith("8/B04/1.") for k in a)
+    assert a.keys() == b.keys() and any(k.startswith("8/B04/3.") for k in a)
+    # only the changed steps were recomputed: one step per level chunk
+    assert {int(t) for t, *_ in (k.split("/")[-1].split(".") for k in copies[False]["end_pass_keys"])} == {1, 3}
     assert [k for k in a if a[k] != b[k]] == []
     # and both equal a rebuild of every level from the native data
     with CubeStore.open(tmp_path / "False.zarr").transaction() as tx:
@@ -160,7 +178,7 @@ def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
         return real(tx, grid_, src, shape, dst, var, todo, n)
 
     with store.transaction() as tx:
-        s = overview_stream(tx, grid, GROUP, 3)
+        s = overview_stream(tx, grid, GROUP)
         # "moved" by something else than the writer: chunk (0, ny-1, nx-1) of every variable
         for var in VARIABLES:
             meta = tx.array(join(GROUP, var))
@@ -172,9 +190,9 @@ def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
         finally:
             pyramid._level_var = real
         tx.commit()
-    assert sorted(set(end_pass)) == [(0, (ny - 1) // 2 // 2 // 2, (nx - 1) // 2 // 2 // 2),
-                                     (0, (ny - 1) // 2 // 2, (nx - 1) // 2 // 2),
-                                     (0, (ny - 1) // 2, (nx - 1) // 2)]
+    # level 2 chunks cover 4 x 4 native chunks, the others 2 x 2 of the level above; one step each
+    assert sorted(set(end_pass)) == sorted({(t, (ny - 1) // 4 // d, (nx - 1) // 4 // d)
+                                            for t in range(3) for d in (1, 2, 4)})
     before = _overview_files(base)
     with store.transaction() as tx:
         build_overviews(tx, grid, GROUP)

@@ -6,9 +6,15 @@ the child groups ``2``, ``4``, ``8``, … (the factor against the native 10 m gr
 first level whose larger side is at most ``SMALLEST`` pixels. Each level is a self-contained
 dataset that xarray opens on its own: the same variables with dims (time, y, x), the same
 time coordinate as the native group, ``x``/``y`` at the level's pixel centres and a
-``spatial_ref`` grid mapping with the level's ``GeoTransform``. Chunks are ``(time_chunk,
-*grid.chunk_shape)`` at every level, so a level chunk covers exactly 2 x 2 chunks of the level
-above (the native group for level 2).
+``spatial_ref`` grid mapping with the level's ``GeoTransform``.
+
+DESIGN CHOICE: level chunks are ``(1, 2 * cy, 2 * cx)`` (one time step, twice the native chunk
+on each side: 1250 x 1000 on the NL grid) at every level. One step per chunk: a publish
+recomputes and re-encodes the level chunks of exactly the time steps it changes (an append
+into a half-full time chunk does not redo the other steps), and a tile reads one step, not
+five. Twice the native side: the levels hold fewer keys than a fifth of the native group
+(a level chunk of level 2 covers 4 x 4 native chunks, of every higher level 2 x 2 chunks of
+the level above), so per-step chunks do not multiply the keys a version lists.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from ..grid import CubeGrid
 from ..store import Transaction, join
 from ..store.imagery import write_1d
 from ..store.layout import COMPRESSOR, COORD_CHUNK, cf_grid_mapping, variable_attrs
-from ..store.zarrdocs import read_array
+from ..store.zarrdocs import ArrayMeta, read_array
 from ..variables import VARIABLES
 from .aggregate import halve, reduction
 
@@ -39,7 +45,7 @@ SMALLEST = 512  # the last level's larger side is at most this many pixels
 MULTISCALES_UUID = "d35379db-88df-4056-af3a-620245f8e347"
 GEO_PROJ_UUID = "f17cb550-5864-4468-aeb7-f3180cfb622f"
 
-ChunkId = tuple[int, int, int]  # (time chunk, chunk row, chunk column)
+ChunkId = tuple[int, int, int]  # native: (time chunk, row, column); levels: (step, row, column)
 
 
 def level_factors(shape: tuple[int, int]) -> list[int]:
@@ -61,6 +67,12 @@ def level_transform(grid: CubeGrid, f: int) -> list[float]:
     left, _, _, top = grid.bounds
     r = grid.resolution * f
     return [left, r, 0.0, top, 0.0, -r]
+
+
+def level_chunks(grid: CubeGrid) -> tuple[int, int, int]:
+    """The chunks of every level array: one time step, twice the native chunk on each side."""
+    cy, cx = grid.chunk_shape
+    return (1, 2 * cy, 2 * cx)
 
 
 def overviews_path(group: str) -> str:
@@ -136,8 +148,6 @@ def create_levels(tx: Transaction, grid: CubeGrid, group: str) -> None:
     else:
         tx.put_json(join(overviews_path(group), ".zattrs"), multiscales_attrs(grid))
     time_attrs = tx.attrs(join(group, "time"))
-    tc = grid.time_chunk
-    cy, cx = grid.chunk_shape
     for f in level_factors(grid.shape):
         path = level_path(group, f)
         ny, nx = level_shape(grid.shape, f)
@@ -164,7 +174,7 @@ def create_levels(tx: Transaction, grid: CubeGrid, group: str) -> None:
             attrs = variable_attrs(spec, grid)
             attrs["coordinates"] = "spatial_ref"
             attrs["s2ingest_resampling"] = reduction(spec)
-            tx.create_array(join(path, spec.name), shape=(length, ny, nx), chunks=(tc, cy, cx),
+            tx.create_array(join(path, spec.name), shape=(length, ny, nx), chunks=level_chunks(grid),
                             dtype=spec.dtype, fill_value=spec.fill_value, compressor=COMPRESSOR,
                             attrs=attrs)
 
@@ -188,20 +198,22 @@ def build_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bo
 
 
 def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: int = 2,
+                     steps: Iterable[int] | None = None,
                      stream: "OverviewStream | None" = None) -> int:
     """THE publish hook: recompute the level chunks over every native chunk this transaction
-    staged or deleted, and follow the time axis (length, time coordinate). A group without
-    overviews is left alone (``s2ingest overviews`` creates them once). Returns the chunks staged.
+    staged or deleted, at the time steps it changes, and follow the time axis (length, time
+    coordinate). A group without overviews is left alone (``s2ingest overviews`` creates them
+    once). Returns the chunks staged.
 
-    DESIGN CHOICE: the whole time chunk of every touched (time chunk, spatial chunk) is
-    recomputed from what the transaction would publish, not patched step by step: appends,
-    insertions that shift published steps and supersedes all come down to "these native
-    chunks changed", so one rule keeps the levels equal to a coarsening of the native data.
+    DESIGN CHOICE: a level chunk is recomputed whole from what the transaction would publish,
+    not patched: appends, insertions that shift published steps and supersedes all come down
+    to "these native chunks changed at these steps" (``steps``: ``WritePlan.changed_steps``;
+    None: every step of the touched time chunks), so one rule keeps the levels equal to a
+    coarsening of the native data.
 
     ``stream``: the ``OverviewStream`` (``ingest.overviews.stream``) that computed level chunks
     from the writer's arrays while it was still warping; only what it did not see (chunks
-    staged outside the writer's merges, e.g. steps moved by an insertion) and what lies above
-    that is computed here.
+    staged outside the writer's merges) and what lies above that is computed here.
     """
     group = group.strip("/")
     if not has_overviews(tx, group):
@@ -216,8 +228,9 @@ def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: in
     times = _native_times(tx, group)
     for f in level_factors(grid.shape):
         path = level_path(group, f)
-        if not tx.is_array(join(path, "B04")):  # a level added since (another SMALLEST)
-            create_levels(tx, grid, group)
+        if not tx.is_array(join(path, "B04")) or tx.array(join(path, "B04")).chunks != level_chunks(grid):
+            # a level added since (another SMALLEST) or levels of an earlier layout: rebuild
+            log.warning("overview levels of %s are rebuilt in this commit (new level layout)", group)
             return build_overviews(tx, grid, group, threads=threads)
         for var in VARIABLES:
             meta = tx.array(join(path, var))
@@ -229,7 +242,8 @@ def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: in
         stream.finish()
     if not touched:
         return 0
-    return _propagate(tx, grid, group, touched, progress=False, threads=threads, stream=stream)
+    return _propagate(tx, grid, group, touched, progress=False, threads=threads, stream=stream,
+                      steps=None if steps is None else set(steps))
 
 
 def _parse(name: str) -> ChunkId:
@@ -238,37 +252,46 @@ def _parse(name: str) -> ChunkId:
 
 
 def _parents(chunks: Iterable[ChunkId]) -> set[ChunkId]:
-    return {(k, iy // 2, ix // 2) for k, iy, ix in chunks}
+    """Level chunks (step, row, column) one level up of level chunks."""
+    return {(t, jy // 2, jx // 2) for t, jy, jx in chunks}
 
 
 def _propagate(tx: Transaction, grid: CubeGrid, group: str, touched: Iterable[ChunkId], *,
-               progress: bool, threads: int, stream: "OverviewStream | None" = None) -> int:
-    """Recompute, level by level, the chunks above ``touched`` native chunks (those a
-    ``stream`` computed from final inputs are kept)."""
-    src_path, src_shape = group, grid.shape
+               progress: bool, threads: int, stream: "OverviewStream | None" = None,
+               steps: set[int] | None = None) -> int:
+    """Recompute, level by level, the level chunks above ``touched`` native chunks (time
+    chunk, row, column) at ``steps`` (None: all); those a ``stream`` computed are kept."""
     length = tx.array(join(group, "B04")).shape[0]
+    tc, ratio = grid.time_chunk, level_chunks(grid)[1] * 2 // grid.chunk_shape[0]
+
+    def native_parents(chunks: Iterable[ChunkId]) -> set[ChunkId]:
+        return {(t, iy // ratio, ix // ratio) for k, iy, ix in chunks
+                for t in range(k * tc, min((k + 1) * tc, length)) if steps is None or t in steps}
+
     cur = set(touched)
-    # what changed below a level and was not seen by the stream: its parents are (re)done here
-    redo = cur - stream.seen_native if stream is not None else cur
+    targets = native_parents(cur)
+    # what changed below and the stream did not see: its parents are (re)done here
+    redo = native_parents(cur - stream.seen_native) if stream is not None else set()
     n = 0
+    src_path, src_shape = group, grid.shape
     levels = level_factors(grid.shape)
     bar = tqdm(total=len(levels), desc=f"overviews {group}", unit="level", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="overviews") as pool:
-        for f in levels:
-            dst_path = level_path(group, f)
-            targets = _parents(cur)
+        for i, f in enumerate(levels):
+            if i:
+                targets, redo = _parents(targets), _parents(redo)
             done = stream.done(f) if stream is not None else set()
-            redo = (targets - done) | _parents(redo)
-            nxt = sorted(redo)
+            redo = (targets - done) | redo
+            dst_path, todo = level_path(group, f), sorted(redo)
             if threads <= 1:
-                n += sum(_level_var(tx, grid, src_path, src_shape, dst_path, var, nxt, length)
+                n += sum(_level_var(tx, grid, src_path, src_shape, dst_path, var, todo, length)
                          for var in VARIABLES)
             else:
-                jobs = [pool.submit(_level_var, tx, grid, src_path, src_shape, dst_path, var, nxt,
+                jobs = [pool.submit(_level_var, tx, grid, src_path, src_shape, dst_path, var, todo,
                                     length) for var in VARIABLES]
                 n += sum(j.result() for j in jobs)
-            log.info("overview level %d: %d chunks recomputed", f, len(nxt))
-            cur, src_path, src_shape = targets, dst_path, level_shape(grid.shape, f)
+            log.info("overview level %d: %d chunks recomputed", f, len(todo))
+            src_path, src_shape = dst_path, level_shape(grid.shape, f)
             bar.update(1)
     bar.close()
     return n + (stream.staged if stream is not None else 0)
@@ -276,54 +299,62 @@ def _propagate(tx: Transaction, grid: CubeGrid, group: str, touched: Iterable[Ch
 
 def _level_var(tx: Transaction, grid: CubeGrid, src_path: str, src_shape: tuple[int, int],
                dst_path: str, var: str, chunks: list[ChunkId], length: int) -> int:
-    """Compute and stage the level chunks ``chunks`` of ``var`` from the level above
-    (``src_path``); ``length``: the number of time steps the commit publishes."""
+    """Compute and stage the level chunks ``chunks`` (step, row, column) of ``var`` from the
+    level above (``src_path``, the native group for level 2); ``length``: the number of time
+    steps the commit publishes. Each source chunk is decoded once for all its steps."""
     spec = VARIABLES[var]
-    how = reduction(spec)
+    how, fill = reduction(spec), spec.fill_value
     src = tx.array(join(src_path, var))
     dst = tx.array(join(dst_path, var))
-    tc, cy, cx = dst.chunks
-    fill = spec.fill_value
-    for k, jy, jx in chunks:
-        key = f"{join(dst_path, var)}/{k}.{jy}.{jx}"
-        raws = {(a, b): tx.get(f"{join(src_path, var)}/{k}.{2 * jy + a}.{2 * jx + b}")
-                for a in range(2) for b in range(2)}
-        if all(raw is None for raw in raws.values()):  # nothing below: nodata
-            if tx.get(key) is not None:
-                tx.delete(key)
-            continue
-        nt = min(tc, max(length - k * tc, 0))  # the published steps of this time chunk
-        block = np.full((nt, 2 * cy, 2 * cx), fill, dtype=src.dtype)
-        for (a, b), raw in raws.items():
-            if raw is None:
-                continue
-            try:
-                chunk = src.decode(raw)
-            except (RuntimeError, ValueError, TypeError) as exc:
-                raise StoreError(f"store chunk {join(src_path, var)}/{k}.{2 * jy + a}.{2 * jx + b} "
-                                 f"is damaged ({exc})") from exc
-            block[:, a * cy:(a + 1) * cy, b * cx:(b + 1) * cx] = chunk[:nt]
-        # what lies outside the source array (its ragged edge, steps past its end) is nodata
-        rows = src_shape[0] - 2 * jy * cy
-        cols = src_shape[1] - 2 * jx * cx
-        block[:, max(rows, 0):, :] = fill
-        block[:, :, max(cols, 0):] = fill
-        out = np.full((tc, cy, cx), fill, dtype=dst.dtype)
-        # DESIGN CHOICE: only the published steps of the chunk and the box (2 x 2 aligned) that
-        # holds data are reduced; the rest is nodata by construction. An append into a new time
-        # chunk then reduces one step, and the coarse levels (mostly empty) a small box.
-        has = (block != fill).any(axis=0)
-        if nt and has.any():
-            rr = np.flatnonzero(has.any(axis=1))
-            cc = np.flatnonzero(has.any(axis=0))
-            r0, r1 = rr[0] // 2 * 2, (rr[-1] // 2 + 1) * 2
-            c0, c1 = cc[0] // 2 * 2, (cc[-1] // 2 + 1) * 2
-            out[:nt, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = halve(block[:, r0:r1, c0:c1], how, fill)
-        if (out != fill).any():
-            tx.put(key, dst.encode(out))
-        elif tx.get(key) is not None:
-            tx.delete(key)
-    return len(chunks)
+    stc, sy, sx = src.chunks
+    _, dy, dx = dst.chunks
+    ry, rx = 2 * dy // sy, 2 * dx // sx  # source chunks per level chunk, each way
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for t, jy, jx in chunks:
+        if t < length:
+            groups.setdefault((t // stc, jy, jx), []).append(t)
+    for (k, jy, jx), steps in sorted(groups.items()):
+        steps = sorted(steps)
+        local = [t - k * stc for t in steps]
+        block = np.full((len(steps), 2 * dy, 2 * dx), fill, dtype=src.dtype)
+        found = False
+        for a in range(ry):
+            for b in range(rx):
+                name = f"{join(src_path, var)}/{k}.{jy * ry + a}.{jx * rx + b}"
+                raw = tx.get(name)
+                if raw is None:
+                    continue
+                try:
+                    chunk = src.decode(raw)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise StoreError(f"store chunk {name} is damaged ({exc})") from exc
+                block[:, a * sy:(a + 1) * sy, b * sx:(b + 1) * sx] = chunk[local]
+                found = True
+        out = np.full((len(steps), dy, dx), fill, dtype=dst.dtype)
+        if found:
+            # what lies outside the source array (its ragged edge) is nodata
+            block[:, max(src_shape[0] - 2 * jy * dy, 0):, :] = fill
+            block[:, :, max(src_shape[1] - 2 * jx * dx, 0):] = fill
+            # DESIGN CHOICE: only the box (2 x 2 aligned) that holds data is reduced; the rest
+            # is nodata by construction (the coarse levels are mostly empty)
+            has = (block != fill).any(axis=0)
+            if has.any():
+                rr = np.flatnonzero(has.any(axis=1))
+                cc = np.flatnonzero(has.any(axis=0))
+                r0, r1 = rr[0] // 2 * 2, (rr[-1] // 2 + 1) * 2
+                c0, c1 = cc[0] // 2 * 2, (cc[-1] // 2 + 1) * 2
+                out[:, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = halve(block[:, r0:r1, c0:c1], how, fill)
+        for i, t in enumerate(steps):
+            stage_level_chunk(tx, dst, f"{join(dst_path, var)}/{t}.{jy}.{jx}", out[i:i + 1])
+    return sum(len(s) for s in groups.values())
+
+
+def stage_level_chunk(tx: Transaction, meta: ArrayMeta, key: str, chunk: np.ndarray) -> None:
+    """Stage one level chunk; one holding only fill values is not stored (removed if it was)."""
+    if (chunk != meta.fill_value).any():
+        tx.put(key, meta.encode(chunk))
+    elif tx.get(key) is not None:
+        tx.delete(key)
 
 
 def levels_of(consolidated: dict) -> list[int]:

@@ -271,11 +271,12 @@ class CubeReader:
 
     def polygon_area(self, geometry) -> tuple[slice, slice, np.ndarray]:
         """Window and mask of a GeoJSON geometry in lon/lat (WGS 84)."""
+        import shapely
         from shapely.geometry import mapping, shape
-        from shapely.ops import transform
 
-        try:
-            geom = transform(self.to_grid.transform, shape(geometry))
+        try:  # pyproj transforms the coordinate arrays (x, y) in one call
+            geom = shapely.transform(shape(geometry), lambda xy: np.column_stack(
+                self.to_grid.transform(xy[:, 0], xy[:, 1])))
         except Exception as exc:  # shapely raises many kinds for bad GeoJSON
             raise RequestError(f"bad polygon: {exc}") from None
         if geom.is_empty or geom.area <= 0:
