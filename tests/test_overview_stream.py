@@ -5,6 +5,7 @@ empty, any delivery order and two writer threads; the pass after the writer then
 left to do."""
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -198,3 +199,38 @@ def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
         build_overviews(tx, grid, GROUP)
         tx.commit()
     assert _overview_files(base) == before
+
+
+def test_levels_of_an_earlier_chunk_layout_are_rebuilt_in_the_next_commit(tmp_path, caplog):
+    grid = _grid(25, 30)
+    ny, nx = -(-grid.shape[0] // 25), -(-grid.shape[1] // 30)
+    path = tmp_path / "cube.zarr"
+    Cube(path, grid, 51).ensure()
+    store = CubeStore.open(path)
+    _write(store, grid, 3, [(0, iy, ix) for iy in range(ny - 3, ny) for ix in range(nx - 3, nx)],
+           seed=1, stream=False)
+    with store.transaction() as tx:
+        build_overviews(tx, grid, GROUP)
+        tx.commit()
+    expected = _overview_files(path)
+    # as 0.2 wrote them: chunks (time_chunk, cy, cx), keyed by time chunk
+    with store.transaction() as tx:
+        for f in level_factors(grid.shape):
+            for var in VARIABLES:
+                p = join(GROUP, "overviews", str(f), var)
+                for name in tx.chunk_keys(p):
+                    tx.delete(join(p, name))
+                doc = tx.get_json(join(p, ".zarray"))
+                tx.put_json(join(p, ".zarray"), {**doc, "chunks": [3, 25, 30]})
+        tx.commit()
+    with store.transaction() as tx:  # a commit that touches the group
+        key = f"{GROUP}/B04/0.{ny - 1}.{nx - 1}"
+        tx.put(key, tx.get(key))
+        assert overview_stream(tx, grid, GROUP) is None
+        update_overviews(tx, grid, GROUP, threads=1)
+        tx.commit()
+    assert "rebuilt" in caplog.text
+    for f in level_factors(grid.shape):
+        doc = json.loads((path / GROUP / "overviews" / str(f) / "B04" / ".zarray").read_text())
+        assert doc["chunks"] == [1, 50, 60]
+    assert _overview_files(path) == expected
