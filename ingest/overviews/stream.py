@@ -196,7 +196,8 @@ class OverviewStream:
         # the body: whole 2 x 2 blocks from row ``o``; odd heights leave one edge row
         o = 1 if sy % 2 and row % 2 else 0
         nb = sy // 2
-        edge = None if sy % 2 == 0 else (a[:, :1] if o else a[:, sy - 1:])
+        # (a copy: a view would keep the whole chunk alive while the partial waits)
+        edge = None if sy % 2 == 0 else (a[:, :1] if o else a[:, sy - 1:]).copy()
         body = np.full((a.shape[0], nb, sx // 2), fill, dtype=a.dtype)
         # DESIGN CHOICE: only the 2 x 2 aligned box holding data is reduced (the coarse levels'
         # chunks are mostly empty); the rest of the body is nodata by construction
