@@ -20,7 +20,7 @@ def test_bench_smoke_small_window(tmp_path, capsys):
         "--no-single-thread", "--cache", str(tmp_path / "products"), "--out", str(out),
     ])
     printed = capsys.readouterr().out
-    assert "SPEED" in printed and "MEMORY" in printed and "decode" in printed
+    assert "SPEED" in printed and "MEMORY" in printed and "OVERVIEWS" in printed and "decode" in printed
 
     on_disk = json.loads(out.read_text())
     assert on_disk["summary"] == json.loads(json.dumps(report["summary"], default=str))
@@ -36,7 +36,13 @@ def test_bench_smoke_small_window(tmp_path, capsys):
     assert s["populated_time_steps_before"] == 1
     assert s["peak_rss_mb_fresh"] > 0 and s["peak_rss_mb_populated"] > 0
     res = on_disk["results"]
-    assert set(res) == {"decode_serial_allcpus", "decode_pool", "ingest_fresh", "ingest_populated"}
+    assert set(res) == {"decode_serial_allcpus", "decode_pool", "ingest_fresh", "ingest_populated",
+                        "ingest_populated_overviews"}
+    # the overviews' cost: the same products into the same cube, with its levels kept current
+    pop, ov = res["ingest_populated"]["runs"][0], res["ingest_populated_overviews"]["runs"][0]
+    assert s["overviews_publish_overhead"] == pytest.approx((ov["seconds"] - pop["seconds"]) / pop["seconds"])
+    assert s["overviews_target_met"] == (s["overviews_publish_overhead"] < bench.OVERVIEWS_TARGET)
+    assert ov["chunks_written"] == pop["chunks_written"]
     assert res["decode_pool"]["runs"][0]["gdal_num_threads_seen"] == ["1"]
     assert res["decode_serial_allcpus"]["runs"][0]["gdal_num_threads_seen"] == ["ALL_CPUS"]
     m = on_disk["machine"]
