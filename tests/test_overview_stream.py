@@ -111,6 +111,21 @@ def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, 
             "stream_done": s.done(level_factors(grid.shape)[0]) if s else set()}
 
 
+def _small_cube_with_overviews(path: Path):
+    """A cube (odd chunk height) with 3 x 3 chunks of data in its corner and its levels;
+    returns (grid, store, number of chunk rows and columns)."""
+    grid = _grid(25, 30)
+    ny, nx = -(-grid.shape[0] // 25), -(-grid.shape[1] // 30)
+    Cube(path, grid, 51).ensure()
+    store = CubeStore.open(path)
+    _write(store, grid, 3, [(0, iy, ix) for iy in range(ny - 3, ny) for ix in range(nx - 3, nx)],
+           seed=1, stream=False)
+    with store.transaction() as tx:
+        build_overviews(tx, grid, GROUP)
+        tx.commit()
+    return grid, store, (ny, nx)
+
+
 def _overview_files(root: Path) -> dict[str, bytes]:
     base = root / GROUP / "overviews"
     return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*"))
@@ -161,16 +176,8 @@ def test_stream_levels_equal_the_levels_computed_from_the_store(tmp_path, cy, cx
 def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
     """Chunks staged outside the writer's merges (an insertion moves published steps) are
     not seen by the stream: their parents, and what lies above them, are computed after."""
-    grid = _grid(25, 30)
-    ny, nx = -(-grid.shape[0] // 25), -(-grid.shape[1] // 30)
     base = tmp_path / "base.zarr"
-    Cube(base, grid, 51).ensure()
-    store = CubeStore.open(base)
-    _write(store, grid, 3, [(0, iy, ix) for iy in range(ny - 3, ny) for ix in range(nx - 3, nx)],
-           seed=1, stream=False)
-    with store.transaction() as tx:
-        build_overviews(tx, grid, GROUP)
-        tx.commit()
+    grid, store, (ny, nx) = _small_cube_with_overviews(base)
     end_pass: list = []
     real = pyramid._level_var
 
@@ -202,16 +209,8 @@ def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
 
 
 def test_levels_of_an_earlier_chunk_layout_are_rebuilt_in_the_next_commit(tmp_path, caplog):
-    grid = _grid(25, 30)
-    ny, nx = -(-grid.shape[0] // 25), -(-grid.shape[1] // 30)
     path = tmp_path / "cube.zarr"
-    Cube(path, grid, 51).ensure()
-    store = CubeStore.open(path)
-    _write(store, grid, 3, [(0, iy, ix) for iy in range(ny - 3, ny) for ix in range(nx - 3, nx)],
-           seed=1, stream=False)
-    with store.transaction() as tx:
-        build_overviews(tx, grid, GROUP)
-        tx.commit()
+    grid, store, (ny, nx) = _small_cube_with_overviews(path)
     expected = _overview_files(path)
     # as 0.2 wrote them: chunks (time_chunk, cy, cx), keyed by time chunk
     with store.transaction() as tx:
