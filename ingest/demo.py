@@ -140,6 +140,24 @@ def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[st
     return done
 
 
+def _ensure_overviews(store_path: Path, echo: Callable[[str], None]) -> None:
+    """The demo cube has multiscale overviews from the start (one commit, once), so the
+    viewer shows imagery at every zoom; every sync then keeps them current."""
+    from .overviews import add_overviews, has_overviews, level_factors
+    from .store import CubeStore
+
+    store = CubeStore.open(store_path)
+    if store.group_exists("S2/R051/overviews"):  # published already: a rerun takes no lock
+        return
+    with store.transaction() as tx:
+        if has_overviews(tx, "S2/R051"):
+            return
+        add_overviews(tx, NL_GRID, "S2/R051")
+        version = tx.commit().version
+    factors = level_factors(NL_GRID.shape)
+    echo(f"  overview levels {factors[0]} … {factors[-1]} (version {version}; kept current by every sync)")
+
+
 def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], None] = print) -> DemoPaths:
     """Build the demo cube under ``root``; returns where everything went. A rerun reuses the
     products, publishes nothing already published and says so."""
@@ -158,6 +176,7 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     make_demo_products(paths.products, echo)
     echo(f"2/4 cube -> {paths.store}")
     Cube(paths.store, NL_GRID, 51).ensure()
+    _ensure_overviews(paths.store, echo)
     upgrade(settings.db_url)
     report = sync(settings, make_source("local", directory=paths.products),
                   SyncOptions(orbit=51, progress=progress), echo=echo)

@@ -254,7 +254,8 @@ def server(cube):
 
 
 @pytest.mark.slow
-def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chromium, server, ds, tmp_path):
+def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chromium, server, ds, parcel,
+                                                                            tmp_path):
     from playwright.sync_api import sync_playwright
 
     row, col = PROBES["FT_ONLY"]
@@ -298,4 +299,22 @@ def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chrom
         assert np.allclose([s["value"] for s in body["series"]], expect)
         chart = _png_rgba(page.locator("#chart").screenshot())
         assert (chart[1] > chart[0] + 40).sum() > 20  # the green series line is drawn
+        # Click: parcel -> the mean over the BRP parcel under the click, equal to xarray's
+        pid, prow, pcol, mask = parcel
+        rr, cc = np.nonzero(mask)
+        k = len(rr) // 2
+        plon, plat = lonlat(prow.start + int(rr[k]), pcol.start + int(cc[k]))
+        page.evaluate(f"window.viewerMap.setView([{plat}, {plon}], 15)")
+        page.wait_for_timeout(1000)
+        page.select_option("#clickmode", "parcel")
+        page.evaluate("window.viewer.lastSeries = null")
+        xy = page.evaluate(f"window.viewerMap.latLngToContainerPoint([{plat}, {plon}])")
+        page.mouse.click(320 + xy["x"], xy["y"])
+        page.wait_for_function("window.viewer.lastSeries !== null", timeout=30_000)
+        body = page.evaluate("window.viewer.lastSeries")
+        assert body.get("parcel") == pid, body
+        sub = ds["B04"].isel(y=prow, x=pcol).values
+        assert np.allclose([s["value"] for s in body["series"]],
+                           [np.nanmean(sub[t][mask]) for t in range(sub.shape[0])])
+        assert f"parcel {pid}" in page.inner_text("#status")
         browser.close()

@@ -18,9 +18,8 @@ def command(settings, orbit, progress, threads) -> None:
     them. Levels live in /S2/R{orbit}/overviews/{factor} (zarr-conventions multiscales);
     every later `sync` keeps them up to date in its own commit.
     """
-    from ..overviews import build_overviews
+    from ..overviews import add_overviews
     from ..store import CubeStore, group_path
-    from ..store.layout import GROUP_VERSION_ATTR
     from ..errors import StoreError
 
     store = CubeStore.open(settings.store)
@@ -35,8 +34,7 @@ def command(settings, orbit, progress, threads) -> None:
             raise StoreError(f"{store.url} has no imagery group yet; run `s2ingest sync` first")
         n = 0
         for group in groups:
-            n += build_overviews(tx, store.grid, group, progress=progress, threads=threads)
-            tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+            n += add_overviews(tx, store.grid, group, progress=progress, threads=threads)
         report = tx.commit()
     click.echo(f"overviews of {', '.join('/' + g for g in groups)}: {n} level chunks, "
                f"store version {report.version}")

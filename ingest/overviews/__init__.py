@@ -7,13 +7,13 @@ level rows while the writer is still warping (``ingest.write.apply_plan``'s ``af
 """
 from .aggregate import halve, reduction
 from .pyramid import (
-    OVERVIEWS, build_overviews, has_overviews, level_factors, level_path, level_shape,
+    OVERVIEWS, add_overviews, build_overviews, has_overviews, level_factors, level_path, level_shape,
     level_transform, levels_of, multiscales_attrs, update_overviews,
 )
 from .stream import OverviewStream, overview_stream
 
 __all__ = [
-    "OVERVIEWS", "OverviewStream", "build_overviews", "halve", "has_overviews", "level_factors", "level_path",
-    "level_shape", "level_transform", "levels_of", "multiscales_attrs", "overview_stream",
+    "OVERVIEWS", "OverviewStream", "add_overviews", "build_overviews", "halve", "has_overviews",
+    "level_factors", "level_path", "level_shape", "level_transform", "levels_of", "multiscales_attrs", "overview_stream",
     "reduction", "update_overviews",
 ]

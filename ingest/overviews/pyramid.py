@@ -197,6 +197,17 @@ def build_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bo
     return _propagate(tx, grid, group, touched, progress=progress, threads=threads)
 
 
+def add_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bool = False,
+                  threads: int = 2) -> int:
+    """``build_overviews`` as a change of ``group``: its version attribute names this commit
+    (what ``s2ingest overviews`` and the demo commit). Returns the level chunks staged."""
+    from ..store.layout import GROUP_VERSION_ATTR
+
+    n = build_overviews(tx, grid, group, progress=progress, threads=threads)
+    tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
+    return n
+
+
 def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: int = 2,
                      steps: Iterable[int] | None = None,
                      stream: "OverviewStream | None" = None) -> int:

@@ -62,18 +62,42 @@
     pts.forEach((d, i) => { ctx.beginPath(); ctx.arc(X(t[i]), Y(v[i]), 3, 0, 2 * Math.PI); ctx.fill(); });
   }
 
+  async function getJson(url) {
+    const r = await fetch(url);
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    return body;
+  }
+
+  // a click: the series of that pixel, or (Click: parcel) the mean over the BRP parcel there
   async function seriesAt(latlng) {
     if (marker) map.removeLayer(marker);
     marker = L.circleMarker(latlng, { radius: 5, color: "#f00" }).addTo(map);
-    const q = new URLSearchParams({ lon: latlng.lng, lat: latlng.lat, orbit: orbit(),
-                                    variable: $("seriesvar").value, clear: $("clear").checked });
+    const q = new URLSearchParams({ orbit: orbit(), variable: $("seriesvar").value,
+                                    clear: $("clear").checked });
     $("status").textContent = "loading…";
-    const r = await fetch("api/series?" + q.toString());
-    const body = await r.json();
-    if (!r.ok) { $("status").textContent = body.error; viewer.lastSeries = { error: body.error }; return; }
-    viewer.lastSeries = body;
-    drawChart(body.series, `${body.variable} at ${latlng.lat.toFixed(5)}, ${latlng.lng.toFixed(5)}`);
-    $("status").textContent = `${body.series.length} dates, pixel row ${body.row_col[0]} col ${body.row_col[1]}`;
+    try {
+      let body, label;
+      if ($("clickmode").value === "parcel") {
+        const at = await getJson(`api/parcel?lon=${latlng.lng}&lat=${latlng.lat}`);
+        if (!at.parcel) throw new Error("no parcel here");
+        q.set("parcel", at.parcel);
+        body = await getJson("api/series?" + q.toString());
+        label = `${body.variable}, mean of parcel ${body.parcel}`;
+        $("status").textContent = `${body.series.length} dates, parcel ${body.parcel}`;
+      } else {
+        q.set("lon", latlng.lng);
+        q.set("lat", latlng.lat);
+        body = await getJson("api/series?" + q.toString());
+        label = `${body.variable} at ${latlng.lat.toFixed(5)}, ${latlng.lng.toFixed(5)}`;
+        $("status").textContent = `${body.series.length} dates, pixel row ${body.row_col[0]} col ${body.row_col[1]}`;
+      }
+      viewer.lastSeries = body;
+      drawChart(body.series, label);
+    } catch (err) {
+      $("status").textContent = err.message;
+      viewer.lastSeries = { error: err.message };
+    }
   }
 
   async function init() {
@@ -84,6 +108,7 @@
     Object.keys(viewer.meta.composites).forEach((c) => $("product").add(new Option(c.replace("_", " "), c)));
     Object.keys(viewer.meta.variables).forEach((v) => $("product").add(new Option(v, "var:" + v)));
     ["NDVI", ...Object.keys(viewer.meta.variables)].forEach((v) => $("seriesvar").add(new Option(v, v)));
+    if (viewer.meta.layers.includes("NL/BRP/parcel")) $("clickmode").add(new Option("parcel", "parcel"));
     const setSlider = () => { const n = times().length; $("time").max = Math.max(0, n - 1); $("time").value = Math.max(0, n - 1); };
     setSlider();
     const g = viewer.meta.groups[group()];
