@@ -3,9 +3,8 @@
 ``point(name)`` does nothing unless the environment variable ``S2INGEST_FAULT`` names it:
 ``S2INGEST_FAULT=switch.data`` kills the process (SIGKILL, as ``kill -9`` would) at the
 first pass; ``S2INGEST_FAULT=switch.data@3`` at the third; ``S2INGEST_FAULT=stage.chunk=enospc``
-raises ``OSError(ENOSPC)`` there instead (a disk that fills up); ``=pause`` sleeps there for
-``PAUSE_SECONDS`` (a test interrupts the process at a known step, e.g. with SIGINT). Every
-point is listed in ``POINTS`` so a test can walk all of them.
+raises ``OSError(ENOSPC)`` there instead (a disk that fills up). Every point is listed in
+``POINTS`` so a test can walk all of them.
 """
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import errno
 import os
 import signal
 import threading
-import time
 
 POINTS = (
     "txn.locked",          # lock held, before recovery
@@ -32,7 +30,6 @@ POINTS = (
     "mirror.fetched",      # a mirror fetched one key into the copy's .s2ingest/mirror/ (not yet published)
 )
 
-PAUSE_SECONDS = 120.0
 _lock = threading.Lock()
 _hits: dict[str, int] = {}
 
@@ -53,7 +50,4 @@ def point(name: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if action == "pause":
-        time.sleep(PAUSE_SECONDS)
-        return
     os.kill(os.getpid(), signal.SIGKILL)
