@@ -519,21 +519,16 @@ def main(argv: list[str] | None = None) -> dict:
             runs["ingest_fresh"].append(r)
             shutil.rmtree(cube, ignore_errors=True)
             echo(f"  {'ingest (fresh cube)':<24} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
-            if base is not None:
-                cube = work / f"populated-{i}.zarr"
-                link_tree(base, cube)
-                r = run_child("ingest", cube_path=str(cube), product_paths=measured_s, known_paths=all_s,
-                              resampling=resampling, threads=threads)
-                runs["ingest_populated"].append(r)
-                shutil.rmtree(cube, ignore_errors=True)
-                echo(f"  {'ingest (larger cube)':<24} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
-                cube = work / f"populated-overviews-{i}.zarr"
-                link_tree(base_ov, cube)
-                r = run_child("ingest", cube_path=str(cube), product_paths=measured_s, known_paths=all_s,
-                              resampling=resampling, threads=threads)
-                runs["ingest_populated_overviews"].append(r)
-                shutil.rmtree(cube, ignore_errors=True)
-                echo(f"  {'ingest (same, overviews)':<24} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
+            if base is not None:  # the larger cube, then the same with overviews (interleaved)
+                for key, src, label in (("ingest_populated", base, "ingest (larger cube)"),
+                                        ("ingest_populated_overviews", base_ov, "ingest (same, overviews)")):
+                    cube = work / f"{key}-{i}.zarr"
+                    link_tree(src, cube)
+                    r = run_child("ingest", cube_path=str(cube), product_paths=measured_s,
+                                  known_paths=all_s, resampling=resampling, threads=threads)
+                    runs[key].append(r)
+                    shutil.rmtree(cube, ignore_errors=True)
+                    echo(f"  {label:<24} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,23 @@ def _random_chunk(rng: np.random.Generator, var: str, shape, nt: int, empty: boo
     return a
 
 
+@contextmanager
+def _end_pass():
+    """The level chunks (step, row, column) ``update_overviews`` computes itself, as a list."""
+    done: list = []
+    real = pyramid._level_var
+
+    def spy(tx, grid_, src, shape, dst, var, todo, n):
+        done.extend(todo)
+        return real(tx, grid_, src, shape, dst, var, todo, n)
+
+    pyramid._level_var = spy
+    try:
+        yield done
+    finally:
+        pyramid._level_var = real
+
+
 def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, stream: bool,
            empty: frozenset = frozenset(), steps: set[int] | None = None) -> dict:
     """Stage random native chunks as the writer would (new values at ``steps`` only, None:
@@ -56,13 +74,6 @@ def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, 
     ``update_overviews`` finish, commit; what the end pass did."""
     rng = np.random.default_rng(seed)
     tc = grid.time_chunk
-    end_pass: list = []
-    real = pyramid._level_var
-
-    def spy(tx, grid_, src, shape, dst, var, todo, n):
-        end_pass.extend(todo)
-        return real(tx, grid_, src, shape, dst, var, todo, n)
-
     with store.transaction() as tx:
         for var in VARIABLES:
             tx.resize(join(GROUP, var), (length, *grid.shape))
@@ -101,11 +112,8 @@ def _write(store: CubeStore, grid: CubeGrid, length: int, chunks, seed: int, *, 
             random.Random(seed).shuffle(deliveries)
             with ThreadPoolExecutor(2) as pool:
                 list(pool.map(lambda d: s.merged(*d), deliveries))
-        pyramid._level_var = spy
-        try:
+        with _end_pass() as end_pass:
             update_overviews(tx, grid, GROUP, threads=1, stream=s, steps=steps)
-        finally:
-            pyramid._level_var = real
         tx.commit()
     return {"end_pass": end_pass, "end_pass_keys": [f"x/{t}.{jy}.{jx}" for t, jy, jx in end_pass],
             "stream_done": s.done(level_factors(grid.shape)[0]) if s else set()}
@@ -178,13 +186,6 @@ def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
     not seen by the stream: their parents, and what lies above them, are computed after."""
     base = tmp_path / "base.zarr"
     grid, store, (ny, nx) = _small_cube_with_overviews(base)
-    end_pass: list = []
-    real = pyramid._level_var
-
-    def spy(tx, grid_, src, shape, dst, var, todo, n):
-        end_pass.extend(todo)
-        return real(tx, grid_, src, shape, dst, var, todo, n)
-
     with store.transaction() as tx:
         s = overview_stream(tx, grid, GROUP)
         # "moved" by something else than the writer: chunk (0, ny-1, nx-1) of every variable
@@ -192,11 +193,8 @@ def test_steps_moved_outside_the_writer_are_redone_after_it(tmp_path):
             meta = tx.array(join(GROUP, var))
             a = _random_chunk(np.random.default_rng(5), var, meta.chunks, 3, False)
             tx.put(f"{GROUP}/{var}/0.{ny - 1}.{nx - 1}", meta.encode(a))
-        pyramid._level_var = spy
-        try:
+        with _end_pass() as end_pass:
             update_overviews(tx, grid, GROUP, threads=1, stream=s)
-        finally:
-            pyramid._level_var = real
         tx.commit()
     # level 2 chunks cover 4 x 4 native chunks, the others 2 x 2 of the level above; one step each
     assert sorted(set(end_pass)) == sorted({(t, (ny - 1) // 4 // d, (nx - 1) // 4 // d)
