@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ingest.errors import CatalogError
-from ingest.product import ProductName
+from ingest.products.model import ProductName
 
 from .models import HUBS, HubEvent, Product
 from .states import TERMINAL_STATES, State
@@ -44,7 +44,7 @@ class ProductRecord:
     @classmethod
     def coerce(cls, obj: Any) -> "ProductRecord":
         """Accept a ProductRecord, a mapping, or any object with matching attributes (e.g. an
-        ``ingest.product.Product``, whose ``source`` becomes ``local_path``)."""
+        ``ingest.products.model.Product``, whose ``source`` becomes ``local_path``)."""
         if isinstance(obj, ProductRecord):
             return obj
         if isinstance(obj, str):

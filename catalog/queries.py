@@ -218,6 +218,6 @@ def status(session: Session, *, limit: int = 50, now: datetime | None = None) ->
 
 def get_product(session: Session, name: str) -> Product | None:
     """A product by name (``.SAFE``/``.zip`` suffixes and directories ignored)."""
-    from ingest.product import strip_product_suffix
+    from ingest.products.model import strip_product_suffix
 
     return session.scalar(select(P).where(P.name == strip_product_suffix(name)))

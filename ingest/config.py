@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ingest.errors import ConfigError
 
 ENV_PREFIX = "S2INGEST_"
 DEFAULT_STORE = "s2ingest-cube.zarr"

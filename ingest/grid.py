@@ -17,7 +17,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from .errors import ConfigError, GridMismatchError
+from ingest.errors import ConfigError, GridMismatchError
 
 Bounds = tuple[float, float, float, float]  # left, bottom, right, top (pixel edges)
 ChunkIndex = tuple[int, int]  # (chunk row, chunk column)

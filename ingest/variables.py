@@ -10,7 +10,7 @@ from typing import Literal
 
 from rasterio.enums import Resampling
 
-from .errors import UnknownVariableError
+from ingest.errors import UnknownVariableError
 
 Kind = Literal["reflectance", "classes", "probability", "aot", "wvp"]
 

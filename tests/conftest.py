@@ -28,12 +28,12 @@ import pytest
 import zarr
 from pyproj import Transformer
 
-from ingest.engine import Cube, ingest_products
+from ingest.publish.engine import Cube, ingest_products
 from ingest.grid import NL_GRID
-from ingest.safe import read_product
+from ingest.products.safe import read_product
 from ingest.store import read_published
 from ingest.synth import make_product, make_twins, swath_edge_across
-from ingest.warp import parse_resampling
+from ingest.warping.warp import parse_resampling
 
 ORBIT = 51
 GROUP = "S2/R051"

@@ -173,7 +173,7 @@ def test_oversize_metadata_is_rejected(kit, tmp_path, rel_of):
 def test_oversize_member_is_refused_by_the_reader(kit, tmp_path):
     """read_product itself refuses an oversize XML (zip or folder), whatever the manifest says."""
     from ingest.errors import CorruptProductError
-    from ingest.safe import read_product
+    from ingest.products.safe import read_product
     from ingest.synth.hostile import zip_with_padded_member
 
     _, safe = hostile_copy(kit, tmp_path)

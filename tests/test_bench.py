@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from ingest import bench
+from ingest.benchmarks import ingest as bench
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import xarray as xr
 from conftest import cli_env
 from hub_fixtures import GROUP, T1, make_products, run, store_snapshot, sync_args  # noqa: F401
 from ingest.grid import CubeGrid
-from ingest.plan import SlotWrite
+from ingest.publish.plan import SlotWrite
 from ingest.variables import VARIABLES
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_dask_worker_killed_mid_task_is_retried_and_the_cube_is_the_same(batches
 
 
 def test_parts_cover_every_block_once_in_order():
-    from ingest.write import _blocks, split_parts
+    from ingest.publish.write import _blocks, split_parts
 
     grid = CubeGrid("t", "EPSG:28992", 10, (0, 0, 8000, 12000), chunk_shape=(100, 100), time_chunk=5)
     chunks = frozenset((r, c) for r in range(12) for c in range(r % 4, 8))

@@ -54,7 +54,7 @@ def copy_to(tmp_path: Path, *paths: Path, name: str = "src") -> Path:
 
 @pytest.mark.slow
 def test_demo_twice_changes_nothing_the_second_time(tmp_path, monkeypatch):
-    import ingest.demo as demo
+    import ingest.demo.build as demo
     from ingest.store import read_published
 
     monkeypatch.setattr(demo, "DEMO_DATATAKES", demo.DEMO_DATATAKES[:2])  # two datatakes are enough

@@ -23,11 +23,11 @@ from conftest import (
     new_cube, open_group, run_cli, snapshot_files, written_window,
 )
 from ingest.grid import NL_GRID
-from ingest.safe import read_product
+from ingest.products.safe import read_product
 from ingest.store import read_published
 from ingest.synth import decode_coords, get_tile
 from ingest.variables import VARIABLES
-from ingest.warp import WarpTarget, pinned_operation, warp_variable
+from ingest.warping.warp import WarpTarget, pinned_operation, warp_variable
 
 RIO = str(Path(sys.executable).with_name("rio"))
 RD = "EPSG:28992"
@@ -126,7 +126,7 @@ def test_warp_agrees_with_gdal_warp_of_the_whole_file(products, synced_cube, tmp
           f"{equal:.6f} equal, max |diff| {diff[interior].max()}; "
           f"all valid px: {float((diff[valid] == 0).mean()):.6f} equal")
     # GDAL's reference warps through an approximate transformer (error <= 0.125 source px,
-    # rasterio's fixed default), our positions are exact to 1e-4 px (ingest.remap), so a pixel
+    # rasterio's fixed default), our positions are exact to 1e-4 px (ingest.warping.remap), so a pixel
     # can be sampled up to ~1/8 px apart. Bound the differences by that shift.
     if method == "nearest":
         assert equal >= 0.999
@@ -385,7 +385,7 @@ def test_reprocessed_product_supersedes_older_never_the_reverse(tmp_path, produc
 
 
 def test_methods_without_a_fast_path_warp_through_gdal(products, tmp_path):
-    """cubic has no fast path (``ingest.remap`` does nearest and bilinear): GDAL warps it,
+    """cubic has no fast path (``ingest.warping.remap`` does nearest and bilinear): GDAL warps it,
     and the result agrees with GDAL's own whole-file warp up to its 1/8 px approximation."""
     product = read_product(products.scene[(D1, "31UET")])
     bounds = _grid_bounds_of(product)

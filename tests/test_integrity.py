@@ -19,12 +19,12 @@ import zarr
 
 from catalog_fixtures import pg_database_url, pg_fresh_url  # noqa: F401 (fixtures)
 from conftest import D1, D2, D3, GROUP, PROBES, assert_cubes_equal, new_cube, ingest
-from ingest.engine import ingest_products, plan_products, write_plan
+from ingest.publish.engine import ingest_products, plan_products, write_plan
 from ingest.errors import StalePlanError
-from ingest.safe import read_product
+from ingest.products.safe import read_product
 from ingest.store import CubeStore, read_published
 from ingest.synth import make_product
-from ingest.warp import parse_resampling
+from ingest.warping.warp import parse_resampling
 from conftest import cli_env
 from test_commit import _folder, _sync, catalog_rows
 

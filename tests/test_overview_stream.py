@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.engine import Cube
+from ingest.publish.engine import Cube
 from ingest.grid import CubeGrid
 from ingest.overviews import build_overviews, level_factors, overview_stream, update_overviews
 from ingest.overviews import pyramid

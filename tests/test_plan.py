@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.plan import PlannedProduct, WritePlan, plan_write, priority_key, select_current
+from ingest.publish.plan import PlannedProduct, WritePlan, plan_write, priority_key, select_current
 
 T0 = datetime(2023, 1, 1, 10, 50, tzinfo=timezone.utc)
 MAJ = 32631

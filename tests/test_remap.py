@@ -1,4 +1,4 @@
-"""The warp's fast path (``ingest.remap``): geometry, purity and GDAL's nodata rules.
+"""The warp's fast path (``ingest.warping.remap``): geometry, purity and GDAL's nodata rules.
 
 Small in-memory rasters on the real tile grid of 31UFT (20 m), warped onto windows of the NL
 grid; references are exact pyproj transforms, closed-form fields and GDAL's own warp.
@@ -13,10 +13,10 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from ingest import remap
+from ingest.warping import remap
 from ingest.grid import NL_GRID
 from ingest.synth import get_tile
-from ingest.warp import _inverse_transformer, harmonise, pinned_operation
+from ingest.warping.warp import _inverse_transformer, harmonise, pinned_operation
 
 TILE = get_tile("31UFT")
 CRS = TILE.crs

@@ -1,4 +1,4 @@
-"""Tests of the SAFE reader (ingest.safe) on real metadata samples and hand-made products.
+"""Tests of the SAFE reader (ingest.products.safe) on real metadata samples and hand-made products.
 
 The samples in ../shared/samples/metadata carry no rasters; tests that need rasters build
 small ones here (tiny JP2s with the real names) or use ingest.synth when it is available.
@@ -26,7 +26,7 @@ from ingest.errors import (
     WrongOrbitError,
 )
 from ingest.grid import NL_GRID, CubeGrid
-from ingest.safe import (
+from ingest.products.safe import (
     check_orbit,
     check_overlaps,
     check_rasters,
@@ -34,7 +34,7 @@ from ingest.safe import (
     product_bounds_in,
     read_product,
 )
-from ingest.product import strip_product_suffix
+from ingest.products.model import strip_product_suffix
 from ingest.variables import VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]

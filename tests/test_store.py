@@ -25,7 +25,7 @@ import xarray as xr
 import zarr
 
 from conftest import cli_env
-from ingest.engine import Cube
+from ingest.publish.engine import Cube
 from ingest.errors import GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError
 from ingest.grid import NL_GRID, CubeGrid
 from ingest.store import COMPRESSOR, CubeStore, LocalBackend, chunk_key, manifest_key, read_published
@@ -603,8 +603,8 @@ def _tiny_array(tmp_path, fill) -> tuple[CubeStore, str]:
 
 def _write(store: CubeStore, path: str, slots_data: dict[int, np.ndarray]) -> None:
     """Merge full-grid arrays for the given time steps (one block: the whole grid)."""
-    from ingest.plan import SlotWrite
-    from ingest.write import _write_var_block
+    from ingest.publish.plan import SlotWrite
+    from ingest.publish.write import _write_var_block
 
     chunks = set(TINY.chunks_in_window(TINY.full_window))
     slots = [SlotWrite(datatake=None, index=i, products=(), chunks=frozenset(chunks), is_new=True)
@@ -830,7 +830,7 @@ def test_a_transaction_left_by_the_previous_release_is_rolled_back(tmp_path):
     import json as _json
     import os as _os
 
-    from ingest.engine import Cube
+    from ingest.publish.engine import Cube
     from ingest.grid import NL_GRID
 
     store = Cube(tmp_path / "c.zarr", NL_GRID, 51).ensure()

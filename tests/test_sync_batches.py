@@ -40,7 +40,7 @@ def test_a_backfill_is_published_in_whole_time_chunks(tmp_path, six_datatakes):
 def test_crash_between_store_and_catalog_commit_is_reconciled(tmp_path, six_datatakes, monkeypatch):
     """The store commit happened, the catalog update did not: a rerun must publish the
     products in the catalog without writing anything to the store."""
-    import ingest.sync as sync_mod
+    import ingest.publish.sync as sync_mod
 
     store = tmp_path / "cube.zarr"
     calls = {"n": 0}
@@ -74,7 +74,7 @@ def test_crash_between_store_and_catalog_commit_is_reconciled(tmp_path, six_data
 
 def test_a_vanished_cache_file_fails_the_product_not_the_run(tmp_path, six_datatakes, monkeypatch):
     """A downloaded file that disappeared before ingest is a retryable failure (exit 10)."""
-    import ingest.sync as sync_mod
+    import ingest.publish.sync as sync_mod
 
     store = tmp_path / "cube.zarr"
     real = sync_mod.read_product
@@ -95,10 +95,10 @@ def test_a_vanished_cache_file_fails_the_product_not_the_run(tmp_path, six_datat
 def test_a_new_datatake_is_planned_without_touching_the_published_archive(tmp_path, six_datatakes):
     """Only time steps the incoming products touch need their products' files (which may be
     gone from the cache); the others are planned from their names alone."""
-    from ingest.engine import Cube, ingest_products
+    from ingest.publish.engine import Cube, ingest_products
     from ingest.grid import NL_GRID
-    from ingest.safe import read_product
-    from ingest.warp import parse_resampling
+    from ingest.products.safe import read_product
+    from ingest.warping.warp import parse_resampling
 
     paths = sorted(six_datatakes.glob("*.zip"))
     products = [read_product(p) for p in paths]

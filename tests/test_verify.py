@@ -9,7 +9,7 @@ import pytest
 
 from ingest.errors import ChecksumError, CorruptProductError
 from ingest.testing import make_tiny_product
-from ingest.verify import hash_file, parse_manifest, verify_file_checksum, verify_product
+from ingest.products.checksums import hash_file, parse_manifest, verify_file_checksum, verify_product
 
 OLD = "S2A_MSIL2A_20190212T105251_N0211_R051_T31UFU_20190212T120345"  # PB 02.11 -> MD5
 NEW = "S2B_MSIL2A_20230823T105619_N0509_R051_T31UFU_20230823T124759"  # PB 05.09 -> SHA3-256

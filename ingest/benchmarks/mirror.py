@@ -43,8 +43,8 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def build_source(path: Path, n_vars: int, n_chunks: int) -> dict:
     """A cube at version 1 with ``n_vars`` (time, y, x) arrays of ``n_chunks`` chunks each."""
-    from ..grid import NL_GRID
-    from ..store import COMPRESSOR, CubeStore
+    from ingest.grid import NL_GRID
+    from ingest.store import COMPRESSOR, CubeStore
 
     marker = path / ".bench-complete"
     if marker.exists() and json.loads(marker.read_text()) == [n_vars, n_chunks]:
@@ -107,7 +107,7 @@ def timed(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ..copies.mirror import mirror
+    from ingest.copies.mirror import mirror
 
     ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.mirror", description=__doc__.split("\n\n")[0])
     ap.add_argument("--vars", type=int, default=17)

@@ -9,7 +9,7 @@
   whole demo cube against the time the demo ingest took. The demo's small windows are the
   worst case for this ratio (each of the seven levels re-encodes at least a chunk per variable
   and step, however little changed); the figure held against the goal (< 10 %) is the one on a
-  full tile, ``python -m ingest.bench`` (``overviews_publish_overhead``);
+  full tile, ``python -m ingest.benchmarks.ingest`` (``overviews_publish_overhead``);
 * **tile latency** (median, p95) of ``--tiles`` true-colour tiles at a low zoom (9) and a high
   zoom (14) inside the data, with overviews and without (the server's read limit lifted for the
   measurement: without overviews a low-zoom tile reads every native pixel under it);
@@ -41,10 +41,10 @@ def _stats(values: list[float]) -> dict:
 
 
 def _ingest(store: Path, paths: list[Path], resolve) -> float:
-    from .. import engine
-    from ..grid import NL_GRID
-    from ..safe import read_product
-    from ..warp import parse_resampling
+    from ingest.publish import engine
+    from ingest.grid import NL_GRID
+    from ingest.products.safe import read_product
+    from ingest.warping.warp import parse_resampling
 
     cube = engine.Cube(store, NL_GRID, 51)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -54,8 +54,8 @@ def _ingest(store: Path, paths: list[Path], resolve) -> float:
 
 
 def _build_overviews(store: Path) -> float:
-    from ..overviews import build_overviews
-    from ..store import CubeStore
+    from ingest.overviews import build_overviews
+    from ingest.store import CubeStore
 
     s = CubeStore.open(store)
     t0 = time.perf_counter()
@@ -66,8 +66,8 @@ def _build_overviews(store: Path) -> float:
 
 
 def publish_cost(root: Path, repeat: int, echo) -> dict:
-    from ..demo import DEMO_DATATAKES, make_demo_products
-    from ..safe import read_product
+    from ingest.demo import DEMO_DATATAKES, make_demo_products
+    from ingest.products.safe import read_product
 
     products = make_demo_products(root / "products", echo=lambda *_: None)
     by_name = {p.name.removesuffix(".SAFE"): p for p in products}
@@ -120,8 +120,8 @@ def latency(store: Path, n_tiles: int, n_points: int, echo) -> dict:
     import morecantile
     from fastapi.testclient import TestClient
 
-    from ..serve import create_app
-    from ..serve import tiles as tiles_mod
+    from ingest.serve import create_app
+    from ingest.serve import tiles as tiles_mod
 
     client = TestClient(create_app(str(store)))
     meta = client.get("/api/meta").json()

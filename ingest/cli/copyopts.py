@@ -7,7 +7,7 @@ from typing import Callable
 
 import click
 
-from ..errors import ConfigError
+from ingest.errors import ConfigError
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...] | None:

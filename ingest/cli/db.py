@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cube_options
+from ingest.cli.options import cube_options
 
 
 @click.group("db")

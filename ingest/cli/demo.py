@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import progress_option
+from ingest.cli.options import progress_option
 
 HOW_TO = """
 Done. Open the cube with xarray (locally, or served over HTTP with any static file server):
@@ -33,7 +33,7 @@ def command(directory: Path, progress: bool) -> None:
     /NL/BRP are published beside them; DIRECTORY/quicklook.png shows a true-colour scene and
     an NDVI time series. Running it again reuses what is there.
     """
-    from ..demo import DEMO_POINT, run_demo
+    from ingest.demo import DEMO_POINT, run_demo
 
     paths = run_demo(directory, progress=progress, echo=click.echo)
     click.echo(HOW_TO.format(store=paths.store, png=paths.quicklook, x=DEMO_POINT[0], y=DEMO_POINT[1]))

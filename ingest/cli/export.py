@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ConfigError
-from .copyopts import selection_options
-from .options import progress_option
+from ingest.errors import ConfigError
+from ingest.cli.copyopts import selection_options
+from ingest.cli.options import progress_option
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -39,7 +39,7 @@ def command(source: str, output: str, reduce: str | None, clear_classes: str,
     Cloud-Optimized GeoTIFF (.tif: one band per variable, named, with scale/offset,
     EPSG:28992, internal overviews) or a CF netCDF file (.nc, with the grid mapping).
     """
-    from ..copies.export import export
+    from ingest.copies.export import export
 
     time_range = selection.pop("time_range")
     report = export(source, output, time_range=time_range, reduce=reduce,

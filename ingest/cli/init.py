@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cube_options, orbit_option
+from ingest.cli.options import cube_options, orbit_option
 
 
 @click.command("init")
@@ -17,8 +17,8 @@ def command(settings, orbit, grid) -> None:
     written with a different grid) and the catalog is upgraded to the current schema.
     """
     from catalog.db import display_url, upgrade
-    from ..engine import Cube
-    from ..grid import get_grid
+    from ingest.publish.engine import Cube
+    from ingest.grid import get_grid
 
     g = get_grid(grid or settings.grid)
     cube = Cube(settings.store, g, orbit or settings.orbit)

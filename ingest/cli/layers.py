@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import CatalogError, ConfigError
-from ..grid import get_grid
-from ..layers import add_layer, list_layers
-from ..layers.codes import GROUPS
-from ..layers.publish import LayerRecord
-from ..layers.stats import cube_stats, write_table
-from .options import cube_options, progress_option
+from ingest.errors import CatalogError, ConfigError
+from ingest.grid import get_grid
+from ingest.layers import add_layer, list_layers
+from ingest.layers.codes import GROUPS
+from ingest.layers.publish import LayerRecord
+from ingest.layers.stats import cube_stats, write_table
+from ingest.cli.options import cube_options, progress_option
 
 
 @click.group("layers")

@@ -7,8 +7,8 @@ import warnings
 
 import click
 
-from .. import __version__
-from ..errors import (
+from ingest import __version__
+from ingest.errors import (
     CatalogError, ConfigError, GridMismatchError, HubError, LayerError, ProductError,
     S2IngestError, StoreError,
 )
@@ -76,7 +76,7 @@ def cli(verbose: int, quiet: int) -> None:
 
 
 def _register() -> None:
-    from . import (
+    from ingest.cli import (
         db, demo, export, init, mirror, overviews, quality, rechunk, report, retry, serve, status,
         sync, synth, verify,
     )
@@ -85,7 +85,7 @@ def _register() -> None:
                    serve, retry, synth, demo, db):
         cli.add_command(module.command)
     try:
-        from .layers import layers, stats
+        from ingest.cli.layers import layers, stats
     except ImportError:  # pragma: no cover - layers are optional while being developed
         return
     cli.add_command(layers)

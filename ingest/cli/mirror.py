@@ -6,7 +6,7 @@ import time
 
 import click
 
-from .options import progress_option, s3_endpoint_option, selection_options
+from ingest.cli.options import progress_option, s3_endpoint_option, selection_options
 
 
 def _size(n: float) -> str:
@@ -82,7 +82,7 @@ def command(source: str, copy: str, selection, version, jobs, retries, quick, fo
     whole chunks of the grid and the time range to whole time chunks, so every chunk of the
     copy is a source chunk byte for byte.
     """
-    from ..copies.mirror import mirror
+    from ingest.copies.mirror import mirror
 
     bar = _Progress(progress)
     try:

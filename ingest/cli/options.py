@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from ..config import Settings, load_settings
+from ingest.config import Settings, load_settings
 
 
 def cube_options(func: Callable) -> Callable:
@@ -31,7 +31,7 @@ def cube_options(func: Callable) -> Callable:
                   help="TOML config file [env S2INGEST_CONFIG; default ./s2ingest.toml].")
     @functools.wraps(func)
     def wrapper(*args, store, db, config, s3_endpoint, **kwargs):
-        from ..store.cube import check_location
+        from ingest.store.cube import check_location
 
         settings = load_settings({"store": store, "db": db, "s3_endpoint": s3_endpoint}, config)
         if settings.s3_endpoint:
@@ -139,7 +139,7 @@ def selection_options(func: Callable) -> Callable:
                   help="Groups to keep (a group keeps its subgroups).")
     @functools.wraps(func)
     def wrapper(*args, bbox, bbox_crs, time_range, variables, groups, **kwargs):
-        from ..copies.subset import Selection
+        from ingest.copies.subset import Selection
 
         if bbox_crs is not None and bbox is None:
             raise click.BadParameter("--bbox-crs needs --bbox", param_hint="--bbox-crs")
@@ -180,8 +180,8 @@ def compute_options(func: Callable) -> Callable:
                   help="Run that work on a dask LocalCluster of N worker processes started here.")
     @functools.wraps(func)
     def wrapper(*args, workers, scheduler, local_cluster, **kwargs):
-        from ..compute import ComputeOptions
-        from ..errors import ConfigError
+        from ingest.compute import ComputeOptions
+        from ingest.errors import ConfigError
 
         if sum(x is not None for x in (workers, scheduler, local_cluster)) > 1:
             raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")

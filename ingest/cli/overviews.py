@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cube_options, orbit_option, progress_option
+from ingest.cli.options import cube_options, orbit_option, progress_option
 
 
 @click.command("overviews")
@@ -18,9 +18,9 @@ def command(settings, orbit, progress, threads) -> None:
     them. Levels live in /S2/R{orbit}/overviews/{factor} (zarr-conventions multiscales);
     every later `sync` keeps them up to date in its own commit.
     """
-    from ..overviews import add_overviews
-    from ..store import CubeStore, group_path
-    from ..errors import StoreError
+    from ingest.overviews import add_overviews
+    from ingest.store import CubeStore, group_path
+    from ingest.errors import StoreError
 
     store = CubeStore.open(settings.store)
     with store.transaction() as tx:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import _bbox, _time_range, cube_options, orbit_option, progress_option
+from ingest.cli.options import _bbox, _time_range, cube_options, orbit_option, progress_option
 
 
 @click.group("quality", invoke_without_command=True)
@@ -38,9 +38,9 @@ def command(ctx, settings, orbit, aoi, bbox, bbox_crs, max_cloud, min_valid, tim
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ..errors import ConfigError
-    from ..quality.select import aoi_from_bbox, aoi_from_file, dumps, select_dates
-    from ..store import CubeStore, group_path
+    from ingest.errors import ConfigError
+    from ingest.quality.select import aoi_from_bbox, aoi_from_file, dumps, select_dates
+    from ingest.store import CubeStore, group_path
 
     if aoi and bbox:
         raise ConfigError("give --aoi or --bbox, not both")
@@ -79,8 +79,8 @@ def rebuild(settings, orbit, h3_resolution, progress) -> None:
     commit (a new store version)."""
     from tqdm.auto import tqdm
 
-    from ..quality.group import rebuild_quality
-    from ..store import CubeStore, group_path
+    from ingest.quality.group import rebuild_quality
+    from ingest.store import CubeStore, group_path
 
     group = group_path(orbit or settings.orbit)
     store = CubeStore.open(settings.store)
@@ -100,8 +100,8 @@ def _record_version(settings, store, report, group: str) -> None:
     """The catalog's row for the new version (``s2ingest verify`` expects one), if a catalog exists."""
     from catalog import record_version, session_scope
 
-    from ..errors import CatalogError
-    from .options import open_existing_catalog
+    from ingest.errors import CatalogError
+    from ingest.cli.options import open_existing_catalog
 
     try:
         engine = open_existing_catalog(settings)

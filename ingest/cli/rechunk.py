@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .copyopts import selection_options
-from .options import progress_option
+from ingest.cli.copyopts import selection_options
+from ingest.cli.options import progress_option
 
 
 @click.command("rechunk")
@@ -34,8 +34,8 @@ def command(source: str, destination: str, chunks: str, shards: str | None, zarr
     and version are recorded in the attributes. Written under a temporary name and renamed at
     the end: DST appears only complete.
     """
-    from ..copies.plan import parse_size
-    from ..copies.rechunk import rechunk
+    from ingest.copies.plan import parse_size
+    from ingest.copies.rechunk import rechunk
 
     report = rechunk(source, destination, chunks=chunks, shards=shards,
                      zarr_format=int(zarr_format), max_mem=parse_size(max_mem),

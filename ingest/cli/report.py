@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .options import _time_range, cube_options, orbit_option
+from ingest.cli.options import _time_range, cube_options, orbit_option
 
 
 @click.command("report")
@@ -23,8 +23,8 @@ def command(settings, orbit, time_range, html_path, map_path, as_json) -> None:
     cube's footprint and the clear and cloud fractions of the valid pixels; with --html a
     small cloud map per step and the clear-sky frequency per H3 cell over the period.
     Reads the quality atlas and the provenance columns only."""
-    from ..quality.report import build_report, clear_sky_png, format_table, write_html
-    from ..store import CubeStore, group_path
+    from ingest.quality.report import build_report, clear_sky_png, format_table, write_html
+    from ingest.store import CubeStore, group_path
 
     store = CubeStore.open(settings.store)
     report = build_report(store, group_path(orbit or settings.orbit), time_range)

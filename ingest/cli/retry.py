@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cube_options
+from ingest.cli.options import cube_options
 
 
 @click.command("retry")
@@ -25,8 +25,8 @@ def command(settings, rejected, failed, names) -> None:
     """
     from catalog import retry_products, session_scope
 
-    from ..errors import ConfigError
-    from .options import open_existing_catalog
+    from ingest.errors import ConfigError
+    from ingest.cli.options import open_existing_catalog
 
     if not (names or rejected or failed):
         raise ConfigError("name the products to retry, or give --rejected and/or --failed")

@@ -24,7 +24,7 @@ def command(store, host, port) -> None:
     warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
     warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
-    from ..serve import create_app
+    from ingest.serve import create_app
 
     app = create_app(store)  # opens the cube now: a bad STORE fails before listening
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -32,7 +32,7 @@ def command(store, host, port) -> None:
     try:
         sock.bind((host, port))
     except OSError as exc:
-        from ..errors import ConfigError
+        from ingest.errors import ConfigError
 
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound = sock.getsockname()[1]

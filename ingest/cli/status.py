@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import cube_options, open_existing_catalog, orbit_option
+from ingest.cli.options import cube_options, open_existing_catalog, orbit_option
 
 
 @click.command("status")
@@ -20,8 +20,8 @@ def command(settings, orbit, limit) -> None:
     """
     from catalog import session_scope, status
 
-    from ..errors import NotACubeError
-    from ..store import CubeStore, group_path
+    from ingest.errors import NotACubeError
+    from ingest.store import CubeStore, group_path
 
     copy_of = _copy_of(settings.store)
     if copy_of is not None:  # a copy made by `s2ingest mirror` has no catalog of its own
@@ -67,8 +67,8 @@ def _copy_of(store) -> dict | None:
     """What a copy made by ``s2ingest mirror`` is a copy of (None: not a copy)."""
     import json
 
-    from ..copies.mirror import STATE
-    from ..store import backend_for
+    from ingest.copies.mirror import STATE
+    from ingest.store import backend_for
 
     try:
         raw = backend_for(store).get(STATE)
@@ -78,7 +78,7 @@ def _copy_of(store) -> dict | None:
 
 
 def _copy_status(location, copy_of: dict, group: str) -> None:
-    from ..store import CubeStore
+    from ingest.store import CubeStore
 
     store = CubeStore.open(location)
     click.echo(f"store   {location}")

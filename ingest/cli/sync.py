@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import click
 
-from ..cli.main import EXIT_PARTIAL
-from .options import compute_options, cube_options, orbit_option, progress_option
+from ingest.cli.main import EXIT_PARTIAL
+from ingest.cli.options import compute_options, cube_options, orbit_option, progress_option
 
 
 def _date(ctx, param, value):
@@ -72,9 +72,9 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
     """
     from dataclasses import replace
 
-    from ..errors import ConfigError
-    from ..sources import make_source
-    from ..sync import SyncOptions, sync
+    from ingest.errors import ConfigError
+    from ingest.sources import make_source
+    from ingest.publish.sync import SyncOptions, sync
 
     extra = {}
     for item in resampling:
@@ -104,8 +104,8 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
         opts = replace(opts, settle_hours=settle)
     if lock_timeout is not None:
         opts = replace(opts, lock_timeout=lock_timeout)
-    from ..preflight import no_litter
-    from ..sync import worker_name
+    from ingest.publish.preflight import no_litter
+    from ingest.publish.sync import worker_name
 
     # A failed first run leaves nothing behind; any way out gives back this process's leases.
     with no_litter(settings, worker=None if dry_run else worker_name()):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError
+from ingest.errors import ConfigError
 
 
 def _when(value: str) -> datetime:
@@ -47,7 +47,7 @@ def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, cont
     Example: two tiles of one datatake, a 1200x1200 px window each, zipped:
         s2ingest synth products/ --tile 31UET --tile 31UFT --window 4800 4800 1200 1200 --zip
     """
-    from ..synth import make_product
+    from ingest.synth import make_product
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for t in times:

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .options import cube_options
+from ingest.cli.options import cube_options
 
 EXIT_MISMATCH = 9  # verify found problems (documented in the README)
 
@@ -29,8 +29,8 @@ def command(settings, deep: bool, no_catalog: bool, progress: bool | None, locat
     """
     from tqdm.auto import tqdm
 
-    from ..audit import verify
-    from ..store import CubeStore
+    from ingest.publish.audit import verify
+    from ingest.store import CubeStore
 
     where = location or str(settings.store)
     store = CubeStore.open(where)
@@ -39,7 +39,7 @@ def command(settings, deep: bool, no_catalog: bool, progress: bool | None, locat
     if not no_catalog and (settings.db is not None or not remote):
         from catalog import default_url_for_store, open_catalog
 
-        from ..sync import _existing_catalog
+        from ingest.publish.sync import _existing_catalog
 
         if settings.db is not None:
             engine = open_catalog(settings.db, create=False)

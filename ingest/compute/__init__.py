@@ -2,7 +2,7 @@
 
 One small interface (``Executor``): ``stream(fn, tasks)`` runs ``fn(task, emit)`` for every
 task on the workers and yields, in this process, whatever the tasks ``emit``, as it arrives.
-``ingest.write`` makes the tasks (parts of a write plan) and stages what comes back; nothing
+``ingest.publish.write`` makes the tasks (parts of a write plan) and stages what comes back; nothing
 here knows about stores or plans.
 
 DESIGN CHOICE: the workers never write to the store. The process that holds the store's
@@ -55,7 +55,7 @@ def configure_worker(threads: int = 1) -> None:
     """
     import numcodecs.blosc
 
-    from ..warp import GDAL_ENV
+    from ingest.warping.warp import GDAL_ENV
 
     GDAL_ENV["GDAL_NUM_THREADS"] = str(threads)
     numcodecs.blosc.set_nthreads(threads)
@@ -78,7 +78,7 @@ def open_executor(options: ComputeOptions | None) -> Iterator[Executor | None]:
     if options is None or options.in_process:
         yield None
         return
-    from ..errors import ConfigError
+    from ingest.errors import ConfigError
 
     given = [o for o in ("workers", "scheduler", "local_cluster") if getattr(options, o)]
     if len(given) > 1:
@@ -86,10 +86,10 @@ def open_executor(options: ComputeOptions | None) -> Iterator[Executor | None]:
 
     def start() -> Executor:
         if options.workers:
-            from .local import LocalPool
+            from ingest.compute.local import LocalPool
 
             return LocalPool(options.workers)
-        from .cluster import DaskExecutor
+        from ingest.compute.cluster import DaskExecutor
 
         return DaskExecutor(address=options.scheduler, local_workers=options.local_cluster)
 

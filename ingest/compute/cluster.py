@@ -4,8 +4,8 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import ComputeError, ConfigError
-from . import Emit, configure_worker, task_started
+from ingest.errors import ComputeError, ConfigError
+from ingest.compute import Emit, configure_worker, task_started
 
 # DESIGN CHOICE: a dask task returns its whole result (no streaming back to the client), so a
 # part is capped at this many blocks (chunk rows): a worker then holds at most 4 rows of

@@ -8,8 +8,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import ComputeError, ProductError
-from . import Emit, configure_worker, task_started
+from ingest.errors import ComputeError, ProductError
+from ingest.compute import Emit, configure_worker, task_started
 
 _QUEUE: Any = None  # in a worker: where its tasks emit
 

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import ConfigError, UnknownVariableError
-from ..grid import CubeGrid
-from ..store.cube import CubeStore
-from ..store.layout import VERSION_ATTR, group_path
-from ..store.zarr_view import VersionStore
+from ingest.errors import ConfigError, UnknownVariableError
+from ingest.grid import CubeGrid
+from ingest.store.cube import CubeStore
+from ingest.store.layout import VERSION_ATTR, group_path
+from ingest.store.zarr_view import VersionStore
 
 Bounds = tuple[float, float, float, float]
 _IMAGERY = re.compile(r"S2/R\d{3}")
@@ -165,7 +165,7 @@ def _clear_dates(ds: xr.Dataset, store, group: str, max_cloud, min_valid, aoi, a
     """``ds`` at the dates the quality atlas selects over the AOI (DESIGN.md §11)."""
     import shapely
 
-    from ..quality.select import select_dates
+    from ingest.quality.select import select_dates
 
     if aoi is None and bbox is not None:
         aoi, aoi_crs = shapely.box(*bbox), crs

@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError, StoreError
-from .access import fix_grid_mapping, open_cube, select
-from .progress import compute_with_progress
+from ingest.errors import ConfigError, StoreError
+from ingest.copies.access import fix_grid_mapping, open_cube, select
+from ingest.copies.progress import compute_with_progress
 
 log = logging.getLogger(__name__)
 REDUCERS = ("median", "mean", "max", "min")

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, NotACubeError, StoreError
-from ..store import CubeStore, backend_for, faults
-from ..store.cube import DEFAULT_LOCK_TIMEOUT, digest
-from ..store.layout import META_DIR, is_metadata, join
-from ..store.zarrdocs import ArrayMeta, read_array
-from .subset import CopyPlan, FromSource, Rewritten, Selection, plan_copy
+from ingest.errors import ConfigError, NotACubeError, StoreError
+from ingest.store import CubeStore, backend_for, faults
+from ingest.store.cube import DEFAULT_LOCK_TIMEOUT, digest
+from ingest.store.layout import META_DIR, is_metadata, join
+from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.copies.subset import CopyPlan, FromSource, Rewritten, Selection, plan_copy
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def _copy_manifest(dst: CubeStore, version: int) -> dict[str, dict]:
     try:
         return dst.manifest(version)["keys"]
     except StoreError:
-        from ..store.cube import full_listing
+        from ingest.store.cube import full_listing
 
         return full_listing(dst.backend)
 

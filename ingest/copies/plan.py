@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from math import prod
 from typing import Sequence
 
-from ..errors import ConfigError
+from ingest.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 
 from dask.callbacks import Callback
 
-from ..errors import ConfigError
+from ingest.errors import ConfigError
 
 log = logging.getLogger("s2ingest")
 

@@ -21,10 +21,10 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError, StoreError
-from .access import fix_grid_mapping, open_cube
-from .plan import RechunkPlan, parse_dims, plan_rechunk
-from .progress import compute_with_progress
+from ingest.errors import ConfigError, StoreError
+from ingest.copies.access import fix_grid_mapping, open_cube
+from ingest.copies.plan import RechunkPlan, parse_dims, plan_rechunk
+from ingest.copies.progress import compute_with_progress
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_MEM = 2 * 10**9

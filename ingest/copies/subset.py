@@ -26,10 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..grid import CubeGrid
-from ..store.layout import GRID_FILE, is_metadata, join
-from ..store.zarrdocs import ArrayMeta, dumps, encode_1d
+from ingest.errors import ConfigError
+from ingest.grid import CubeGrid
+from ingest.store.layout import GRID_FILE, is_metadata, join
+from ingest.store.zarrdocs import ArrayMeta, dumps, encode_1d
 
 SUBSET_ATTR = "s2ingest_subset_of"
 

@@ -5,8 +5,8 @@
 store with the commit protocol, ``stats`` answers per-region / per-parcel questions, and
 ``synth`` makes realistic test inputs.
 """
-from .codes import BBG_CLASSES, GROUPS, SPECS, CodeTable, LayerSpec
-from .publish import LayerRecord, add_layer, list_layers
+from ingest.layers.codes import BBG_CLASSES, GROUPS, SPECS, CodeTable, LayerSpec
+from ingest.layers.publish import LayerRecord, add_layer, list_layers
 
 __all__ = ["BBG_CLASSES", "GROUPS", "SPECS", "CodeTable", "LayerSpec", "LayerRecord", "add_layer",
            "list_layers"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import LayerError
+from ingest.errors import LayerError
 
 # Classes of CBS Bestand Bodemgebruik (BBG 2015/2017), code -> name. Used when the source file
 # carries only the code (the real BBG shapefiles carry the code in ``BG2015``).

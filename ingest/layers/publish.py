@@ -25,16 +25,16 @@ from numcodecs import Blosc
 from pyproj import CRS
 from tqdm.auto import tqdm
 
-from ..errors import LayerError
-from ..grid import NL_GRID, CubeGrid
-from ..store import CubeStore, Transaction, join
-from ..store.imagery import write_1d
-from ..store.layout import GROUP_VERSION_ATTR
-from ..store.zarrdocs import ArrayMeta, new_array, read_array
-from . import codes as codes_mod
-from .codes import CodeTable, LayerSpec
-from .rasterize import chunks_touched, iter_rasterized
-from .vector import VectorSource, read_vector
+from ingest.errors import LayerError
+from ingest.grid import NL_GRID, CubeGrid
+from ingest.store import CubeStore, Transaction, join
+from ingest.store.imagery import write_1d
+from ingest.store.layout import GROUP_VERSION_ATTR
+from ingest.store.zarrdocs import ArrayMeta, new_array, read_array
+from ingest.layers import codes as codes_mod
+from ingest.layers.codes import CodeTable, LayerSpec
+from ingest.layers.rasterize import chunks_touched, iter_rasterized
+from ingest.layers.vector import VectorSource, read_vector
 
 EDITION = "edition"
 # Same codec family as the imagery (DESIGN §8: Blosc zstd); byte shuffle suits small integers.

@@ -14,7 +14,7 @@ import numpy as np
 import shapely
 from rasterio.features import rasterize
 
-from ..grid import ChunkIndex, CubeGrid
+from ingest.grid import ChunkIndex, CubeGrid
 
 
 def chunks_touched(geoms: np.ndarray, grid: CubeGrid) -> list[ChunkIndex]:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import ConfigError, LayerError
-from ..grid import NL_GRID, CubeGrid
+from ingest.errors import ConfigError, LayerError
+from ingest.grid import NL_GRID, CubeGrid
 
 DERIVED = {"NDVI": ("B08", "B04")}  # normalised difference (a - b) / (a + b)
 

@@ -18,7 +18,7 @@ import pyogrio.raw
 import shapely
 from pyproj import Transformer
 
-from ..grid import NL_GRID, Bounds, CubeGrid
+from ingest.grid import NL_GRID, Bounds, CubeGrid
 
 # Around Delft and the Hoeksche Waard, in RD New metres (left, bottom, right, top).
 DEMO_BOUNDS: Bounds = (75_000.0, 415_000.0, 100_000.0, 455_000.0)
@@ -205,7 +205,7 @@ def imagery_group(store: str | Path, bounds: Bounds, n_times: int = 3, group: st
     For tests of layer/imagery alignment and statistics without running the ingest pipeline.
     Not the real imagery layout (that is ``ingest.store``); just enough for xarray.
     """
-    from ..store import COMPRESSOR, CubeStore, join
+    from ingest.store import COMPRESSOR, CubeStore, join
 
     rng = np.random.default_rng(seed)
     ny, nx = grid.shape

@@ -16,8 +16,8 @@ import shapely
 from pyogrio.errors import DataLayerError, DataSourceError
 from pyproj import CRS, Transformer
 
-from ..errors import LayerError
-from ..grid import Bounds, CubeGrid
+from ingest.errors import LayerError
+from ingest.grid import Bounds, CubeGrid
 
 POLYGONAL = {shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON}
 # Companion files that belong to a Shapefile's content (hashed together with the .shp).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..variables import VariableSpec
+from ingest.variables import VariableSpec
 
 
 def reduction(spec: VariableSpec) -> str:

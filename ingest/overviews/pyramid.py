@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import StoreError
-from ..grid import CubeGrid
-from ..store import Transaction, join
-from ..store.imagery import write_1d
-from ..store.layout import COMPRESSOR, COORD_CHUNK, cf_grid_mapping, variable_attrs
-from ..store.zarrdocs import ArrayMeta, read_array
-from ..variables import VARIABLES
-from .aggregate import halve, reduction
+from ingest.errors import StoreError
+from ingest.grid import CubeGrid
+from ingest.store import Transaction, join
+from ingest.store.imagery import write_1d
+from ingest.store.layout import COMPRESSOR, COORD_CHUNK, cf_grid_mapping, variable_attrs
+from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.variables import VARIABLES
+from ingest.overviews.aggregate import halve, reduction
 
 if TYPE_CHECKING:
-    from .stream import OverviewStream
+    from ingest.overviews.stream import OverviewStream
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def add_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bool
                   threads: int = 2) -> int:
     """``build_overviews`` as a change of ``group``: its version attribute names this commit
     (what ``s2ingest overviews`` and the demo commit). Returns the level chunks staged."""
-    from ..store.layout import GROUP_VERSION_ATTR
+    from ingest.store.layout import GROUP_VERSION_ATTR
 
     n = build_overviews(tx, grid, group, progress=progress, threads=threads)
     tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})

@@ -4,7 +4,7 @@ DESIGN CHOICE (DESIGN.md §12): the publish hook ``update_overviews`` recomputes
 the native chunks the commit staged, which means decoding again every chunk the writer has
 just encoded (as many decodes as the write made encodes), and only after the warp. The
 writer holds each merged native chunk as an array before encoding it, so this stream takes it
-from there (``ingest.write.apply_plan``'s ``sink``):
+from there (``ingest.publish.write.apply_plan``'s ``sink``):
 
 * every native chunk is halved into its *partial* at once, in the writer thread that merged
   it, at the time steps the commit changes: the 2 x 2 blocks that lie inside the chunk, plus
@@ -29,13 +29,13 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import StoreError
-from ..grid import ChunkIndex, CubeGrid
-from ..store import Transaction, join
-from ..store.zarrdocs import ArrayMeta
-from ..variables import VARIABLES
-from .aggregate import halve, reduction
-from .pyramid import (
+from ingest.errors import StoreError
+from ingest.grid import ChunkIndex, CubeGrid
+from ingest.store import Transaction, join
+from ingest.store.zarrdocs import ArrayMeta
+from ingest.variables import VARIABLES
+from ingest.overviews.aggregate import halve, reduction
+from ingest.overviews.pyramid import (
     ChunkId, has_overviews, level_chunks, level_factors, level_path, level_shape,
     stage_level_chunk,
 )
@@ -84,7 +84,7 @@ class OverviewStream:
         cy = grid.chunk_shape[0]
         self._ratio = [2 * level_chunks(grid)[1] // cy] + [2] * (len(self.levels) - 1)
 
-    # -- the writer's side (``ingest.write.ChunkSink``) ------------------------------------------
+    # -- the writer's side (``ingest.publish.write.ChunkSink``) ------------------------------------------
     def expect(self, k: int, chunks: Iterable[ChunkIndex], steps: Iterable[int]) -> None:
         """Before the writing starts: one block will deliver these native chunks of time chunk
         ``k``, changed at ``steps`` (indices on the new time axis)."""

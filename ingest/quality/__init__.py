@@ -6,7 +6,7 @@
 - ``select``: dates whose area-weighted cloud fraction over an AOI is below a threshold;
 - ``report``: per-date QA report and maps.
 """
-from .cells import DEFAULT_RESOLUTION
-from .group import QUALITY, quality_path, update_quality
+from ingest.quality.cells import DEFAULT_RESOLUTION
+from ingest.quality.group import QUALITY, quality_path, update_quality
 
 __all__ = ["DEFAULT_RESOLUTION", "QUALITY", "quality_path", "update_quality"]

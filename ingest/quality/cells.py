@@ -28,9 +28,9 @@ import h3
 import numpy as np
 from pyproj import Transformer
 
-from ..errors import ConfigError
-from ..grid import ChunkIndex, CubeGrid
-from ..warp import pinned_operation
+from ingest.errors import ConfigError
+from ingest.grid import ChunkIndex, CubeGrid
+from ingest.warping.warp import pinned_operation
 
 DEFAULT_RESOLUTION = 7  # ~5.2 km² per cell, edge ~1.4 km
 MIN_RESOLUTION, MAX_RESOLUTION = 5, 11

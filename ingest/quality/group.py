@@ -30,14 +30,14 @@ from typing import Callable
 import h3
 import numpy as np
 
-from ..errors import StoreError
-from ..grid import CubeGrid
-from ..store import Transaction, join
-from ..store.imagery import write_1d
-from ..store.layout import COMPRESSOR, COORD_CHUNK, TIME_UNITS
-from ..store.zarrdocs import ArrayMeta, read_array
-from .cells import DEFAULT_RESOLUTION, CellIndex, cell_index, check_resolution
-from .stats import FRACTIONS, MEANS, Rows, add_chunk
+from ingest.errors import StoreError
+from ingest.grid import CubeGrid
+from ingest.store import Transaction, join
+from ingest.store.imagery import write_1d
+from ingest.store.layout import COMPRESSOR, COORD_CHUNK, TIME_UNITS
+from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.quality.cells import DEFAULT_RESOLUTION, CellIndex, cell_index, check_resolution
+from ingest.quality.stats import FRACTIONS, MEANS, Rows, add_chunk
 
 log = logging.getLogger(__name__)
 
@@ -255,9 +255,9 @@ def rebuild_quality(store, group: str, *, resolution: int | None = None,
                     progress: Callable[[int, int], None] | None = None, lock_timeout: float | None = None):
     """Recompute the whole quality group of ``group`` (at ``resolution``, default the stored
     one or 7) in one commit; returns its ``CommitReport``."""
-    from ..store import CubeStore
-    from ..store.cube import DEFAULT_LOCK_TIMEOUT
-    from ..store.layout import GROUP_VERSION_ATTR
+    from ingest.store import CubeStore
+    from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+    from ingest.store.layout import GROUP_VERSION_ATTR
 
     store = store if isinstance(store, CubeStore) else CubeStore.open(store)
     if not store.backend.writable:

@@ -18,9 +18,9 @@ from pathlib import Path
 import h3
 import numpy as np
 
-from ..store import CubeStore, join
-from ..store.zarrdocs import ArrayMeta, read_array
-from .select import QualityReader
+from ingest.store import CubeStore, join
+from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.quality.select import QualityReader
 
 PROVENANCE_COLUMNS = ("platform", "tiles", "baselines", "products")
 

@@ -27,12 +27,12 @@ import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 
-from ..errors import ConfigError, StoreError
-from ..grid import CubeGrid
-from ..store import CubeStore, join
-from ..store.zarrdocs import ArrayMeta, read_array
-from .cells import cells_in_bounds, rings_xy
-from .group import RESOLUTION_ATTR, quality_path
+from ingest.errors import ConfigError, StoreError
+from ingest.grid import CubeGrid
+from ingest.store import CubeStore, join
+from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.quality.cells import cells_in_bounds, rings_xy
+from ingest.quality.group import RESOLUTION_ATTR, quality_path
 
 
 @dataclass(frozen=True)

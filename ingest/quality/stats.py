@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import CellIndex, chunk_cells
+from ingest.quality.cells import CellIndex, chunk_cells
 
 N_CLASSES = 12  # SCL 0..11; 0 is no data
 SCL_FILL = 0

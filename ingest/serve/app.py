@@ -11,10 +11,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ..errors import S2IngestError
-from . import chips as chips_mod
-from .reader import MAX_AREA_PIXELS, CubeReader, RequestError
-from .tiles import TILESIZE, TMS, empty_png, tile_png
+from ingest.errors import S2IngestError
+from ingest.serve import chips as chips_mod
+from ingest.serve.reader import MAX_AREA_PIXELS, CubeReader, RequestError
+from ingest.serve.tiles import TILESIZE, TMS, empty_png, tile_png
 
 PNG = "image/png"
 MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)

@@ -11,8 +11,8 @@ import numpy as np
 import rasterio
 from rasterio.transform import Affine
 
-from ..variables import SCL_CLASSES, VARIABLES
-from .reader import MAX_CHIP_DATES, CubeReader, RequestError
+from ingest.variables import SCL_CLASSES, VARIABLES
+from ingest.serve.reader import MAX_CHIP_DATES, CubeReader, RequestError
 
 CHIP_BANDS = ("B02", "B03", "B04", "B08", "SCL")
 

@@ -20,10 +20,10 @@ from pyproj import Transformer
 from rasterio.features import geometry_mask
 from rasterio.transform import Affine
 
-from ..errors import S2IngestError
-from ..overviews import level_factors, levels_of
-from ..store import CubeStore
-from ..variables import SCL_CLASSES, VARIABLES
+from ingest.errors import S2IngestError
+from ingest.overviews import level_factors, levels_of
+from ingest.store import CubeStore
+from ingest.variables import SCL_CLASSES, VARIABLES
 
 MAX_TILE_PIXELS = 1024 * 1024  # source pixels one tile may read (per band)
 MAX_AREA_PIXELS = 1_000_000  # pixels of one polygon / parcel series or chip (100 km² at 10 m)

@@ -18,8 +18,8 @@ from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io.xarray import XarrayReader
 from rio_tiler.utils import render
 
-from ..variables import VARIABLES
-from .reader import COMPOSITES, MAX_TILE_PIXELS, CubeReader, RequestError, check_variable
+from ingest.variables import VARIABLES
+from ingest.serve.reader import COMPOSITES, MAX_TILE_PIXELS, CubeReader, RequestError, check_variable
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TILESIZE = 256

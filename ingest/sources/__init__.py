@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
-from .base import (
+from ingest.errors import ConfigError
+from ingest.sources.base import (
     AreaLike, DeletedProduct, FetchOutcome, ProductQuarantinedError, ProductRecord, Source, area_polygon,
     record_matches,
 )
-from .download import RetryPolicy, fetch_many, quarantine
+from ingest.sources.download import RetryPolicy, fetch_many, quarantine
 
 __all__ = [
     "AreaLike", "DeletedProduct", "FetchOutcome", "ProductQuarantinedError", "ProductRecord", "RetryPolicy",
@@ -34,15 +34,15 @@ def make_source(hub: str, **options: Any) -> Source:
     """
     options = {k: v for k, v in options.items() if v is not None}
     if hub == "local":
-        from .local import LocalSource
+        from ingest.sources.local import LocalSource
         if "url" in options and "directory" not in options:
             options["directory"] = options.pop("url")
         return _build(LocalSource, hub, options)
     if hub == "dhus":
-        from .dhus import DhusSource
+        from ingest.sources.dhus import DhusSource
         return _build(DhusSource, hub, options)
     if hub == "cdse":
-        from .cdse import CdseSource
+        from ingest.sources.cdse import CdseSource
         if "url" in options:
             options["catalogue_url"] = options.pop("url")
         return _build(CdseSource, hub, options)

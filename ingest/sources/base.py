@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence, Union
 
-from ..errors import CorruptProductError
-from ..grid import NL_GRID, CubeGrid
-from ..product import ProductName, strip_product_suffix
+from ingest.errors import CorruptProductError
+from ingest.grid import NL_GRID, CubeGrid
+from ingest.products.model import ProductName, strip_product_suffix
 
 LonLat = tuple[float, float]
 AreaLike = Union[CubeGrid, Sequence[LonLat], None]

@@ -36,12 +36,12 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..errors import AuthenticationError, HubError, MetadataError
-from ..verify import supported_algorithm
-from .base import (
+from ingest.errors import AuthenticationError, HubError, MetadataError
+from ingest.products.checksums import supported_algorithm
+from ingest.sources.base import (
     AreaLike, DeletedProduct, ProductRecord, Source, area_polygon, polygon_wkt, record_matches, sort_records, utc,
 )
-from .download import Http, RetryPolicy, download_to_part, fetch_with_verification
+from ingest.sources.download import Http, RetryPolicy, download_to_part, fetch_with_verification
 
 log = logging.getLogger(__name__)
 

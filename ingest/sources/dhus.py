@@ -29,10 +29,10 @@ from sentinelsat.exceptions import (
     UnauthorizedError,
 )
 
-from ..errors import AuthenticationError, HubError, HubUnreachableError, MetadataError, ProductOfflineError
-from ..verify import supported_algorithm
-from .base import AreaLike, ProductRecord, Source, area_polygon, polygon_wkt, record_matches, sort_records
-from .download import RetryPolicy, _origin, connection_cause, fetch_with_verification, parse_retry_after
+from ingest.errors import AuthenticationError, HubError, HubUnreachableError, MetadataError, ProductOfflineError
+from ingest.products.checksums import supported_algorithm
+from ingest.sources.base import AreaLike, ProductRecord, Source, area_polygon, polygon_wkt, record_matches, sort_records
+from ingest.sources.download import RetryPolicy, _origin, connection_cause, fetch_with_verification, parse_retry_after
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -40,12 +40,12 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from tqdm.auto import tqdm
 
-from ..errors import (
+from ingest.errors import (
     AuthenticationError, ChecksumError, CorruptProductError, HubError, HubUnreachableError,
     ProductError, ProductOfflineError, S2IngestError,
 )
-from ..verify import verify_file_checksum, verify_product
-from .base import FetchOutcome, ProductQuarantinedError, ProductRecord, Source
+from ingest.products.checksums import verify_file_checksum, verify_product
+from ingest.sources.base import FetchOutcome, ProductQuarantinedError, ProductRecord, Source
 
 log = logging.getLogger(__name__)
 

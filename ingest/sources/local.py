@@ -15,11 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ChecksumError, CorruptProductError, MetadataError
-from ..product import ProductName
-from ..safe import MAX_PRODUCT_MTD_BYTES
-from ..verify import verify_product
-from .base import AreaLike, ProductRecord, Source, mismatch, sort_records
+from ingest.errors import ChecksumError, CorruptProductError, MetadataError
+from ingest.products.model import ProductName
+from ingest.products.safe import MAX_PRODUCT_MTD_BYTES
+from ingest.products.checksums import verify_product
+from ingest.sources.base import AreaLike, ProductRecord, Source, mismatch, sort_records
 
 log = logging.getLogger(__name__)
 

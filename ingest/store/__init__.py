@@ -7,11 +7,11 @@
 - ``imagery``: the orbit groups; ``zarrdocs``: Zarr format 2 documents made by zarr-python.
 - ``verify``: catalog and manifest checks; ``faults``: fault-injection points for tests.
 """
-from .backend import Backend, HTTPBackend, LocalBackend, backend_for
-from .cube import (
+from ingest.store.backend import Backend, HTTPBackend, LocalBackend, backend_for
+from ingest.store.cube import (
     CommitReport, CubeStore, PublishedState, Transaction, check_grid, recover, to_ms,
 )
-from .layout import (
+from ingest.store.layout import (
     COMPRESSOR, GRID_FILE, META_DIR, PROVENANCE, chunk_key, group_path, join, manifest_key,
 )
 

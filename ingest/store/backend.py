@@ -27,7 +27,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import StoreError, StoreBusyError
+from ingest.errors import StoreError, StoreBusyError
 
 
 class Fence:
@@ -350,7 +350,7 @@ def backend_for(location: str | os.PathLike[str]) -> Backend:
     if text.startswith(("http://", "https://")):
         return HTTPBackend(text)
     if text.startswith("s3://"):
-        from .s3 import S3Backend
+        from ingest.store.s3 import S3Backend
 
         return S3Backend(text)
     if "://" in text:

@@ -38,18 +38,18 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .. import __version__
-from ..errors import (
+from ingest import __version__
+from ingest.errors import (
     GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError, StoreLeaseLostError,
 )
-from ..grid import CubeGrid
-from . import faults
-from .backend import Backend, Fence, HTTPBackend, LocalBackend, backend_for
-from .layout import (
+from ingest.grid import CubeGrid
+from ingest.store import faults
+from ingest.store.backend import Backend, Fence, HTTPBackend, LocalBackend, backend_for
+from ingest.store.layout import (
     GRID_FILE, GROUP_VERSION_ATTR, META_DIR, MANIFEST_DIR, STORE_FORMAT, TIME_COORDS, TXN_DIR,
     VERSION_ATTR, is_metadata, join, manifest_key, metadata_key, version_of_key,
 )
-from .zarrdocs import ArrayMeta, dumps, new_array, new_group, read_array
+from ingest.store.zarrdocs import ArrayMeta, dumps, new_array, new_group, read_array
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import StoreError
-from ..grid import CubeGrid
-from ..variables import VARIABLES, VariableSpec
-from .cube import Transaction, to_ms
-from .layout import (
+from ingest.errors import StoreError
+from ingest.grid import CubeGrid
+from ingest.variables import VARIABLES, VariableSpec
+from ingest.store.cube import Transaction, to_ms
+from ingest.store.layout import (
     COMPRESSOR, COORD_CHUNK, GROUP_VERSION_ATTR, PROVENANCE, TIME_UNITS, cf_grid_mapping, join,
     variable_attrs,
 )
-from .zarrdocs import encode_1d
+from ingest.store.zarrdocs import encode_1d
 
 
 def ensure_imagery_group(tx: Transaction, grid: CubeGrid, group: str,

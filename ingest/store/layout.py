@@ -14,8 +14,8 @@ import re
 import numcodecs
 from pyproj import CRS
 
-from ..grid import CubeGrid
-from ..variables import VariableSpec
+from ingest.grid import CubeGrid
+from ingest.variables import VariableSpec
 
 STORE_FORMAT = 1
 GRID_FILE = "grid.json"

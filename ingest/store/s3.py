@@ -34,8 +34,8 @@ import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..errors import StoreBusyError, StoreError, StoreLeaseLostError
-from .backend import Backend, Fence, process_alive
+from ingest.errors import StoreBusyError, StoreError, StoreLeaseLostError
+from ingest.store.backend import Backend, Fence, process_alive
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Check a cube against itself: its axis, its open transactions, its manifest (``verify``).
 
 Works through any backend (a local path, or read only over HTTP: the manifest names every
-key, so nothing needs listing). The catalog side of ``s2ingest verify`` is in ``ingest.audit``.
+key, so nothing needs listing). The catalog side of ``s2ingest verify`` is in ``ingest.publish.audit``.
 """
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from ..errors import StoreError
-from .backend import HTTPBackend
-from .cube import JOURNAL, CubeStore, digest
-from .layout import META_DIR, TXN_DIR, manifest_key
+from ingest.errors import StoreError
+from ingest.store.backend import HTTPBackend
+from ingest.store.cube import JOURNAL, CubeStore, digest
+from ingest.store.layout import META_DIR, TXN_DIR, manifest_key
 
 
 def imagery_groups(store: CubeStore) -> list[str]:

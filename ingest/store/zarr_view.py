@@ -28,11 +28,11 @@ from typing import AsyncIterator, Iterable
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
-from ..errors import StoreError
-from .backend import Backend
-from .cube import CubeStore, version_of
-from .layout import META_DIR, is_metadata
-from .zarrdocs import ArrayMeta
+from ingest.errors import StoreError
+from ingest.store.backend import Backend
+from ingest.store.cube import CubeStore, version_of
+from ingest.store.layout import META_DIR, is_metadata
+from ingest.store.zarrdocs import ArrayMeta
 
 
 class VersionGoneError(StoreError):

@@ -22,7 +22,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.storage import MemoryStore
 
-from ..errors import StoreError
+from ingest.errors import StoreError
 
 KEY_ENCODING = {"name": "v2", "separator": "."}
 

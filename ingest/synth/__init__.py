@@ -13,7 +13,7 @@ datatake, or pixels that encode their own coordinates (``content="coords"``); se
 ``ingest.synth.scene``. ``make_twins`` writes a PB<04.00 / PB>=04.00 pair with identical
 physical reflectance.
 """
-from .safe_writer import (
+from ingest.synth.safe_writer import (
     SUPPORTED_BASELINES,
     absolute_orbit_for,
     checksum_algorithm,
@@ -25,8 +25,8 @@ from .safe_writer import (
     relative_orbit_of,
     swath_edge_across,
 )
-from .scene import X_VARIABLES, Y_VARIABLES, SceneParams, coords_value, decode_coords, render, weather
-from .tiles import TILES, TileInfo, get_tile
+from ingest.synth.scene import X_VARIABLES, Y_VARIABLES, SceneParams, coords_value, decode_coords, render, weather
+from ingest.synth.tiles import TILES, TileInfo, get_tile
 
 __all__ = [
     "SUPPORTED_BASELINES", "TILES", "TileInfo", "X_VARIABLES", "Y_VARIABLES", "SceneParams",

@@ -21,9 +21,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from ..variables import VARIABLES
-from .safe_writer import JP2_OPTIONS, checksum_algorithm, file_checksum
-from ..verify import new_hash
+from ingest.variables import VARIABLES
+from ingest.synth.safe_writer import JP2_OPTIONS, checksum_algorithm, file_checksum
+from ingest.products.checksums import new_hash
 
 MANIFEST = "manifest.safe"
 PAD_BLOCK = 1 << 24  # 16 MiB of padding per write: a 2 GiB member never sits in memory
@@ -58,7 +58,7 @@ def update_manifest(safe: str | Path, rel: str) -> None:
 
 def raster_path(safe: str | Path, variable: str, resolution: int | None = None) -> str:
     """The path (relative to the SAFE root) of the raster the ingest reads for ``variable``."""
-    from ..safe import read_product
+    from ingest.products.safe import read_product
 
     res = resolution or VARIABLES[variable].resolution
     return read_product(safe).file_for(variable, res)

@@ -21,11 +21,11 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 
-from ..errors import ConfigError
-from ..variables import BAND_ID_TO_NAME
-from . import xml_templates as X
-from .scene import GEO_M_PER_DEG_LAT, GEO_M_PER_DEG_LON, LonLat, SceneParams, _to_lonlat, render, sun_angles
-from .tiles import TILE_PIXELS, TileInfo, get_tile
+from ingest.errors import ConfigError
+from ingest.variables import BAND_ID_TO_NAME
+from ingest.synth import xml_templates as X
+from ingest.synth.scene import GEO_M_PER_DEG_LAT, GEO_M_PER_DEG_LON, LonLat, SceneParams, _to_lonlat, render, sun_angles
+from ingest.synth.tiles import TILE_PIXELS, TileInfo, get_tile
 
 SUPPORTED_BASELINES = ("02.12", "02.14", "04.00", "05.09", "05.10", "05.11")
 PLATFORMS = ("S2A", "S2B", "S2C", "S2D")

@@ -36,8 +36,8 @@ from statistics import NormalDist
 import numpy as np
 from pyproj import Transformer
 
-from ..errors import ConfigError
-from .tiles import TILE_PIXELS, TileInfo
+from ingest.errors import ConfigError
+from ingest.synth.tiles import TILE_PIXELS, TileInfo
 
 Window = tuple[int, int, int, int]  # row_off, col_off, height, width (at the raster's resolution)
 LonLat = tuple[float, float]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from affine import Affine
 
-from ..errors import ConfigError
+from ingest.errors import ConfigError
 
 TILE_SIZE_M = 109_800
 RESOLUTIONS: tuple[int, ...] = (10, 20, 60)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .common import (
+from ingest.testing.fakehub.common import (
     FakeHandler, FakeProduct, FaultPlan, ProductStore, RequestRecord, ServerThread, bbox_intersects,
     iso_z, parse_iso, parse_wkt_ring, ring_bbox, wkt,
 )

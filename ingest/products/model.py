@@ -1,6 +1,6 @@
 """The product model: what the ingest needs to know about one L2A SAFE product.
 
-Produced by ``ingest.safe.read_product`` (from a folder or zip) and by the synthetic product
+Produced by ``ingest.products.safe.read_product`` (from a folder or zip) and by the synthetic product
 writer; consumed by planning, warping and the catalog. Pure data, no I/O.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import MetadataError
+from ingest.errors import MetadataError
 
 # S2B_MSIL2A_20230823T095559_N0509_R122_T34UCF_20230823T124759(.SAFE)(.zip)
 PRODUCT_NAME_RE = re.compile(

@@ -25,9 +25,9 @@ from typing import BinaryIO, Iterable
 
 import defusedxml.ElementTree as DET
 
-from .errors import ChecksumError, CorruptProductError
-from .product import strip_product_suffix
-from .safe import MAX_MANIFEST_BYTES, check_metadata_size
+from ingest.errors import ChecksumError, CorruptProductError
+from ingest.products.model import strip_product_suffix
+from ingest.products.safe import MAX_MANIFEST_BYTES, check_metadata_size
 
 BLOCK = 1 << 20
 MANIFEST = "manifest.safe"

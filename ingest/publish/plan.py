@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
-from .grid import ChunkIndex
+from ingest.grid import ChunkIndex
 
 DatatakeKey = tuple[datetime, str]  # (datatake sensing start, platform): sorts by time first
 

@@ -23,11 +23,11 @@ from rasterio.errors import RasterioError
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from . import remap
-from .errors import ConfigError, CorruptProductError
-from .grid import CubeGrid
-from .product import Product
-from .variables import VARIABLES, VariableSpec, get_variable
+from ingest.warping import remap
+from ingest.errors import ConfigError, CorruptProductError
+from ingest.grid import CubeGrid
+from ingest.products.model import Product
+from ingest.variables import VARIABLES, VariableSpec, get_variable
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .grid import CubeGrid
+from ingest.grid import CubeGrid
 
 #: grid pixels between exactly transformed lattice nodes
 LATTICE = 16

@@ -1,6 +1,6 @@
 """Apply a ``WritePlan`` inside a store ``Transaction``: resize, move, warp + mosaic, stage.
 
-The caller (``ingest.engine``) made the plan under the same transaction's lock and commits it;
+The caller (``ingest.publish.engine``) made the plan under the same transaction's lock and commits it;
 either the whole plan is published or nothing is (``ingest.store.cube``).
 """
 from __future__ import annotations
@@ -17,18 +17,18 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from .errors import ProductError, StoreError
-from .grid import ChunkIndex, CubeGrid
-from .mosaic import fill_gaps
-from .plan import SlotWrite, WritePlan
-from .product import Product
-from .store import PROVENANCE, CommitReport, PublishedState, Transaction, chunk_key, join
-from .store.imagery import write_time_axis
-from .store.zarrdocs import ArrayMeta
-from .compute import Emit, Executor
-from .store.cube import digest
-from .variables import VARIABLES
-from .warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
+from ingest.errors import ProductError, StoreError
+from ingest.grid import ChunkIndex, CubeGrid
+from ingest.warping.mosaic import fill_gaps
+from ingest.publish.plan import SlotWrite, WritePlan
+from ingest.products.model import Product
+from ingest.store import PROVENANCE, CommitReport, PublishedState, Transaction, chunk_key, join
+from ingest.store.imagery import write_time_axis
+from ingest.store.zarrdocs import ArrayMeta
+from ingest.compute import Emit, Executor
+from ingest.store.cube import digest
+from ingest.variables import VARIABLES
+from ingest.warping.warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def compute_part(task: PartTask, emit: Emit) -> None:
     grid, k, slots = task.grid, task.k, list(task.slots)
     missing = sorted({str(p.source) for p in task.products.values() if not p.source.exists()})
     if missing:
-        from .errors import ComputeError  # not a ProductError: the product is fine
+        from ingest.errors import ComputeError  # not a ProductError: the product is fine
 
         raise ComputeError(f"worker cannot read {missing[0]}: workers must see the product "
                            "cache at the same path (a shared volume)")

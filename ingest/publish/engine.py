@@ -2,7 +2,7 @@
 
 This is the store-level API (no catalog): ``ingest_products`` takes product models and a
 way to find already-published products again (needed when a late tile or a reprocessed
-product forces a time step to be recomputed). ``ingest.sync`` wraps it with the catalog.
+product forces a time step to be recomputed). ``ingest.publish.sync`` wraps it with the catalog.
 """
 from __future__ import annotations
 
@@ -13,20 +13,20 @@ from typing import Callable, Sequence
 
 from rasterio.enums import Resampling
 
-from .compute import Executor
-from .errors import ProductError, StoreError
-from .footprint import majority_epsg, planned
-from .grid import CubeGrid
-from .overviews import overview_stream, update_overviews
-from .plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
-from .product import Product, ProductName
-from .quality import update_quality
-from .safe import check_orbit, check_overlaps, check_rasters
-from .store import CubeStore, PublishedState, Transaction, group_path
-from .store.cube import DEFAULT_LOCK_TIMEOUT
-from .store.imagery import ensure_imagery_group
-from .store.layout import GROUP_VERSION_ATTR
-from .write import WriteReport, apply_plan
+from ingest.compute import Executor
+from ingest.errors import ProductError, StoreError
+from ingest.publish.footprint import majority_epsg, planned
+from ingest.grid import CubeGrid
+from ingest.overviews import overview_stream, update_overviews
+from ingest.publish.plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
+from ingest.products.model import Product, ProductName
+from ingest.quality import update_quality
+from ingest.products.safe import check_orbit, check_overlaps, check_rasters
+from ingest.store import CubeStore, PublishedState, Transaction, group_path
+from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+from ingest.store.imagery import ensure_imagery_group
+from ingest.store.layout import GROUP_VERSION_ATTR
+from ingest.publish.write import WriteReport, apply_plan
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m ingest.bench --only copies``: what rechunked and sharded copies save readers.
+"""``python -m ingest.benchmarks.ingest --only copies``: what rechunked and sharded copies save readers.
 
 Measured in one run, on one synthetic cube (``--dates`` datatakes of one tile window, built
 once into the cache and reused), every copy made by the real ``s2ingest rechunk`` in a child
@@ -25,7 +25,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from .bench import BASELINE, FIRST_DATATAKE, ORBIT, machine_info
+from ingest.benchmarks.ingest import BASELINE, FIRST_DATATAKE, ORBIT, machine_info
 
 BANDS = ["B02", "B03", "B04", "B08"]
 DEFAULT_WINDOW = (4800, 4800, 1200, 1200)
@@ -33,12 +33,12 @@ DEFAULT_WINDOW = (4800, 4800, 1200, 1200)
 
 def build_cube(root: Path, n_dates: int, window, echo) -> Path:
     """A cube of ``n_dates`` datatakes of a 31UFT window (reused when it exists)."""
-    from .engine import Cube, ingest_products
-    from .grid import NL_GRID
-    from .safe import read_product
-    from .store import CubeStore
-    from .synth import make_product
-    from .warp import parse_resampling
+    from ingest.publish.engine import Cube, ingest_products
+    from ingest.grid import NL_GRID
+    from ingest.products.safe import read_product
+    from ingest.store import CubeStore
+    from ingest.synth import make_product
+    from ingest.warping.warp import parse_resampling
 
     cube_path = root / f"cube-{n_dates}-{'-'.join(map(str, window))}.zarr"
     if cube_path.exists():
@@ -66,8 +66,8 @@ def build_cube(root: Path, n_dates: int, window, echo) -> Path:
 
 def written_bounds(cube: Path) -> tuple[float, float, float, float]:
     """Pixel-edge bounds of the spatial chunks holding B04 data."""
-    from .grid import NL_GRID
-    from .store import CubeStore
+    from ingest.grid import NL_GRID
+    from ingest.store import CubeStore
 
     keys = CubeStore.open(cube).manifest()["keys"]
     idx = [tuple(int(v) for v in k.rsplit("/", 1)[1].split("."))[1:]
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import s2ingest
 
-    from .testing.httpserve import serve
+    from ingest.testing.httpserve import serve
 
-    ap = argparse.ArgumentParser(prog="python -m ingest.bench --only copies")
+    ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.ingest --only copies")
     ap.add_argument("--dates", type=int, default=10, help="datatakes in the cube (default 10)")
     ap.add_argument("--window", type=int, nargs=4, default=list(DEFAULT_WINDOW),
                     metavar=("ROW", "COL", "H", "W"), help="10 m window of tile 31UFT")

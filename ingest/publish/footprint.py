@@ -7,10 +7,10 @@ from pyproj import CRS, Transformer
 from shapely.geometry import Polygon, box
 from shapely.prepared import prep
 
-from .grid import ChunkIndex, CubeGrid
-from .plan import PlannedProduct
-from .product import Product
-from .warp import pinned_operation
+from ingest.grid import ChunkIndex, CubeGrid
+from ingest.publish.plan import PlannedProduct
+from ingest.products.model import Product
+from ingest.warping.warp import pinned_operation
 
 
 def tile_outline(product: Product, grid: CubeGrid, densify: int = 16) -> Polygon:

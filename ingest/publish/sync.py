@@ -23,19 +23,19 @@ from catalog import (
 from catalog import Product as Row
 from sqlalchemy import select
 
-from .compute import ComputeOptions, open_executor
-from .engine import Cube, ingest_products
-from .store.backend import process_alive
-from .store.cube import DEFAULT_LOCK_TIMEOUT
-from .errors import AuthenticationError, ProductError, StoreError
-from .grid import get_grid
-from .config import Settings
-from .product import Product
-from .safe import read_product
-from .sources.base import ProductRecord, Source
-from .sources.download import fetch_many
-from .store import faults, manifest_key
-from .warp import parse_resampling
+from ingest.compute import ComputeOptions, open_executor
+from ingest.publish.engine import Cube, ingest_products
+from ingest.store.backend import process_alive
+from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+from ingest.errors import AuthenticationError, ProductError, StoreError
+from ingest.grid import get_grid
+from ingest.config import Settings
+from ingest.products.model import Product
+from ingest.products.safe import read_product
+from ingest.sources.base import ProductRecord, Source
+from ingest.sources.download import fetch_many
+from ingest.store import faults, manifest_key
+from ingest.warping.warp import parse_resampling
 
 log = logging.getLogger(__name__)
 LEASE_SECONDS = 3600
@@ -350,7 +350,7 @@ class Syncer:
                 products.pop(exc.product, None)
 
     def cube_validate(self, product: Product) -> None:
-        from .engine import validate
+        from ingest.publish.engine import validate
 
         validate(product, self.cube)
 

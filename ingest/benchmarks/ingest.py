@@ -1,9 +1,9 @@
 """``make bench``: ingest speed and memory on full-size synthetic tiles (DESIGN.md §8).
 
-    python -m ingest.bench --out bench-results/bench.json            # one full tile-date
-    python -m ingest.bench --tiles 31UET,31UFT --dates 2             # 4 products, 2 time steps
-    python -m ingest.bench --window 4800 4800 1200 1200 --repeat 1   # a quick run
-    python -m ingest.bench --only copies    # rechunked/sharded copies (ingest/bench_copies.py)
+    python -m ingest.benchmarks.ingest --out bench-results/bench.json            # one full tile-date
+    python -m ingest.benchmarks.ingest --tiles 31UET,31UFT --dates 2             # 4 products, 2 time steps
+    python -m ingest.benchmarks.ingest --window 4800 4800 1200 1200 --repeat 1   # a quick run
+    python -m ingest.benchmarks.ingest --only copies    # rechunked/sharded copies (ingest/bench_copies.py)
 
 What is measured, each step in a fresh ``spawn``-ed child process (so the parent's memory and
 imports never count; peak RSS is the child's own ``ru_maxrss``, GDAL's threads included):
@@ -22,7 +22,7 @@ imports never count; peak RSS is the child's own ``ru_maxrss``, GDAL's threads i
   from a base cube built once per run), so that peak memory can be compared between a small
   and a larger cube. The cube lives in a temporary directory next to the product cache
   (same disk). Phase times come from wrappers installed in the child around functions of
-  ``ingest.write`` and ``zarr.Array`` (cumulative; they are reported as "n/a" if those names
+  ``ingest.publish.write`` and ``zarr.Array`` (cumulative; they are reported as "n/a" if those names
   change).
 
 Timings are medians of ``--repeat`` runs (runs are interleaved: decode, ingest, decode...).
@@ -82,7 +82,7 @@ def cache_dir_for(cache: Path, window: tuple[int, int, int, int] | None) -> Path
 def ensure_products(cache: Path, tiles: list[str], dts: list[tuple[datetime, str]],
                     window: tuple[int, int, int, int] | None, echo: Callable[[str], None]) -> list[Path]:
     """The products (``.SAFE`` folders), generated into the cache when missing."""
-    from .synth import make_product, product_name
+    from ingest.synth import make_product, product_name
 
     directory = cache_dir_for(cache, window)
     paths = []
@@ -108,8 +108,8 @@ def input_files(product_paths: list[str]) -> list[dict]:
     """The JP2 files the ingest reads: per product, per variable the file at spec.resolution."""
     import rasterio
 
-    from .safe import read_product
-    from .variables import VARIABLES
+    from ingest.products.safe import read_product
+    from ingest.variables import VARIABLES
 
     files = []
     for p in product_paths:
@@ -156,7 +156,7 @@ def _child(task: str, kwargs: dict) -> dict:
     import rasterio  # noqa: F401
     import zarr  # noqa: F401
 
-    from . import engine, write  # noqa: F401  (imports are not part of the measurement)
+    from ingest.publish import engine, write  # noqa: F401  (imports are not part of the measurement)
 
     baseline = _status_mb("VmRSS") or _peak_mb()
     fn = {"decode": _decode, "ingest": _ingest, "overviews": _overviews}[task]
@@ -179,7 +179,7 @@ def _decode(paths: list[str], workers: int, gdal_threads: str) -> dict:
     import rasterio
     from rasterio._env import get_gdal_config
 
-    from .warp import GDAL_ENV
+    from ingest.warping.warp import GDAL_ENV
 
     seen: set[str] = set()
 
@@ -231,14 +231,14 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
             resampling: dict[str, str], threads: int, workers: int | None = None) -> dict:
     import numpy as np
 
-    from .compute import ComputeOptions, open_executor
+    from ingest.compute import ComputeOptions, open_executor
 
-    from . import engine, write
-    from .engine import Cube, ingest_products
-    from .grid import NL_GRID
-    from .safe import read_product
-    from .variables import VARIABLES
-    from .warp import parse_resampling
+    from ingest.publish import engine, write
+    from ingest.publish.engine import Cube, ingest_products
+    from ingest.grid import NL_GRID
+    from ingest.products.safe import read_product
+    from ingest.variables import VARIABLES
+    from ingest.warping.warp import parse_resampling
 
     products = [read_product(p) for p in product_paths]
     known = {p.name: p for p in products}
@@ -286,8 +286,8 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
 
 def _overviews(cube_path: str) -> dict:
     """Build the multiscale levels of a cube (one commit), as ``s2ingest overviews`` does."""
-    from .overviews import build_overviews
-    from .store import CubeStore
+    from ingest.overviews import build_overviews
+    from ingest.store import CubeStore
 
     store = CubeStore.open(Path(cube_path))
     with store.transaction() as tx:
@@ -310,9 +310,9 @@ def dir_bytes(path: Path) -> int:
 
 def chunk_bytes(cube: Path) -> int:
     """Bytes of the variables' chunk files (metadata, coordinates and journal left out)."""
-    from .engine import Cube
-    from .grid import NL_GRID
-    from .variables import VARIABLES
+    from ingest.publish.engine import Cube
+    from ingest.grid import NL_GRID
+    from ingest.variables import VARIABLES
 
     group = cube / Cube(cube, NL_GRID, ORBIT).group
     return sum(dir_bytes(group / v) for v in VARIABLES)
@@ -403,7 +403,7 @@ def summarise(runs: list[dict], pixels: int) -> dict:
 
 # -- main --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m ingest.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.ingest", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiles", default="31UFT", help="comma-separated tiles (default 31UFT)")
     ap.add_argument("--dates", type=int, default=1, help="datatakes per tile to ingest (default 1)")
     ap.add_argument("--window", type=int, nargs=4, metavar=("ROW", "COL", "H", "W"),
@@ -433,7 +433,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["--only", "copies"]:  # rechunked and sharded copies: ingest/bench_copies.py
-        from .bench_copies import main as copies_main
+        from ingest.benchmarks.copies import main as copies_main
 
         return copies_main(argv[2:])
     args = parse_args(argv)
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only == "workers":
         return bench_workers(args, echo)
 
-    from .warp import parse_resampling
+    from ingest.warping.warp import parse_resampling
 
     resampling = {}
     for item in args.resampling:
@@ -689,9 +689,9 @@ def bench_workers(args: argparse.Namespace, echo: Callable[[str], None]) -> dict
 def _chunk_digests(cube: Path) -> dict[str, str]:
     import hashlib
 
-    from .engine import Cube
-    from .grid import NL_GRID
-    from .variables import VARIABLES
+    from ingest.publish.engine import Cube
+    from ingest.grid import NL_GRID
+    from ingest.variables import VARIABLES
 
     group = cube / Cube(cube, NL_GRID, ORBIT).group
     return {f"{v}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
@@ -699,7 +699,7 @@ def _chunk_digests(cube: Path) -> dict[str, str]:
 
 
 def _gdal_env() -> dict:
-    from .warp import GDAL_ENV
+    from ingest.warping.warp import GDAL_ENV
 
     return dict(GDAL_ENV)
 
@@ -713,7 +713,7 @@ NOTES = [
     "baseline_rss_mb of interpreter and libraries; the input files are in the OS page cache after the first run"),
     ("output Mpix/s = time steps x area of the chunks written (10 m px, nodata included) x variables / ingest s; "
     "input Mpix/s = pixels of the JP2 files decoded / ingest s"),
-    ("phase times are cumulative times inside ingest.write.apply_plan, _slot_block (warp+mosaic), "
+    ("phase times are cumulative times inside ingest.publish.write.apply_plan, _slot_block (warp+mosaic), "
     "warp_product_part (decode+warp of one product) and _write_var_block (read, decode, merge, compress and store "
     "one variable of a block, in the writer threads); "
     "they overlap if called from several threads"),

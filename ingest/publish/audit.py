@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from .store import CubeStore
-from .store.verify import imagery_groups, verify_store
+from ingest.store import CubeStore
+from ingest.store.verify import imagery_groups, verify_store
 
 
 def check_catalog(store: CubeStore, engine) -> Iterator[str]:

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .config import Settings
-from .errors import S2IngestError
+from ingest.config import Settings
+from ingest.errors import S2IngestError
 
 log = logging.getLogger(__name__)
 

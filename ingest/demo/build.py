@@ -15,10 +15,10 @@ from typing import Callable
 
 from pyproj import Transformer
 
-from .config import Settings
-from .grid import NL_GRID
-from .synth import make_product
-from .synth.tiles import get_tile
+from ingest.config import Settings
+from ingest.grid import NL_GRID
+from ingest.synth import make_product
+from ingest.synth.tiles import get_tile
 
 # RD bounds of the demo area (left, bottom, right, top): Delft in the north, the Hoeksche
 # Waard in the south; the 31UET/31UFT overlap runs through it.
@@ -108,11 +108,11 @@ def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[st
     """Rasterise the synthetic reference layers into /NL, /NL/BBG and /NL/BRP; an edition
     already published from the same file (name and sha256) is skipped. Returns how many
     layer files were published."""
-    from .cli.layers import _record
-    from .errors import LayerError
-    from .layers import add_layer, list_layers
-    from .layers.synth import make_demo_files
-    from .layers.vector import file_sha256
+    from ingest.cli.layers import _record
+    from ingest.errors import LayerError
+    from ingest.layers import add_layer, list_layers
+    from ingest.layers.synth import make_demo_files
+    from ingest.layers.vector import file_sha256
 
     files = make_demo_files(paths.layers, reuse=True)
     jobs = [
@@ -143,8 +143,8 @@ def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[st
 def _ensure_overviews(store_path: Path, echo: Callable[[str], None]) -> None:
     """The demo cube has multiscale overviews from the start (one commit, once), so the
     viewer shows imagery at every zoom; every sync then keeps them current."""
-    from .overviews import add_overviews, has_overviews, level_factors
-    from .store import CubeStore
+    from ingest.overviews import add_overviews, has_overviews, level_factors
+    from ingest.store import CubeStore
 
     store = CubeStore.open(store_path)
     if store.group_exists("S2/R051/overviews"):  # published already: a rerun takes no lock
@@ -163,11 +163,11 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     products, publishes nothing already published and says so."""
     from catalog.db import upgrade
 
-    from .engine import Cube
-    from .quicklook import write_quicklook
-    from .sources import make_source
-    from .store import read_published
-    from .sync import SyncOptions, sync
+    from ingest.publish.engine import Cube
+    from ingest.demo.quicklook import write_quicklook
+    from ingest.sources import make_source
+    from ingest.store import read_published
+    from ingest.publish.sync import SyncOptions, sync
 
     paths = DemoPaths(Path(root))
     paths.root.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .errors import StoreError
+from ingest.errors import StoreError
 
 CLEAR_SCL = [4, 5, 6, 7, 11]  # vegetation, bare, water, unclassified, snow: no cloud/shadow
 

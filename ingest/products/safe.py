@@ -26,16 +26,16 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
-from .errors import (
+from ingest.errors import (
     CorruptProductError,
     MetadataError,
     OutsideGridError,
     UnsupportedProductError,
     WrongOrbitError,
 )
-from .grid import Bounds, CubeGrid
-from .product import PRODUCT_NAME_RE, Product, ProductName, TileGeocoding, strip_product_suffix
-from .variables import BAND_ID_TO_NAME, VARIABLES
+from ingest.grid import Bounds, CubeGrid
+from ingest.products.model import PRODUCT_NAME_RE, Product, ProductName, TileGeocoding, strip_product_suffix
+from ingest.variables import BAND_ID_TO_NAME, VARIABLES
 
 __all__ = [
     "read_product",
