@@ -29,12 +29,8 @@ test: install  ## the test suite on every core (PostgreSQL tests skip when no se
 test-fast: install  ## without the tests marked slow
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
-bench: install  ## speed on full-size synthetic tiles; prints figures, writes bench-results/*.json
-	$(BIN)/python -m ingest.benchmarks.ingest --out bench-results/bench.json
-	$(BIN)/python -m ingest.benchmarks.mirror --out bench-results/mirror.json
-	$(BIN)/python -m ingest.benchmarks.ingest --only copies --out bench-results/bench-copies.json
-	$(BIN)/python -m ingest.benchmarks.ingest --only workers --repeat 1 --out bench-results/workers.json
-	$(BIN)/python -m ingest.benchmarks.serve --out bench-results/serve.json
+bench: install  ## every benchmark (ratios in one run); prints figures, writes bench-results/*.json
+	$(BIN)/python -m ingest.benchmarks --out-dir bench-results
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) bench-results .pytest_cache build *.egg-info

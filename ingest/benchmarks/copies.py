@@ -1,4 +1,4 @@
-"""``python -m ingest.benchmarks.ingest --only copies``: what rechunked and sharded copies save readers.
+"""``python -m ingest.benchmarks.copies``: what rechunked and sharded copies save readers.
 
 Measured in one run, on one synthetic cube (``--dates`` datatakes of one tile window, built
 once into the cache and reused), every copy made by the real ``s2ingest rechunk`` in a child
@@ -25,7 +25,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from ingest.benchmarks.ingest import BASELINE, FIRST_DATATAKE, ORBIT, machine_info
+from ingest.benchmarks.common import BASELINE, FIRST_DATATAKE, ORBIT, machine_info
 
 BANDS = ["B02", "B03", "B04", "B08"]
 DEFAULT_WINDOW = (4800, 4800, 1200, 1200)
@@ -151,14 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ingest.testing.httpserve import serve
 
-    ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.ingest --only copies")
+    ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.copies")
     ap.add_argument("--dates", type=int, default=10, help="datatakes in the cube (default 10)")
     ap.add_argument("--window", type=int, nargs=4, default=list(DEFAULT_WINDOW),
                     metavar=("ROW", "COL", "H", "W"), help="10 m window of tile 31UFT")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--max-mem", nargs=2, default=["64MB", "512MB"], metavar=("SMALL", "LARGE"))
     ap.add_argument("--cache", type=Path, default=Path("bench-results/copies"))
-    ap.add_argument("--out", type=Path, default=Path("bench-results/bench-copies.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench-results/copies.json"))
     args = ap.parse_args(argv)
 
     def echo(line: str) -> None:
@@ -245,3 +245,7 @@ def print_report(r: dict) -> None:
     print("rechunk peak RSS (child process): " + ", ".join(
         f"--max-mem {k}: {v:.0f} MB" for k, v in s["rechunk_peak_rss_mb"].items())
         + f" (imports alone: {r['baseline_rss_mb']:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,9 +1,8 @@
 """``make bench``: ingest speed and memory on full-size synthetic tiles (DESIGN.md §8).
 
-    python -m ingest.benchmarks.ingest --out bench-results/bench.json            # one full tile-date
+    python -m ingest.benchmarks.ingest --out bench-results/ingest.json           # one full tile-date
     python -m ingest.benchmarks.ingest --tiles 31UET,31UFT --dates 2             # 4 products, 2 time steps
     python -m ingest.benchmarks.ingest --window 4800 4800 1200 1200 --repeat 1   # a quick run
-    python -m ingest.benchmarks.ingest --only copies    # rechunked/sharded copies (ingest/bench_copies.py)
 
 What is measured, each step in a fresh ``spawn``-ed child process (so the parent's memory and
 imports never count; peak RSS is the child's own ``ru_maxrss``, GDAL's threads included):
@@ -32,373 +31,24 @@ a full 10980² tile-date takes minutes. Nothing here is hard-coded: every figure
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
 import json
-import multiprocessing
 import os
-import platform as _platform
-import resource
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-UTC = timezone.utc
-ORBIT = 51
-BASELINE = "05.09"
-FIRST_DATATAKE = datetime(2023, 7, 14, 10, 56, 19, tzinfo=UTC)  # measured datatakes: +5 d each
+from ingest.benchmarks.common import (  # noqa: F401  (datatakes, ensure_products: the bench kit's API)
+    DEFAULT_CACHE, FIRST_DATATAKE, UTC, _fmt, datatakes, ensure_products, git_info, input_files,
+    link_tree, machine_info, median,
+)
+from ingest.benchmarks.tasks import chunk_bytes, run_child, summarise
+
 TARGET_RATIO = 1.5  # ingest time / decode floor (the issue's target)
 OVERVIEWS_TARGET = 0.10  # keeping the overviews current: < 10 % of the ingest time (issue #12)
 MEMORY_TOLERANCE = 1.10  # "independent of the cube size": populated peak within 10 % of fresh
-DEFAULT_CACHE = Path("bench-results/products")
-FULL = 10980
-
-
-# -- inputs ----------------------------------------------------------------------------------
-def datatakes(n: int, *, before: bool = False) -> list[tuple[datetime, str]]:
-    """``n`` datatakes of relative orbit 51, 5 days apart, alternating S2A/S2B.
-
-    ``before=True``: the ``n`` datatakes preceding ``FIRST_DATATAKE`` (latest first is not
-    needed: they are returned in time order), used to populate the larger cube.
-    """
-    out = []
-    for i in range(n):
-        k = -(n - i) if before else i
-        out.append((FIRST_DATATAKE + timedelta(days=5 * k), "S2A" if k % 2 == 0 else "S2B"))
-    return out
-
-
-def cache_dir_for(cache: Path, window: tuple[int, int, int, int] | None) -> Path:
-    return cache / ("full" if window is None else "window-{}-{}-{}-{}".format(*window))
-
-
-def ensure_products(cache: Path, tiles: list[str], dts: list[tuple[datetime, str]],
-                    window: tuple[int, int, int, int] | None, echo: Callable[[str], None]) -> list[Path]:
-    """The products (``.SAFE`` folders), generated into the cache when missing."""
-    from ingest.synth import make_product, product_name
-
-    directory = cache_dir_for(cache, window)
-    paths = []
-    for when, plat in dts:
-        for tile in tiles:
-            name = product_name(tile=tile, datatake_start=when, platform=plat, baseline=BASELINE,
-                                 relative_orbit=ORBIT)
-            path = directory / f"{name}.SAFE"
-            if path.exists():
-                echo(f"  reuse    {path}")
-            else:
-                size = "full 10980² tile: several minutes" if window is None else "window"
-                echo(f"  generate {path.name} ({size}) ...")
-                t0 = time.perf_counter()
-                path = make_product(directory, tile=tile, datatake_start=when, platform=plat,
-                                    baseline=BASELINE, relative_orbit=ORBIT, window=window)
-                echo(f"           done in {time.perf_counter() - t0:.0f} s")
-            paths.append(path)
-    return paths
-
-
-def input_files(product_paths: list[str]) -> list[dict]:
-    """The JP2 files the ingest reads: per product, per variable the file at spec.resolution."""
-    import rasterio
-
-    from ingest.products.safe import read_product
-    from ingest.variables import VARIABLES
-
-    files = []
-    for p in product_paths:
-        product = read_product(p)
-        for name, spec in VARIABLES.items():
-            path = product.gdal_path(product.file_for(name, spec.resolution))
-            with rasterio.open(path) as src:
-                files.append({"variable": name, "resolution": spec.resolution, "path": path,
-                              "pixels": src.width * src.height, "bytes": os.path.getsize(path)})
-    return files
-
-
-# -- child processes -------------------------------------------------------------------------
-def _status_mb(field: str) -> float | None:
-    """VmHWM (peak) or VmRSS (now) of this process, MB, from /proc/self/status.
-
-    DESIGN CHOICE: not ``ru_maxrss``: Linux keeps ru_maxrss across execve, so a spawned child
-    would report at least the RSS the parent had when it forked (measured: every child showed
-    the parent's 347 MB). VmHWM belongs to the address space, which exec replaces; GDAL's
-    threads share it, so their buffers count.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _peak_mb() -> float:
-    hwm = _status_mb("VmHWM")
-    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _child(task: str, kwargs: dict) -> dict:
-    """Runs in a fresh spawned process: import, note the baseline, do the work, measure."""
-    import numpy  # noqa: F401
-    import rasterio  # noqa: F401
-    import zarr  # noqa: F401
-
-    from ingest.publish import engine, write  # noqa: F401  (imports are not part of the measurement)
-
-    baseline = _status_mb("VmRSS") or _peak_mb()
-    fn = {"decode": _decode, "ingest": _ingest, "overviews": _overviews}[task]
-    cpu0, t0 = _cpu_s(), time.perf_counter()
-    result = fn(**kwargs)
-    wall = time.perf_counter() - t0
-    result.update(wall_s=wall, cpu_s=_cpu_s() - cpu0, peak_rss_mb=_peak_mb(), baseline_rss_mb=baseline)
-    if "seconds" not in result:
-        result["seconds"] = wall
-    return result
-
-
-def run_child(task: str, **kwargs) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
-        return ex.submit(_child, task, kwargs).result()
-
-
-def _decode(paths: list[str], workers: int, gdal_threads: str) -> dict:
-    import rasterio
-    from rasterio._env import get_gdal_config
-
-    from ingest.warping.warp import GDAL_ENV
-
-    seen: set[str] = set()
-
-    def one(path: str) -> int:
-        # The Env is entered once in the calling thread; GDAL config options are global, so
-        # worker threads see them too (recorded, so the report shows what GDAL really used).
-        seen.add(str(get_gdal_config("GDAL_NUM_THREADS")))
-        with rasterio.open(path) as src:
-            return int(src.read(1).size)
-
-    with rasterio.Env(**dict(GDAL_ENV, GDAL_NUM_THREADS=gdal_threads)):
-        t0 = time.perf_counter()
-        if workers == 1:
-            pixels = sum(one(p) for p in paths)
-        else:
-            with ThreadPoolExecutor(workers) as ex:
-                pixels = sum(ex.map(one, paths))
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "pixels": pixels, "gdal_num_threads_seen": sorted(seen)}
-
-
-class _Timers:
-    """Cumulative wall time spent inside wrapped callables (may overlap if called from threads)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float | None] = {}
-        self.calls: dict[str, int] = {}
-
-    def wrap(self, owner: Any, attr: str, label: str) -> None:
-        original = getattr(owner, attr, None)
-        if original is None:
-            self.seconds[label] = None
-            return
-        self.seconds[label] = 0.0
-        self.calls[label] = 0
-
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[label] += time.perf_counter() - t0
-                self.calls[label] += 1
-
-        setattr(owner, attr, timed)
-
-
-def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
-            resampling: dict[str, str], threads: int, workers: int | None = None) -> dict:
-    import numpy as np
-
-    from ingest.compute import ComputeOptions, open_executor
-
-    from ingest.publish import engine, write
-    from ingest.publish.engine import Cube, ingest_products
-    from ingest.grid import NL_GRID
-    from ingest.products.safe import read_product
-    from ingest.variables import VARIABLES
-    from ingest.warping.warp import parse_resampling
-
-    products = [read_product(p) for p in product_paths]
-    known = {p.name: p for p in products}
-    for p in known_paths:
-        q = read_product(p)
-        known.setdefault(q.name, q)
-    cube = Cube(Path(cube_path), NL_GRID, ORBIT)
-    cube.ensure()
-    timers = _Timers()
-    timers.wrap(engine, "apply_plan", "apply_plan")  # engine imported it by name
-    timers.wrap(write, "_slot_block", "warp_mosaic")
-    timers.wrap(write, "warp_product_part", "warp")
-    timers.wrap(write, "_write_var_block", "write")  # read + decode + merge + compress + store
-    timers.wrap(engine, "update_quality", "quality")  # the quality atlas, inside the commit
-    t0 = time.perf_counter()
-    # the pool's start (spawning and importing in the workers) is part of the measured time
-    with open_executor(ComputeOptions(workers=workers)) as executor:
-        plan, report = ingest_products(cube, products, known.__getitem__, parse_resampling(resampling),
-                                       progress=False, threads=threads, executor=executor)
-    seconds = time.perf_counter() - t0
-    grid = cube.grid
-    slot_pixels = []
-    for slot in plan.slots:
-        area = 0
-        for c in slot.chunks:
-            w = grid.chunk_window(c)
-            area += int(w.width * w.height)
-        slot_pixels.append(area)
-    logical = sum(slot_pixels) * sum(np.dtype(s.dtype).itemsize for s in VARIABLES.values())
-    return {
-        "seconds": seconds, "phases": timers.seconds, "calls": timers.calls,
-        "time_steps_written": len(plan.slots), "time_steps_total": len(plan.axis),
-        "chunks_written": report.chunks_written if report else 0,
-        "output_pixels_per_variable": sum(slot_pixels), "variables": len(VARIABLES),
-        "logical_bytes_written": logical, "workers": workers,
-        # the largest worker process (ru_maxrss of the children: the pool has ended here)
-        "worker_peak_rss_mb": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-                               if workers else None),
-        # CPU seconds of the worker processes (ended here): with the committer's cpu_s, the
-        # whole work, whatever else shares the machine
-        "worker_cpu_s": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-                         + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime) if workers else 0.0,
-    }
-
-
-def _overviews(cube_path: str) -> dict:
-    """Build the multiscale levels of a cube (one commit), as ``s2ingest overviews`` does."""
-    from ingest.overviews import build_overviews
-    from ingest.store import CubeStore
-
-    store = CubeStore.open(Path(cube_path))
-    with store.transaction() as tx:
-        n = build_overviews(tx, store.grid, f"S2/R{ORBIT:03d}")
-        tx.commit()
-    return {"level_chunks": n}
-
-
-# -- helpers -----------------------------------------------------------------------------------
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except FileNotFoundError:
-                pass
-    return total
-
-
-def chunk_bytes(cube: Path) -> int:
-    """Bytes of the variables' chunk files (metadata, coordinates and journal left out)."""
-    from ingest.publish.engine import Cube
-    from ingest.grid import NL_GRID
-    from ingest.variables import VARIABLES
-
-    group = cube / Cube(cube, NL_GRID, ORBIT).group
-    return sum(dir_bytes(group / v) for v in VARIABLES)
-
-
-def link_tree(src: Path, dst: Path) -> None:
-    """Copy a cube by hard links: zarr's DirectoryStore replaces chunk files by rename (and the
-    commit journal relies on that), so the base cube's inodes are never modified."""
-    try:
-        shutil.copytree(src, dst, copy_function=os.link)
-    except OSError:
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
-
-
-def openjpeg_version() -> str | None:
-    import rasterio
-
-    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), os.pardir, "rasterio.libs", "libopenjp2*"))
-    for lib in libs:
-        try:
-            f = ctypes.CDLL(lib).opj_version
-            f.restype = ctypes.c_char_p
-            return f().decode()
-        except (OSError, AttributeError):
-            return os.path.basename(lib)
-    return None
-
-
-def machine_info() -> dict:
-    import numcodecs
-    import numpy
-    import rasterio
-    import zarr
-
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "cpu_model": cpu,
-        "mem_total_gb": mem, "python": _platform.python_version(), "platform": _platform.platform(),
-        "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__, "openjpeg": openjpeg_version(),
-        "numpy": numpy.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
-    }
-
-
-def git_info() -> dict:
-    """Which code was measured: HEAD and the files of the ingest that differ from it."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ingest"], cwd=root,
-                               capture_output=True, text=True, check=False).stdout.splitlines()
-    except OSError:
-        return {}
-    return {"head": head, "uncommitted": [line[3:] for line in dirty]}
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def summarise(runs: list[dict], pixels: int) -> dict:
-    secs = [r["seconds"] for r in runs]
-    s = median(secs)
-    cpu = median([r["cpu_s"] / r["wall_s"] for r in runs])
-    return {"runs": runs, "seconds_median": s, "seconds_all": secs,
-            "mpix_per_s": pixels / s / 1e6 if s else None,
-            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
-            "peak_rss_mb_median": median([r["peak_rss_mb"] for r in runs]),
-            "baseline_rss_mb": median([r["baseline_rss_mb"] for r in runs]),
-            "cpu_utilisation_median": cpu}
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -416,33 +66,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="ingest threads (default: nproc)")
     ap.add_argument("--no-single-thread", action="store_true", help="skip the 1-thread decode")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="product cache directory")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON report (default bench-results/bench.json; with --only workers "
-                         "bench-results/workers.json)")
-    ap.add_argument("--only", choices=["workers"], default=None,
-                    help="workers: only `sync --workers` 1 vs 2 on two full-size products of "
-                         "different time chunks (bench_workers)")
+    ap.add_argument("--out", type=Path, default=Path("bench-results/ingest.json"), help="JSON report")
     args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = Path("bench-results/workers.json" if args.only == "workers" else "bench-results/bench.json")
     if args.dates < 1 or args.repeat < 1 or args.populate < 0:
         ap.error("--dates and --repeat must be >= 1, --populate >= 0")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["--only", "copies"]:  # rechunked and sharded copies: ingest/bench_copies.py
-        from ingest.benchmarks.copies import main as copies_main
-
-        return copies_main(argv[2:])
-    args = parse_args(argv)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
 
     def echo(line: str) -> None:
         print(line, flush=True)
-
-    if args.only == "workers":
-        return bench_workers(args, echo)
 
     from ingest.warping.warp import parse_resampling
 
@@ -601,103 +236,6 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-WORKER_TARGET = 1.8  # speed-up of 2 workers over 1 (the issue's goal)
-WORKER_POPULATE_WINDOW = (4800, 4800, 600, 600)  # small earlier datatakes: they only shift the axis
-
-
-def bench_workers(args: argparse.Namespace, echo: Callable[[str], None]) -> dict:
-    """``sync --workers``: one worker process against two, on two full-size products whose
-    datatakes fall into different time chunks (so the two parts are independent and neither
-    is cut), plus the in-process writer (threads) for reference.
-
-    The cube already holds four small earlier datatakes (a 600² window each), so the two
-    measured datatakes are time steps 4 and 5: time chunks 0 and 1. Every run starts from a
-    hard-linked copy of that cube, in a fresh spawned child; the chunks written by all runs
-    are compared byte for byte (the result must not depend on the workers).
-    """
-    tiles = [t.strip() for t in args.tiles.split(",") if t.strip()]
-    window = tuple(args.window) if args.window else None
-    nproc = len(os.sched_getaffinity(0))
-    echo(f"s2ingest bench --only workers: tiles {','.join(tiles)} x 2 datatakes in different time "
-         f"chunks, {'full 10980² tiles' if window is None else f'window {window}'}, repeat {args.repeat}, "
-         f"{nproc} cores")
-    measured = [str(p) for p in ensure_products(args.cache, tiles, datatakes(2), window, echo)]
-    earlier = [str(p) for p in ensure_products(args.cache, tiles, datatakes(4, before=True),
-                                               WORKER_POPULATE_WINDOW, echo)]
-    in_pixels = sum(f["pixels"] for f in input_files(measured))
-    resampling: dict[str, str] = {}
-    modes = {"in_process": None, "workers_1": 1, "workers_2": 2}
-    runs: dict[str, list[dict]] = {m: [] for m in modes}
-    digests: dict[str, dict[str, str]] = {}
-    load_before = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="bench-tmp-", dir=args.cache.parent if args.cache.parent.exists() else None))
-    try:
-        base = work / "base.zarr"
-        r = run_child("ingest", cube_path=str(base), product_paths=earlier, known_paths=earlier,
-                      resampling=resampling, threads=nproc)
-        echo(f"base cube: {r['time_steps_total']} earlier time steps")
-        for i in range(args.repeat):
-            for mode, workers in modes.items():
-                cube = work / f"{mode}-{i}.zarr"
-                link_tree(base, cube)
-                r = run_child("ingest", cube_path=str(cube), product_paths=measured,
-                              known_paths=earlier + measured, resampling=resampling,
-                              threads=nproc, workers=workers)
-                assert r["time_steps_written"] == 2 and r["time_steps_total"] == 6, r
-                runs[mode].append(r)
-                digests[mode] = _chunk_digests(cube)
-                shutil.rmtree(cube, ignore_errors=True)
-                w = "" if r["worker_peak_rss_mb"] is None else f", workers' peak {r['worker_peak_rss_mb']:.0f} MB"
-                echo(f"  run {i + 1} {mode:<11} {r['seconds']:8.1f} s  committer peak RSS "
-                     f"{r['peak_rss_mb']:6.0f} MB{w}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results = {m: summarise(v, in_pixels) for m, v in runs.items()}
-    for m in results:
-        results[m]["worker_peak_rss_mb_max"] = max((r["worker_peak_rss_mb"] or 0) for r in runs[m]) or None
-        results[m]["total_cpu_s_median"] = median([r["cpu_s"] + r.get("worker_cpu_s", 0.0) for r in runs[m]])
-    t1, t2 = results["workers_1"]["seconds_median"], results["workers_2"]["seconds_median"]
-    summary = {
-        "speedup_2_over_1_worker": t1 / t2, "target": WORKER_TARGET, "target_met": t1 / t2 >= WORKER_TARGET,
-        "workers_2_over_in_process": results["in_process"]["seconds_median"] / t2,
-        "identical_chunks": len({json.dumps(d, sort_keys=True) for d in digests.values()}) == 1,
-        "chunks_compared": len(next(iter(digests.values()))),
-    }
-    echo(f"(CPU s: committer + worker processes; load average {load_before[0]:.1f} before, "
-         f"{os.getloadavg()[0]:.1f} after: other work on the machine makes the seconds indicative only)")
-    report = {"schema": 1, "bench": "workers", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "machine": machine_info(),
-              "code": git_info(), "products": [Path(p).name for p in measured],
-              "results": results, "summary": summary}
-    echo("")
-    echo(f"{'mode':<34}{'seconds':>9}{'in Mpix/s':>11}{'CPU s':>8}{'committer MB':>14}{'worker MB':>11}")
-    for m, label in [("in_process", f"in process ({nproc} threads)"), ("workers_1", "--workers 1 (1 core each)"),
-                     ("workers_2", "--workers 2 (1 core each)")]:
-        r = results[m]
-        echo(f"{label:<34}{r['seconds_median']:>9.1f}{r['mpix_per_s']:>11.1f}"
-             f"{r['total_cpu_s_median']:>8.0f}{r['peak_rss_mb_max']:>14.0f}"
-             f"{_fmt(r['worker_peak_rss_mb_max'], '.0f'):>11}")
-    echo(f"\nWORKERS speed-up 2 over 1 worker = {summary['speedup_2_over_1_worker']:.2f} (goal >= {WORKER_TARGET}): "
-         f"{'MET' if summary['target_met'] else 'NOT MET'}; 2 workers vs in-process threads: "
-         f"{summary['workers_2_over_in_process']:.2f}x; chunks identical in every mode: {summary['identical_chunks']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    echo(f"written {args.out}")
-    return report
-
-
-def _chunk_digests(cube: Path) -> dict[str, str]:
-    import hashlib
-
-    from ingest.publish.engine import Cube
-    from ingest.grid import NL_GRID
-    from ingest.variables import VARIABLES
-
-    group = cube / Cube(cube, NL_GRID, ORBIT).group
-    return {f"{v}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-            for v in VARIABLES for p in sorted((group / v).glob("*.*.*"))}
-
-
 def _gdal_env() -> dict:
     from ingest.warping.warp import GDAL_ENV
 
@@ -722,10 +260,6 @@ NOTES = [
     "than Blosc's ratio on valid data alone, the more so the smaller the window"),
     "the CPU may be shared with other work: compare loadavg_before/after; treat figures as indicative",
 ]
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def print_report(rep: dict) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -175,18 +174,6 @@ def _clear_dates(ds: xr.Dataset, store, group: str, max_cloud, min_valid, aoi, a
     if keep.tz is not None:
         keep = keep.tz_convert(None)
     return ds.sel(time=ds.time.isin(keep.values))
-
-
-def pixel_bounds(ds: xr.Dataset) -> Bounds:
-    """Pixel-edge bounds of a (regular, north-up) dataset cut from the cube."""
-    x, y = np.asarray(ds.x), np.asarray(ds.y)
-    rx = float(x[1] - x[0]) if x.size > 1 else None
-    ry = float(y[0] - y[1]) if y.size > 1 else None
-    res = rx or ry
-    if res is None:
-        raise ConfigError("the selection is a single pixel; cannot tell the resolution")
-    half = res / 2
-    return float(x[0] - half), float(y[-1] - half), float(x[-1] + half), float(y[0] + half)
 
 
 def _geotransform(ds: xr.Dataset) -> str | None:

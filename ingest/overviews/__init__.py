@@ -6,10 +6,11 @@ coarsening of the native data, inside the same commit; ``overview_stream`` lets 
 level rows while the writer is still warping (``ingest.publish.write.apply_plan``'s ``after_block``).
 """
 from ingest.overviews.aggregate import halve, reduction
-from ingest.overviews.pyramid import (
-    OVERVIEWS, add_overviews, build_overviews, has_overviews, level_factors, level_path, level_shape,
-    level_transform, levels_of, multiscales_attrs, update_overviews,
+from ingest.overviews.levels import (
+    OVERVIEWS, has_overviews, level_factors, level_path, level_shape, level_transform, levels_of,
+    multiscales_attrs,
 )
+from ingest.overviews.pyramid import add_overviews, build_overviews, update_overviews
 from ingest.overviews.stream import OverviewStream, overview_stream
 
 __all__ = [

@@ -19,9 +19,8 @@ the level above), so per-step chunks do not multiply the keys a version lists.
 from __future__ import annotations
 
 import logging
-import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,111 +30,35 @@ from ingest.grid import CubeGrid
 from ingest.store import Transaction, join
 from ingest.store.imagery import write_1d
 from ingest.store.layout import COMPRESSOR, COORD_CHUNK, cf_grid_mapping, variable_attrs
-from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.store.zarrdocs import read_array
 from ingest.variables import VARIABLES
 from ingest.overviews.aggregate import halve, reduction
-
-if TYPE_CHECKING:
-    from ingest.overviews.stream import OverviewStream
+from ingest.overviews.levels import (
+    ChunkId, LevelsComputed, has_overviews, level_chunks, level_factors, level_path, level_shape,
+    level_transform, multiscales_attrs, overviews_path, stage_level_chunk,
+)
 
 log = logging.getLogger(__name__)
 
-OVERVIEWS = "overviews"
-SMALLEST = 512  # the last level's larger side is at most this many pixels
-MULTISCALES_UUID = "d35379db-88df-4056-af3a-620245f8e347"
-GEO_PROJ_UUID = "f17cb550-5864-4468-aeb7-f3180cfb622f"
-
-ChunkId = tuple[int, int, int]  # native: (time chunk, row, column); levels: (step, row, column)
 
 
-def level_factors(shape: tuple[int, int]) -> list[int]:
-    """2, 4, 8, … until the level's larger side is at most ``SMALLEST`` pixels."""
-    factors, f = [], 2
-    while True:
-        factors.append(f)
-        if max(math.ceil(n / f) for n in shape) <= SMALLEST:
-            return factors
-        f *= 2
 
 
-def level_shape(shape: tuple[int, int], f: int) -> tuple[int, int]:
-    return (math.ceil(shape[0] / f), math.ceil(shape[1] / f))
 
 
-def level_transform(grid: CubeGrid, f: int) -> list[float]:
-    """GDAL geotransform of level ``f`` (same upper-left corner, pixels ``f`` times larger)."""
-    left, _, _, top = grid.bounds
-    r = grid.resolution * f
-    return [left, r, 0.0, top, 0.0, -r]
 
 
-def level_chunks(grid: CubeGrid) -> tuple[int, int, int]:
-    """The chunks of every level array: one time step, twice the native chunk on each side."""
-    cy, cx = grid.chunk_shape
-    return (1, 2 * cy, 2 * cx)
 
 
-def overviews_path(group: str) -> str:
-    return join(group, OVERVIEWS)
 
 
-def level_path(group: str, f: int) -> str:
-    return join(group, OVERVIEWS, str(f))
 
 
-def has_overviews(tx_or_store, group: str) -> bool:
-    """Whether ``group`` has overviews (a ``Transaction``: as it would publish them)."""
-    return tx_or_store.is_group(overviews_path(group))
 
 
-def multiscales_attrs(grid: CubeGrid) -> dict:
-    """The multiscale group's attributes: zarr-conventions ``multiscales`` (v0.1.0) composed
-    with ``geo-proj`` (``proj:*``) as the convention's README shows for geospatial data."""
-    layout = []
-    prev = None
-    for f in level_factors(grid.shape):
-        entry = {"asset": str(f),
-                 "transform": {"scale": [2.0, 2.0] if prev else [float(f), float(f)],
-                               "translation": [0.0, 0.0]},
-                 "resampling_method": "average",
-                 "proj:transform": _affine6(grid, f),
-                 "proj:shape": list(level_shape(grid.shape, f)),
-                 "s2ingest:factor": f}
-        if prev is not None:
-            entry["derived_from"] = str(prev)
-        else:
-            # Relative paths cannot point at the parent group: the first level says in words
-            # (and with its absolute scale) that it derives from the native group "..".
-            entry["s2ingest:derived_from_native"] = True
-        layout.append(entry)
-        prev = f
-    left, bottom, right, top = grid.bounds
-    return {
-        "zarr_conventions_version": "0.1.0",
-        "zarr_conventions": [
-            {"uuid": MULTISCALES_UUID, "name": "multiscales",
-             "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v0.1.0/schema.json",
-             "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v0.1.0/README.md",
-             "description": "Multiscale layout of zarr datasets"},
-            {"uuid": GEO_PROJ_UUID, "name": "geo-proj",
-             "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v0.1.0/schema.json",
-             "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v0.1.0/README.md",
-             "description": "Coordinate reference system information for geospatial data"},
-        ],
-        "multiscales": {"layout": layout, "resampling_method": "average",
-                        "s2ingest:resampling": {v: reduction(s) for v, s in VARIABLES.items()}},
-        "proj:code": grid.crs,
-        "proj:spatial_dimensions": ["y", "x"],
-        "proj:transform": _affine6(grid, 1),
-        "proj:bbox": [left, bottom, right, top],
-        "title": "overviews (multiscale levels) of the parent group",
-    }
 
 
-def _affine6(grid: CubeGrid, f: int) -> list[float]:
-    left, _, _, top = grid.bounds
-    r = grid.resolution * f
-    return [r, 0.0, left, 0.0, -r, top]
+
 
 
 # -- creating the levels ------------------------------------------------------------------------
@@ -210,7 +133,7 @@ def add_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bool
 
 def update_overviews(tx: Transaction, grid: CubeGrid, group: str, *, threads: int = 2,
                      steps: Iterable[int] | None = None,
-                     stream: "OverviewStream | None" = None) -> int:
+                     stream: "LevelsComputed | None" = None) -> int:
     """THE publish hook: recompute the level chunks over every native chunk this transaction
     staged or deleted, at the time steps it changes, and follow the time axis (length, time
     coordinate). A group without overviews is left alone (``s2ingest overviews`` creates them
@@ -268,7 +191,7 @@ def _parents(chunks: Iterable[ChunkId]) -> set[ChunkId]:
 
 
 def _propagate(tx: Transaction, grid: CubeGrid, group: str, touched: Iterable[ChunkId], *,
-               progress: bool, threads: int, stream: "OverviewStream | None" = None,
+               progress: bool, threads: int, stream: "LevelsComputed | None" = None,
                steps: set[int] | None = None) -> int:
     """Recompute, level by level, the level chunks above ``touched`` native chunks (time
     chunk, row, column) at ``steps`` (None: all); those a ``stream`` computed are kept."""
@@ -360,16 +283,6 @@ def _level_var(tx: Transaction, grid: CubeGrid, src_path: str, src_shape: tuple[
     return sum(len(s) for s in groups.values())
 
 
-def stage_level_chunk(tx: Transaction, meta: ArrayMeta, key: str, chunk: np.ndarray) -> None:
-    """Stage one level chunk; one holding only fill values is not stored (removed if it was)."""
-    if (chunk != meta.fill_value).any():
-        tx.put(key, meta.encode(chunk))
-    elif tx.get(key) is not None:
-        tx.delete(key)
 
 
-def levels_of(consolidated: dict) -> list[int]:
-    """The level factors a group's consolidated metadata (``.zmetadata`` documents) lists."""
-    attrs = consolidated.get(f"{OVERVIEWS}/.zattrs") or {}
-    return [int(e["asset"]) for e in attrs.get("multiscales", {}).get("layout", [])]
 

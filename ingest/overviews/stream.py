@@ -35,7 +35,7 @@ from ingest.store import Transaction, join
 from ingest.store.zarrdocs import ArrayMeta
 from ingest.variables import VARIABLES
 from ingest.overviews.aggregate import halve, reduction
-from ingest.overviews.pyramid import (
+from ingest.overviews.levels import (
     ChunkId, has_overviews, level_chunks, level_factors, level_path, level_shape,
     stage_level_chunk,
 )

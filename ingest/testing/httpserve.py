@@ -2,7 +2,7 @@
 
 Stands in for the public cube's web server: GET and HEAD of files, ``Range: bytes=a-b`` /
 ``a-`` / ``-n`` (one range, 206), 404 for anything missing. ``served_bytes`` counts the body
-bytes sent, so tests and ``ingest/bench.py`` measure what a reader really downloads.
+bytes sent, so tests and ``ingest/benchmarks/`` measure what a reader really downloads.
 """
 from __future__ import annotations
 

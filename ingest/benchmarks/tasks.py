@@ -1,0 +1,181 @@
+"""The measured steps, each run in a fresh ``spawn``-ed child (``run_child``): decoding the
+JP2 files alone (the floor), an ingest, building overviews; and the summaries of their runs.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ingest.benchmarks.common import ORBIT, _cpu_s, _peak_mb, _status_mb, dir_bytes, median
+
+def _child(task: str, kwargs: dict) -> dict:
+    """Runs in a fresh spawned process: import, note the baseline, do the work, measure."""
+    import numpy  # noqa: F401
+    import rasterio  # noqa: F401
+    import zarr  # noqa: F401
+
+    from ingest.publish import engine, write  # noqa: F401  (imports are not part of the measurement)
+
+    baseline = _status_mb("VmRSS") or _peak_mb()
+    fn = {"decode": _decode, "ingest": _ingest, "overviews": _overviews}[task]
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    result = fn(**kwargs)
+    wall = time.perf_counter() - t0
+    result.update(wall_s=wall, cpu_s=_cpu_s() - cpu0, peak_rss_mb=_peak_mb(), baseline_rss_mb=baseline)
+    if "seconds" not in result:
+        result["seconds"] = wall
+    return result
+
+
+def run_child(task: str, **kwargs) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+        return ex.submit(_child, task, kwargs).result()
+
+
+def _decode(paths: list[str], workers: int, gdal_threads: str) -> dict:
+    import rasterio
+    from rasterio._env import get_gdal_config
+
+    from ingest.warping.warp import GDAL_ENV
+
+    seen: set[str] = set()
+
+    def one(path: str) -> int:
+        # The Env is entered once in the calling thread; GDAL config options are global, so
+        # worker threads see them too (recorded, so the report shows what GDAL really used).
+        seen.add(str(get_gdal_config("GDAL_NUM_THREADS")))
+        with rasterio.open(path) as src:
+            return int(src.read(1).size)
+
+    with rasterio.Env(**dict(GDAL_ENV, GDAL_NUM_THREADS=gdal_threads)):
+        t0 = time.perf_counter()
+        if workers == 1:
+            pixels = sum(one(p) for p in paths)
+        else:
+            with ThreadPoolExecutor(workers) as ex:
+                pixels = sum(ex.map(one, paths))
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "pixels": pixels, "gdal_num_threads_seen": sorted(seen)}
+
+
+class _Timers:
+    """Cumulative wall time spent inside wrapped callables (may overlap if called from threads)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float | None] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, owner: Any, attr: str, label: str) -> None:
+        original = getattr(owner, attr, None)
+        if original is None:
+            self.seconds[label] = None
+            return
+        self.seconds[label] = 0.0
+        self.calls[label] = 0
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - t0
+                self.calls[label] += 1
+
+        setattr(owner, attr, timed)
+
+
+def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
+            resampling: dict[str, str], threads: int, workers: int | None = None) -> dict:
+    import numpy as np
+
+    from ingest.compute import ComputeOptions, open_executor
+
+    from ingest.publish import engine, write
+    from ingest.publish.engine import Cube, ingest_products
+    from ingest.grid import NL_GRID
+    from ingest.products.safe import read_product
+    from ingest.variables import VARIABLES
+    from ingest.warping.warp import parse_resampling
+
+    products = [read_product(p) for p in product_paths]
+    known = {p.name: p for p in products}
+    for p in known_paths:
+        q = read_product(p)
+        known.setdefault(q.name, q)
+    cube = Cube(Path(cube_path), NL_GRID, ORBIT)
+    cube.ensure()
+    timers = _Timers()
+    timers.wrap(engine, "apply_plan", "apply_plan")  # engine imported it by name
+    timers.wrap(write, "_slot_block", "warp_mosaic")
+    timers.wrap(write, "warp_product_part", "warp")
+    timers.wrap(write, "_write_var_block", "write")  # read + decode + merge + compress + store
+    timers.wrap(engine, "update_quality", "quality")  # the quality atlas, inside the commit
+    t0 = time.perf_counter()
+    # the pool's start (spawning and importing in the workers) is part of the measured time
+    with open_executor(ComputeOptions(workers=workers)) as executor:
+        plan, report = ingest_products(cube, products, known.__getitem__, parse_resampling(resampling),
+                                       progress=False, threads=threads, executor=executor)
+    seconds = time.perf_counter() - t0
+    grid = cube.grid
+    slot_pixels = []
+    for slot in plan.slots:
+        area = 0
+        for c in slot.chunks:
+            w = grid.chunk_window(c)
+            area += int(w.width * w.height)
+        slot_pixels.append(area)
+    logical = sum(slot_pixels) * sum(np.dtype(s.dtype).itemsize for s in VARIABLES.values())
+    return {
+        "seconds": seconds, "phases": timers.seconds, "calls": timers.calls,
+        "time_steps_written": len(plan.slots), "time_steps_total": len(plan.axis),
+        "chunks_written": report.chunks_written if report else 0,
+        "output_pixels_per_variable": sum(slot_pixels), "variables": len(VARIABLES),
+        "logical_bytes_written": logical, "workers": workers,
+        # the largest worker process (ru_maxrss of the children: the pool has ended here)
+        "worker_peak_rss_mb": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+                               if workers else None),
+        # CPU seconds of the worker processes (ended here): with the committer's cpu_s, the
+        # whole work, whatever else shares the machine
+        "worker_cpu_s": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+                         + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime) if workers else 0.0,
+    }
+
+
+def _overviews(cube_path: str) -> dict:
+    """Build the multiscale levels of a cube (one commit), as ``s2ingest overviews`` does."""
+    from ingest.overviews import build_overviews
+    from ingest.store import CubeStore
+
+    store = CubeStore.open(Path(cube_path))
+    with store.transaction() as tx:
+        n = build_overviews(tx, store.grid, f"S2/R{ORBIT:03d}")
+        tx.commit()
+    return {"level_chunks": n}
+
+
+def chunk_bytes(cube: Path) -> int:
+    """Bytes of the variables' chunk files (metadata, coordinates and journal left out)."""
+    from ingest.publish.engine import Cube
+    from ingest.grid import NL_GRID
+    from ingest.variables import VARIABLES
+
+    group = cube / Cube(cube, NL_GRID, ORBIT).group
+    return sum(dir_bytes(group / v) for v in VARIABLES)
+
+
+def summarise(runs: list[dict], pixels: int) -> dict:
+    secs = [r["seconds"] for r in runs]
+    s = median(secs)
+    cpu = median([r["cpu_s"] / r["wall_s"] for r in runs])
+    return {"runs": runs, "seconds_median": s, "seconds_all": secs,
+            "mpix_per_s": pixels / s / 1e6 if s else None,
+            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in runs),
+            "peak_rss_mb_median": median([r["peak_rss_mb"] for r in runs]),
+            "baseline_rss_mb": median([r["baseline_rss_mb"] for r in runs]),
+            "cpu_utilisation_median": cpu}
+
