@@ -5,7 +5,7 @@ import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 from ingest.errors import ComputeError, ConfigError
-from ingest.compute import Emit, configure_worker, task_started
+from ingest.compute.base import Emit, configure_worker, task_started
 
 # DESIGN CHOICE: a dask task returns its whole result (no streaming back to the client), so a
 # part is capped at this many blocks (chunk rows): a worker then holds at most 4 rows of

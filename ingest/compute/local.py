@@ -9,7 +9,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
 from ingest.errors import ComputeError, ProductError
-from ingest.compute import Emit, configure_worker, task_started
+from ingest.compute.base import Emit, configure_worker, task_started
 
 _QUEUE: Any = None  # in a worker: where its tasks emit
 

@@ -31,7 +31,7 @@ from ingest.store import CubeStore, Transaction, join
 from ingest.store.imagery import write_1d
 from ingest.store.layout import GROUP_VERSION_ATTR
 from ingest.store.zarrdocs import ArrayMeta, new_array, read_array
-from ingest.layers import codes as codes_mod
+import ingest.layers.codes as codes_mod
 from ingest.layers.codes import CodeTable, LayerSpec
 from ingest.layers.rasterize import chunks_touched, iter_rasterized
 from ingest.layers.vector import VectorSource, read_vector

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ingest.errors import S2IngestError
-from ingest.serve import chips as chips_mod
+import ingest.serve.chips as chips_mod
 from ingest.serve.reader import MAX_AREA_PIXELS, CubeReader, RequestError
 from ingest.serve.tiles import TILESIZE, TMS, empty_png, tile_png
 

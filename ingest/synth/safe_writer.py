@@ -23,7 +23,7 @@ from affine import Affine
 
 from ingest.errors import ConfigError
 from ingest.variables import BAND_ID_TO_NAME
-from ingest.synth import xml_templates as X
+import ingest.synth.xml_templates as X
 from ingest.synth.scene import GEO_M_PER_DEG_LAT, GEO_M_PER_DEG_LON, LonLat, SceneParams, _to_lonlat, render, sun_angles
 from ingest.synth.tiles import TILE_PIXELS, TileInfo, get_tile
 
