@@ -34,7 +34,7 @@ from ingest.products.safe import (
     product_bounds_in,
     read_product,
 )
-from ingest.products.model import strip_product_suffix
+from ingest.products.names import strip_product_suffix
 from ingest.variables import VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]

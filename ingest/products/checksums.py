@@ -26,7 +26,7 @@ from typing import BinaryIO, Iterable
 import defusedxml.ElementTree as DET
 
 from ingest.errors import ChecksumError, CorruptProductError
-from ingest.products.model import strip_product_suffix
+from ingest.products.names import strip_product_suffix
 from ingest.products.safe import MAX_MANIFEST_BYTES, check_metadata_size
 
 BLOCK = 1 << 20

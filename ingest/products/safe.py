@@ -34,7 +34,8 @@ from ingest.errors import (
     WrongOrbitError,
 )
 from ingest.grid import Bounds, CubeGrid
-from ingest.products.model import PRODUCT_NAME_RE, Product, ProductName, TileGeocoding, strip_product_suffix
+from ingest.products.model import Product, TileGeocoding
+from ingest.products.names import PRODUCT_NAME_RE, ProductName, strip_product_suffix
 from ingest.variables import BAND_ID_TO_NAME, VARIABLES
 
 __all__ = [
