@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ingest.errors import CatalogError
-from ingest.products.model import ProductName
+from ingest.products.names import ProductName
 
 from .models import HUBS, HubEvent, Product
 from .states import TERMINAL_STATES, State

@@ -7,6 +7,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from ingest.products.names import strip_product_suffix
+
 from .models import HubEvent, Layer, Product, Publish, TimeStep
 from .states import ALL_STATES, LEASED_STATES, State
 from .work import db_now
@@ -218,6 +220,4 @@ def status(session: Session, *, limit: int = 50, now: datetime | None = None) ->
 
 def get_product(session: Session, name: str) -> Product | None:
     """A product by name (``.SAFE``/``.zip`` suffixes and directories ignored)."""
-    from ingest.products.model import strip_product_suffix
-
     return session.scalar(select(P).where(P.name == strip_product_suffix(name)))

@@ -22,12 +22,12 @@ from conftest import (
     D1, D2, D3, D_COORDS, GROUP, PROBES, assert_cubes_equal, build_cube, cube_arrays, ingest,
     new_cube, open_group, run_cli, snapshot_files, written_window,
 )
-from ingest.grid import NL_GRID
+from ingest.grid import NL_GRID, pinned_operation
 from ingest.products.safe import read_product
 from ingest.store import read_published
 from ingest.synth import decode_coords, get_tile
 from ingest.variables import VARIABLES
-from ingest.warping.warp import WarpTarget, pinned_operation, warp_variable
+from ingest.warping.warp import WarpTarget, warp_variable
 
 RIO = str(Path(sys.executable).with_name("rio"))
 RD = "EPSG:28992"

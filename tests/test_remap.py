@@ -14,9 +14,9 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from ingest.warping import remap
-from ingest.grid import NL_GRID
+from ingest.grid import NL_GRID, pinned_operation
 from ingest.synth import get_tile
-from ingest.warping.warp import _inverse_transformer, harmonise, pinned_operation
+from ingest.warping.warp import _inverse_transformer, harmonise
 
 TILE = get_tile("31UFT")
 CRS = TILE.crs

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyproj import Transformer
+from pyproj.transformer import TransformerGroup
 
 from ingest.errors import (
     CorruptProductError,
@@ -25,7 +27,8 @@ from ingest.errors import (
     UnsupportedProductError,
     WrongOrbitError,
 )
-from ingest.grid import NL_GRID, CubeGrid
+from ingest.grid import NL_GRID, CubeGrid, pinned_operation
+from ingest.products.model import Product, TileGeocoding
 from ingest.products.safe import (
     check_orbit,
     check_overlaps,
@@ -34,7 +37,7 @@ from ingest.products.safe import (
     product_bounds_in,
     read_product,
 )
-from ingest.products.model import strip_product_suffix
+from ingest.products.names import strip_product_suffix
 from ingest.variables import VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -558,6 +561,43 @@ def test_bounds_across_antimeridian(samples):
     tl, tb, tr, tt = p.geocoding.bounds(10)
     assert tl <= left < right <= tr and tb <= bottom < top <= tt
     assert (right - left) * (top - bottom) > 0.9 * (tr - tl) * (tt - tb)  # not a 360-degree smear
+
+
+def _tile_product(epsg: int = 32631, ulx: float = 600000.0, uly: float = 5900040.0) -> Product:
+    """A metadata-only Product of a full tile (31UFU by default) without footprint."""
+    t = datetime(2023, 8, 23, 9, 55, 59, tzinfo=timezone.utc)
+    return Product(
+        name="S2B_MSIL2A_20230823T095559_N0509_R122_T31UFU_20230823T124759", source=Path("p.SAFE"),
+        platform="S2B", datatake_id="GS2B_20230823T095559_033753_N05.09", datatake_start=t,
+        product_start=t, generation_time=t, baseline="05.09", relative_orbit=122, absolute_orbit=33753,
+        tile="31UFU", geocoding=TileGeocoding(epsg, ulx, uly, {10: (10980, 10980), 20: (5490, 5490), 60: (1830, 1830)}),
+        files={},
+    )
+
+
+def _corner_bounds(product: Product, pipeline: str) -> tuple[float, float, float, float]:
+    """Bounds of the tile's corners through one PROJ pipeline (the extremes of these tiles lie at
+    their corners: densifying the edges to 10 m changes nothing)."""
+    left, bottom, right, top = product.geocoding.bounds(10)
+    xs, ys = Transformer.from_pipeline(pipeline).transform([left, right, right, left], [top, top, bottom, bottom])
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+# EPSG:23031 (ED50 / UTM 31N): PROJ's own choice (``Transformer.from_crs``) differs from the
+# pinned operation by 0.7-2 m on this tile even without any grid file; for RD New the other
+# grid-free Helmert differs by about 5 mm.
+@pytest.mark.parametrize("crs", ["EPSG:28992", "EPSG:23031"])
+def test_product_bounds_in_uses_the_pinned_operation(crs):
+    """The overlap check transforms exactly as the warp does: with grid.pinned_operation."""
+    p = _tile_product()
+    pinned = pinned_operation(p.crs, crs)
+    assert product_bounds_in(p, crs) == pytest.approx(_corner_bounds(p, pinned), abs=1e-3)
+    # the tolerance tells operations apart: every other grid-free operation PROJ offers misses it
+    others = [t.to_proj4() for t in TransformerGroup(p.crs, crs, always_xy=True).transformers]
+    others = [o for o in others if o and "grids=" not in o and o != pinned]
+    assert others
+    for other in others:
+        assert _corner_bounds(p, other) != pytest.approx(_corner_bounds(p, pinned), abs=1e-3)
 
 
 # --------------------------------------------------------------------------------------

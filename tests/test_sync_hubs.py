@@ -171,7 +171,7 @@ def test_dry_run_after_a_sync_changes_nothing(tmp_path, cdse, products):
     (["--tiles", "T31UET,31uft", "--since", "2023-06-19"], {(T2, "31UET"), (T2, "31UFT")}),
 ])
 def test_filters_select_products(hub, tmp_path, args, expected):
-    from ingest.products.model import ProductName
+    from ingest.products.names import ProductName
 
     r = hub_sync(hub.kind, hub, tmp_path / "cube.zarr", "--dry-run", *args)
     assert r.exit_code == 0, r.output + r.stderr

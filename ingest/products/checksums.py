@@ -26,11 +26,10 @@ from typing import BinaryIO, Iterable
 import defusedxml.ElementTree as DET
 
 from ingest.errors import ChecksumError, CorruptProductError
-from ingest.products.model import strip_product_suffix
-from ingest.products.safe import MAX_MANIFEST_BYTES, check_metadata_size
+from ingest.products.names import strip_product_suffix
+from ingest.products.safe.container import MANIFEST, MAX_MANIFEST_BYTES, check_metadata_size
 
 BLOCK = 1 << 20
-MANIFEST = "manifest.safe"
 
 # checksumName / hub Algorithm (upper-cased) -> hashlib constructor name
 _ALGORITHMS = {

@@ -19,7 +19,8 @@ from ingest.publish.footprint import majority_epsg, planned
 from ingest.grid import CubeGrid
 from ingest.overviews import overview_stream, update_overviews
 from ingest.publish.plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
-from ingest.products.model import Product, ProductName
+from ingest.products.model import Product
+from ingest.products.names import ProductName
 from ingest.quality import update_quality
 from ingest.products.safe import check_orbit, check_overlaps, check_rasters
 from ingest.store import CubeStore, PublishedState, Transaction, group_path

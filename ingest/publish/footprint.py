@@ -7,10 +7,9 @@ from pyproj import CRS, Transformer
 from shapely.geometry import Polygon, box
 from shapely.prepared import prep
 
-from ingest.grid import ChunkIndex, CubeGrid
+from ingest.grid import ChunkIndex, CubeGrid, pinned_operation
 from ingest.publish.plan import PlannedProduct
 from ingest.products.model import Product
-from ingest.warping.warp import pinned_operation
 
 
 def tile_outline(product: Product, grid: CubeGrid, densify: int = 16) -> Polygon:

@@ -2,7 +2,7 @@
 
 A pixel belongs to the H3 cell that holds its centre (``h3.latlng_to_cell`` of the pixel
 centre, taken to WGS 84 lon/lat with the grid's pinned coordinate operation,
-``warp.pinned_operation``). Calling ``latlng_to_cell`` for every 10 m pixel would cost about
+``grid.pinned_operation``). Calling ``latlng_to_cell`` for every 10 m pixel would cost about
 a second per chunk, so the assignment is computed from the cells' polygons instead:
 
 DESIGN CHOICE: each cell's boundary (``h3.cell_to_boundary``) is taken into the grid's CRS
@@ -29,8 +29,7 @@ import numpy as np
 from pyproj import Transformer
 
 from ingest.errors import ConfigError
-from ingest.grid import ChunkIndex, CubeGrid
-from ingest.warping.warp import pinned_operation
+from ingest.grid import ChunkIndex, CubeGrid, pinned_operation
 
 DEFAULT_RESOLUTION = 7  # ~5.2 km² per cell, edge ~1.4 km
 MIN_RESOLUTION, MAX_RESOLUTION = 5, 11

@@ -20,7 +20,7 @@ from typing import Sequence, Union
 
 from ingest.errors import CorruptProductError
 from ingest.grid import NL_GRID, CubeGrid
-from ingest.products.model import ProductName, strip_product_suffix
+from ingest.products.names import ProductName
 
 LonLat = tuple[float, float]
 AreaLike = Union[CubeGrid, Sequence[LonLat], None]
@@ -194,7 +194,3 @@ class Source(ABC):
 
 def sort_records(records: Sequence[ProductRecord]) -> list[ProductRecord]:
     return sorted(records, key=lambda r: (r.datatake_start, r.name))
-
-
-def bare_name(name: str) -> str:
-    return strip_product_suffix(name)

@@ -5,7 +5,7 @@ uint16 warp of UTM 31N -> RD runs at 20-45 Mpix/s on one core, however the calls
 which made the warp cost more than decoding the JP2 files (DESIGN.md §8). The geometry of a
 warp is the same for every band of a product, so we compute it once:
 
-* the pinned PROJ operation (``warp.pinned_operation``) transforms the grid pixel centres
+* the pinned PROJ operation (``grid.pinned_operation``) transforms the grid pixel centres
   exactly on a lattice every ``LATTICE`` pixels, anchored to the grid origin, and the
   coordinates are interpolated bilinearly in between (positions are exact to 1e-3 pixel,
   float32 rounding included, tested; GDAL's approximate transformer, which rasterio fixes

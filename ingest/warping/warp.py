@@ -1,9 +1,10 @@
 """Warp one product's rasters onto a window of the cube grid.
 
 Here: which rasters a window needs, decoding them once (``StripReader``), the pinned
-coordinate operation, the nodata rules and the harmonisation of reflectance across
-processing baselines. The resampling itself: nearest and bilinear (the defaults) through
-``remap`` (exact lattice geometry + OpenCV), every other method through GDAL's warper.
+coordinate operation (``grid.pinned_operation``) put to use, the nodata rules and the
+harmonisation of reflectance across processing baselines. The resampling itself: nearest
+and bilinear (the defaults) through ``remap`` (exact lattice geometry + OpenCV), every other
+method through GDAL's warper.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import cv2
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj.transformer import TransformerGroup
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject
@@ -25,7 +25,7 @@ from rasterio.windows import Window
 
 from ingest.warping import remap
 from ingest.errors import ConfigError, CorruptProductError
-from ingest.grid import CubeGrid
+from ingest.grid import CubeGrid, pinned_operation
 from ingest.products.model import Product
 from ingest.variables import VARIABLES, VariableSpec, get_variable
 
@@ -39,23 +39,6 @@ GDAL_ENV = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".jp2,.tif,.zip",
 }
-
-
-@functools.lru_cache(maxsize=32)
-def pinned_operation(src_crs: str, dst_crs: str) -> str:
-    """The PROJ pipeline used for ``src_crs -> dst_crs``, fixed for reproducibility.
-
-    DESIGN CHOICE: PROJ picks the best *available* operation, which depends on the grids a
-    machine happens to have. We take the best operation that needs no grid file (for
-    UTM/WGS 84 -> RD New: the EPSG:4833 Helmert, ~0.15 m from RDNAPTRANS2018, < 2 % of a
-    pixel), so every machine warps identically.
-    """
-    group = TransformerGroup(src_crs, dst_crs, always_xy=True)
-    for transformer in group.transformers:
-        definition = transformer.to_proj4()
-        if definition and "grids=" not in definition:
-            return definition
-    raise ConfigError(f"no grid-free coordinate operation from {src_crs} to {dst_crs}")
 
 
 def parse_resampling(overrides: dict[str, str] | None) -> dict[str, Resampling]:

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ingest.products.model import ProductName, strip_product_suffix
+from ingest.products.names import ProductName, strip_product_suffix
 
 LonLat = tuple[float, float]
 
