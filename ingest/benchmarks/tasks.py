@@ -98,7 +98,7 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
     from ingest.publish import engine, write
     from ingest.publish.engine import Cube, ingest_products
     from ingest.grid import NL_GRID
-    from ingest.products.safe import read_product
+    from ingest.products.formats import read_product
     from ingest.variables import VARIABLES
     from ingest.warping.warp import parse_resampling
 

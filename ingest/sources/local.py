@@ -17,7 +17,7 @@ from typing import Sequence
 
 from ingest.errors import ChecksumError, CorruptProductError, MetadataError
 from ingest.products.names import ProductName
-from ingest.products.checksums import verify_product
+from ingest.products.formats import verify_product
 from ingest.products.safe.container import MAX_PRODUCT_MTD_BYTES
 from ingest.sources.base import AreaLike, ProductRecord, Source, mismatch, sort_records
 
