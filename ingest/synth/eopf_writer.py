@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numcodecs
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
+from zarr.storage import MemoryStore
 
 from ingest.errors import ConfigError
 from ingest.products.eopf.reader import REFLECTANCE_BANDS
@@ -84,6 +84,21 @@ def _coords(group: zarr.Group, ti: TileInfo, res: int, win: tuple[int, int, int,
                          ("y", ti.uly - (r0 + np.arange(h)) * res - res // 2)):
         a = _array(group, axis, (len(values),), (len(values),), "<i8", None, {"_ARRAY_DIMENSIONS": [axis]})
         a[:] = values.astype(np.int64)
+
+
+class _Spool:
+    """zarr writes into a dict (three times faster than file by file for the ~150 small arrays
+    of a product); chunks are moved to the folder once no later write can touch them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.keys = folder, {}
+        self.store = MemoryStore(store_dict=self.keys)
+
+    def flush(self, metadata: bool = False) -> None:
+        for key in [k for k in self.keys if metadata or not k.rsplit("/", 1)[-1].startswith(".")]:
+            path = self.folder / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.keys.pop(key).to_bytes())
 
 
 class _Target:
@@ -144,14 +159,20 @@ def _targets(root: zarr.Group, ti: TileInfo, res: int, win: tuple[int, int, int,
     return targets, sorted(variables)
 
 
-def _write_resolution(root: zarr.Group, params: SceneParams, res: int, win: tuple[int, int, int, int],
-                      layout: Layout, baseline: str, keep: set[str]) -> dict[str, np.ndarray]:
+def _write_resolution(root: zarr.Group, spool: _Spool, params: SceneParams, res: int,
+                      win: tuple[int, int, int, int], layout: Layout, baseline: str,
+                      keep: set[str]) -> dict[str, np.ndarray]:
     """Render and write every raster of one resolution; return the ``keep`` arrays whole."""
     ti = params.tile
     r0, c0, h, w = win
     targets, variables = _targets(root, ti, res, win, layout, baseline)
     for group in sorted({t.array.path.rsplit("/", 1)[0] for t in targets}):
         _coords(root[group], ti, res, win)
+    # the "band" coordinates: 3 of the quicklook, 0-d (uncompressed) of the probabilities
+    _array(root[f"quality/l2a_quicklook/r{res}m"], "band", (3,), (3,), "<i8", None,
+           {"_ARRAY_DIMENSIONS": ["band"]})[:] = np.arange(1, 4)
+    if res == 20:
+        _array(root["quality/probability/r20m"], "band", (), (), "<i8", None, {"_ARRAY_DIMENSIONS": []})[...] = 0
     chunk_rows = min(t.array.chunks[-2] for t in targets)
     strip = max(1, STRIP_PIXELS // w)
     # whole chunk rows when they fit the buffer (each chunk written once), else strips (zarr
@@ -172,6 +193,9 @@ def _write_resolution(root: zarr.Group, params: SceneParams, res: int, win: tupl
         for t in targets:
             t.array[..., wr:wr + wh, :] = t.buffer
             t.buffer = None
+        if rows == chunk_rows:  # whole chunk rows: written once, never read back
+            spool.flush()
+    spool.flush()
     return {k: np.concatenate(v, axis=0) for k, v in kept.items()}
 
 
@@ -269,12 +293,12 @@ def make_eopf_product(
     work = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
     try:
         folder = work / f"{stem}.zarr"
-        store = LocalStore(folder)
-        root = zarr.open_group(store, mode="w", zarr_format=2)
+        spool = _Spool(folder)
+        root = zarr.open_group(spool.store, mode="w", zarr_format=2)
         kept = {}
         for res in (10, 20, 60):
             keep = {"SCL", "AOT", "WVP"} if res == 20 else set()
-            kept[res] = _write_resolution(root, params, res, wins[res], layout, baseline, keep)
+            kept[res] = _write_resolution(root, spool, params, res, wins[res], layout, baseline, keep)
         sun = _write_conditions(root, ti, wins[10], start)
         r0, c0, h, w = wins[10]
         ulx, uly = ti.ulx + c0 * 10, ti.uly - r0 * 10
@@ -285,7 +309,8 @@ def make_eopf_product(
             footprint_lonlat=[(lon, lat) for lat, lon in footprint(ti, wins[10], params.swath_edge)],
             qi=scl_statistics(kept[20]["SCL"], kept[20]["AOT"], kept[20]["WVP"]), mean_sun=sun,
         ))
-        zarr.consolidate_metadata(store, zarr_format=2)
+        zarr.consolidate_metadata(spool.store, zarr_format=2)
+        spool.flush(metadata=True)
         if as_zip:
             tmpzip = work / final.name
             _zip_store(folder, tmpzip, root_folder=zip_root == "folder")

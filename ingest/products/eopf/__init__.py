@@ -5,7 +5,7 @@ metadata; its facts, with their sources, are in DESIGN.md §7 ("EOPF Zarr produc
 the same ``Product`` as the SAFE reader, so planning, warping and the catalog are format-blind;
 only the pixels are read differently (from Zarr chunks, not JPEG 2000).
 
-- ``reader``: ``read_eopf(path)``, ``parse_eopf_metadata(bytes)``; the array paths per variable.
+- ``reader``: ``read_eopf(path)``, ``parse_eopf_metadata(bytes)``, ``identify(path)``; array paths.
 - ``container``: the folder or zip, key by key, bounded; zip slip and symbolic links refused.
 - ``zmeta``: ``.zmetadata`` parsed with limits (size, depth, string length), array layouts.
 - ``identity``: the L2A check and the identity from ``stac_discovery``/``other_metadata``.
@@ -14,8 +14,8 @@ only the pixels are read differently (from Zarr chunks, not JPEG 2000).
 """
 from ingest.products.eopf.arrays import ZarrRaster, open_raster
 from ingest.products.eopf.identity import PRODUCT_TYPE
-from ingest.products.eopf.reader import ARRAY_PATHS, parse_eopf_metadata, read_eopf
+from ingest.products.eopf.reader import ARRAY_PATHS, identify, parse_eopf_metadata, read_eopf
 from ingest.products.eopf.verify import check_arrays, verify_eopf
 
-__all__ = ["ARRAY_PATHS", "PRODUCT_TYPE", "ZarrRaster", "check_arrays", "open_raster", "parse_eopf_metadata",
+__all__ = ["ARRAY_PATHS", "PRODUCT_TYPE", "ZarrRaster", "check_arrays", "identify", "open_raster", "parse_eopf_metadata",
            "read_eopf", "verify_eopf"]

@@ -52,6 +52,8 @@ def decode_chunk(container: Container, layout: ZarrArray, index: tuple[int, ...]
     where = f"{layout.path} chunk {'.'.join(map(str, index)) or '0'}"
     nbytes = chunk_bytes(layout)
     config = json.loads(layout.compressor)
+    if not container.exists(key):
+        raise CorruptProductError(label, f"{where} is missing")
     raw = container.read(key, nbytes + BLOSC_MAX_OVERHEAD if config else nbytes)
     out = np.empty(nbytes, dtype=np.uint8)
     if config is None:

@@ -263,3 +263,14 @@ def read_eopf(path: str | os.PathLike[str]) -> Product:
                                 label=label)
         _check_coordinates(container, zm, product)
         return product
+
+
+def identify(path: str | os.PathLike[str]) -> tuple[str, float | None]:
+    """(name, cloud cover) of an EOPF product from its ``.zmetadata`` alone (a source's search:
+    one bounded document read, no array checked; ProductError if it is not one)."""
+    path = Path(path)
+    label = strip_product_suffix(path.name)
+    with open_container(path, label) as container:
+        zm = parse_zmetadata(container.read(ZMETADATA, MAX_ZMETADATA_BYTES), label)
+        ident = identity(zm.root_attrs, (container.root, path.name), label)
+    return ident.name, ident.cloud_cover
