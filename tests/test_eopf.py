@@ -502,13 +502,17 @@ def test_a_cube_holds_datatakes_of_both_formats(both, tmp_path):
     assert sorted(k for k in a if a[k] != b[k]) == [f"{GROUP}/products/0"]
 
 
+def _truncated_chunk(store: Path) -> None:
+    from ingest.synth.hostile import eopf_corrupt_chunk
+    eopf_corrupt_chunk(store, "measurements/reflectance/r10m/b04", (0, 0), "truncate")
+
+
 # the hostile products of the mixed batch: one defect each, one datatake each (T1 + days)
 BATCH = {  # name -> (damage, zip it, reason text)
     "missing band": (_missing_band, False, "missing array measurements/reflectance/r10m/b04"),
     "narrow": (_narrow, True, "is 180x354, other 10 m arrays are 180x360"),
     "shifted": (_shifted, False, "r10m/b03: origin (598390.0, 5746020.0) but other arrays start at"),
-    "corrupt chunk": (lambda s: __import__("ingest.synth.hostile", fromlist=["x"]).eopf_corrupt_chunk(
-        s, "measurements/reflectance/r10m/b04", (0, 0), "truncate"), False, "r10m/b04 chunk 0.0: the Blosc header"),
+    "corrupt chunk": (_truncated_chunk, False, "r10m/b04 chunk 0.0: the Blosc header"),
     "huge attribute": (_hostile("huge"), False, "more than the 8,388,608"),
     "deep nesting": (_hostile("deep"), True, "nests deeper than 32 levels"),
     "zip slip": (None, True, "walks out of its folder"),

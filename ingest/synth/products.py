@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import ConfigError
-from ingest.synth import eopf_writer, safe_writer
+from ingest.synth.eopf_writer import make_eopf_product
+from ingest.synth.safe_writer import make_product as make_safe_product
 
 FORMATS = ("safe", "eopf")
 
@@ -20,7 +21,7 @@ def make_product(out_dir: str | os.PathLike, *, format: str = "safe", **kwargs: 
     which also takes ``layout``, ``name_style`` and ``zip_root``)."""
     fmt = format.lower()
     if fmt == "safe":
-        return safe_writer.make_product(out_dir, **kwargs)
+        return make_safe_product(out_dir, **kwargs)
     if fmt == "eopf":
-        return eopf_writer.make_eopf_product(out_dir, **kwargs)
+        return make_eopf_product(out_dir, **kwargs)
     raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
