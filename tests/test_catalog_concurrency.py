@@ -14,9 +14,7 @@ from sqlalchemy import text
 from catalog import db
 from catalog.locks import LockTimeout, file_lock
 
-from catalog_fixtures import (  # noqa: F401  (fixtures)
-    pg_database_url, pg_engine, pg_fresh_url, pg_migrated_url, sqlite_engine, sqlite_url,
-)
+from catalog_fixtures import pg_database_url, pg_fresh_url  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 N_PROCESSES = 5
