@@ -5,12 +5,11 @@ Thin shells over ``ingest.layers``; the main CLI maps LayerError etc. to exit co
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import click
 
+from ingest import holders
 from ingest.errors import CatalogError, ConfigError
 from ingest.grid import get_grid
 from ingest.layers import add_layer, list_layers
@@ -79,7 +78,7 @@ def _record(db_url: str, records: list[LayerRecord]) -> None:
             version = records[0].version  # the store's version of this commit
             if s.scalar(select(Publish).where(Publish.version == version)) is None:
                 record_publish(s, group=f"/{records[0].group}", version=version, product_ids=[],
-                               worker=f"layers@{socket.gethostname()}:{os.getpid()}",
+                               worker=f"layers@{holders.me()}",
                                n_chunks_written=sum(r.n_chunks for r in records))
             for r in records:
                 record_layer(s, group=r.group, name=r.variable, edition=str(r.edition),

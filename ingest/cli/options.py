@@ -31,7 +31,7 @@ def cube_options(func: Callable) -> Callable:
                   help="TOML config file [env S2INGEST_CONFIG; default ./s2ingest.toml].")
     @functools.wraps(func)
     def wrapper(*args, store, db, config, s3_endpoint, **kwargs):
-        from ingest.store.cube import check_location
+        from ingest.store import check_location
 
         settings = load_settings({"store": store, "db": db, "s3_endpoint": s3_endpoint}, config)
         if settings.s3_endpoint:

@@ -16,7 +16,7 @@ import xarray as xr
 
 from ingest.errors import ConfigError, UnknownVariableError
 from ingest.grid import CubeGrid
-from ingest.store.cube import CubeStore
+from ingest.store import CubeStore
 from ingest.store.layout import VERSION_ATTR, group_path
 from ingest.store.zarr_view import VersionStore
 

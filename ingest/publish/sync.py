@@ -6,9 +6,7 @@ resumed by simply running it again, and two workers never take the same product.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,10 +21,9 @@ from catalog import (
 from catalog import Product as Row
 from sqlalchemy import select
 
+from ingest import holders
 from ingest.compute import ComputeOptions, open_executor
 from ingest.publish.engine import Cube, ingest_products
-from ingest.store.backend import process_alive
-from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
 from ingest.errors import AuthenticationError, ProductError, StoreError
 from ingest.grid import get_grid
 from ingest.config import Settings
@@ -34,7 +31,7 @@ from ingest.products.model import Product
 from ingest.products.safe import read_product
 from ingest.sources.base import ProductRecord, Source
 from ingest.sources.download import fetch_many
-from ingest.store import faults, manifest_key
+from ingest.store import DEFAULT_LOCK_TIMEOUT, faults, manifest_key
 from ingest.warping.warp import parse_resampling
 
 log = logging.getLogger(__name__)
@@ -86,7 +83,8 @@ class SyncReport:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's name in the catalog's leases: ``host:pid`` (``holders.me``)."""
+    return holders.me()
 
 
 def _catalog_record(r: ProductRecord) -> CatalogRecord:
@@ -180,14 +178,12 @@ class Syncer:
         released at once instead of blocking a rerun for an hour; the catalog is then
         reconciled with the store. Workers on other hosts are left to their leases.
         """
-        host = socket.gethostname()
         with session_scope(self.engine) as s:
-            rows = s.scalars(select(Row).where(Row.lease_owner.like(f"{host}:%"),
+            rows = s.scalars(select(Row).where(Row.lease_owner.like(f"{holders.host()}:%"),
                                                Row.state.in_(["downloading", "ingesting"]))).all()
             dead: dict[str, list[int]] = {}
             for row in rows:
-                pid = row.lease_owner.rsplit(":", 1)[1]
-                if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                if holders.alive(row.lease_owner) is False:
                     dead.setdefault(row.lease_owner, []).append(row.id)
             for owner, ids in dead.items():
                 released = release(s, ids, owner)

@@ -255,12 +255,11 @@ def rebuild_quality(store, group: str, *, resolution: int | None = None,
                     progress: Callable[[int, int], None] | None = None, lock_timeout: float | None = None):
     """Recompute the whole quality group of ``group`` (at ``resolution``, default the stored
     one or 7) in one commit; returns its ``CommitReport``."""
-    from ingest.store import CubeStore
-    from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+    from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore
     from ingest.store.layout import GROUP_VERSION_ATTR
 
     store = store if isinstance(store, CubeStore) else CubeStore.open(store)
-    if not store.backend.writable:
+    if not store.supports_writes:
         raise StoreError(f"{store.url} is read only; rebuild the quality atlas where the cube is written")
     with store.transaction(timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT) as tx:
         if not tx.is_array(join(group, "SCL")):
