@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from catalog.urls import unreachable
-from ingest import holders
+import ingest.holders as holders
 from ingest.errors import CatalogError, StoreBusyError, StoreLeaseLostError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import json
 import logging
 
 from ingest.errors import StoreError
-from ingest.store import faults
+import ingest.store.faults as faults
 from ingest.store.backends import Backend
 from ingest.store.layout import GRID_FILE, META_DIR, TIME_COORDS, TXN_DIR, is_metadata
 

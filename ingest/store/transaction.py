@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 
 from ingest.errors import StalePlanError, StoreError, StoreLeaseLostError
-from ingest.store import faults
+import ingest.store.faults as faults
 from ingest.store.backends import Fence
 from ingest.store.journal import COMMITTED, JOURNAL, STAGE, recover, switch, switch_rank
 from ingest.store.layout import META_DIR, TXN_DIR, VERSION_ATTR, is_metadata, join, manifest_key, metadata_key
