@@ -121,12 +121,16 @@ def build_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bo
 
 
 def add_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bool = False,
-                  threads: int = 2) -> int:
+                  threads: int = 2) -> int | None:
     """``build_overviews`` as a change of ``group``: its version attribute names this commit
-    (what ``s2ingest overviews`` and the demo commit). Returns the level chunks staged."""
+    (what ``s2ingest overviews`` and the demo commit, ``ingest.publish.commits``). Returns the
+    level chunks staged, or None when the levels built are byte for byte the published ones:
+    then nothing in ``tx`` changes the store, and there is nothing to commit."""
     from ingest.store.layout import GROUP_VERSION_ATTR
 
     n = build_overviews(tx, grid, group, progress=progress, threads=threads)
+    if not tx.changes_anything():
+        return None
     tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
     return n
 
