@@ -157,8 +157,12 @@ def parse_time_range(text: str, option: str = "--time") -> tuple[datetime | None
     start, sep, stop = text.partition("/")
     if not sep:
         stop = start
-    lo = parse_when(start, option=option) if start.strip() else None
-    hi = parse_when(stop, end=True, option=option) if stop.strip() else None
+    try:
+        lo = parse_when(start, option=option) if start.strip() else None
+        hi = parse_when(stop, end=True, option=option) if stop.strip() else None
+    except ConfigError:
+        raise ConfigError(f"{option} {text!r}: give START/END, each YYYY-MM-DD or "
+                          "YYYY-MM-DDTHH:MM:SS (UTC); either may be empty") from None
     if lo is not None and hi is not None and lo > hi:
         raise ConfigError(f"{option} {text!r}: the start is after the end")
     return (lo, hi)

@@ -159,6 +159,7 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     products, publishes nothing already published and says so."""
     from catalog.db import upgrade
 
+    from ingest.publish.commits import create_cube
     from ingest.publish.engine import Cube
     from ingest.demo.quicklook import write_quicklook
     from ingest.sources import make_source
@@ -172,7 +173,7 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     make_demo_products(paths.products, echo)
     echo(f"2/4 cube -> {paths.store}")
     upgrade(settings.db_url)  # first: every commit below is recorded in it
-    Cube(paths.store, NL_GRID, 51).ensure()
+    create_cube(Cube(paths.store, NL_GRID, 51), catalog=settings.db_url)
     _ensure_overviews(settings, echo)
     report = sync(settings, make_source("local", directory=paths.products),
                   SyncOptions(orbit=51, progress=progress), echo=echo)

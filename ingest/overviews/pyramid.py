@@ -66,10 +66,11 @@ def create_levels(tx: Transaction, grid: CubeGrid, group: str) -> None:
     """Stage the multiscale group and its (empty) levels, replacing any there."""
     length = tx.array(join(group, "B04")).shape[0]
     times = _native_times(tx, group)
+    attrs = multiscales_attrs(grid)
     if not tx.is_group(overviews_path(group)):
-        tx.create_group(overviews_path(group), multiscales_attrs(grid))
-    else:
-        tx.put_json(join(overviews_path(group), ".zattrs"), multiscales_attrs(grid))
+        tx.create_group(overviews_path(group), attrs)
+    elif tx.attrs(overviews_path(group)) != attrs:  # the same layout: left as it is, byte for byte
+        tx.put_json(join(overviews_path(group), ".zattrs"), attrs)
     time_attrs = tx.attrs(join(group, "time"))
     for f in level_factors(grid.shape):
         path = level_path(group, f)

@@ -1,7 +1,7 @@
-"""Commits besides the sync's: overviews, the quality atlas and reference layers.
+"""Commits besides the sync's: the new cube, overviews, the quality atlas, reference layers.
 
-Each is made by its own package in one store transaction (``ingest.overviews``,
-``ingest.quality``, ``ingest.layers``) and recorded here in the cube's catalog
+Each is made by its own package in one store transaction (``ingest.publish.engine.Cube``,
+``ingest.overviews``, ``ingest.quality``, ``ingest.layers``) and recorded here in the cube's catalog
 (``ingest.publish.record``), so every store version has its publish row. ``catalog`` is an
 engine or a URL (a SQLite file that does not exist: no catalog, e.g. a mirror copy: nothing is
 recorded), or None.
@@ -20,11 +20,14 @@ from typing import Callable
 
 from sqlalchemy.engine import Engine
 
+from catalog import session_scope
+
 from ingest.errors import CatalogError, StoreError
 from ingest.grid import CubeGrid
 from ingest.store import CubeStore, group_path
 from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
-from ingest.publish.record import record_commit
+from ingest.publish.engine import Cube
+from ingest.publish.record import catalog_engine, record_commit, repair_versions
 
 Catalog = Engine | str | None
 
@@ -67,6 +70,21 @@ def _groups(store: CubeStore, orbit: int | None) -> list[str]:
     if not groups:
         raise StoreError(f"{store.url} has no imagery group yet; run `s2ingest sync` first")
     return groups
+
+
+def create_cube(cube: Cube, *, catalog: Catalog = None) -> CubeStore:
+    """``Cube.ensure``: the store with the orbit's group (one commit when anything was
+    missing), recorded in ``catalog``, with every other store version it misses (``init``
+    run again after a crash, or on a catalog created after the store)."""
+    engine = catalog_engine(catalog)
+    before = cube.open().version()  # 0: no store yet
+    store = cube.ensure()
+    if engine is not None:
+        if store.version() != before:
+            _record(engine, store, cube.group, store.version(), "init")
+        with session_scope(engine) as s:
+            repair_versions(s, store, worker=worker("init"))
+    return store
 
 
 def publish_overviews(store: CubeStore | str | Path, *, orbit: int | None = None, catalog: Catalog = None,
