@@ -137,8 +137,9 @@ def repair_versions(session: Session, store: CubeStore, *, worker: str | None) -
         if m is None:
             continue
         record_summary(session, store, version, _group_of(store, version), worker=worker, manifest=m)
-        session.execute(update(Publish).where(Publish.version == version).values(reconciled=True)
-                        .execution_options(synchronize_session=False))
+        # flagged only if this repair wrote the row (not its own writer, recording meanwhile)
+        session.execute(update(Publish).where(Publish.version == version, Publish.worker == worker)
+                        .values(reconciled=True).execution_options(synchronize_session=False))
         repaired.append(version)
     if repaired:
         log.warning("recorded store version(s) %s, which the catalog missed", repaired)
