@@ -108,6 +108,12 @@ def time_slice(time_range) -> slice:
     return slice(t0, t1)
 
 
+def describe_time_range(time_range) -> str:
+    """``START .. END`` as ``time_slice`` reads the range (UTC, to the second; "…" for an open side)."""
+    t = time_slice(time_range)
+    return " .. ".join("…" if v is None else v.isoformat(timespec="seconds") for v in (t.start, t.stop))
+
+
 def select(ds: xr.Dataset, grid: CubeGrid | None, *, bbox=None, crs=None, time_range=None,
            variables: Iterable[str] | None = None, where: str = "") -> xr.Dataset:
     """Cut ``ds`` (a group of the cube) to variables, bbox (whole pixels) and time range."""

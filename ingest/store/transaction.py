@@ -218,6 +218,28 @@ class Transaction:
         with self._mutex:
             return {k: op is not None for k, op in self._ops.items() if k.startswith(prefix)}
 
+    def changes_anything(self) -> bool:
+        """Whether what is staged differs from the published version: a put of other bytes
+        than a key holds, or a delete of a key that exists. A commit of nothing else would
+        only make a new version number (compared with the base version's manifest, or with
+        the stored bytes of a store without one)."""
+        with self._mutex:
+            ops = dict(self._ops)
+        raw = self.backend.get(manifest_key(self.base_version))
+        keys = json.loads(raw)["keys"] if raw is not None else None
+        for key, staged in ops.items():
+            if key.startswith(META_DIR + "/"):
+                continue
+            if keys is not None:
+                entry = keys.get(key)
+                now = None if entry is None else (entry["size"], entry["sha256"])
+            else:
+                data = self.backend.get(key)
+                now = None if data is None else digest(data)
+            if (None if staged is None else tuple(staged)) != now:
+                return True
+        return False
+
     def published(self, group: str) -> PublishedState:
         """The published state of ``group`` at ``base_version`` (read under the lock)."""
         return self.store.published(group)
