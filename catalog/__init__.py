@@ -37,7 +37,7 @@ from .discovery import (
 )
 from ingest.errors import CatalogError, LeaseLostError
 
-from .locks import CatalogStoreLease, LockTimeout, StoreLock, StoreLockTimeout, store_lease, store_lock
+from .locks import CatalogStoreLease, LockTimeout, store_lease
 
 from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, TimeStep
 from .publish import (
@@ -66,7 +66,7 @@ from .work import (
 )
 
 __all__ = [
-    "Base", "CatalogError", "LockTimeout", "StoreLock", "StoreLockTimeout", "store_lock", "CatalogStoreLease", "store_lease", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
+    "Base", "CatalogError", "LockTimeout", "CatalogStoreLease", "store_lease", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
     "PublishProduct", "Replacement", "State", "TRANSITIONS", "TimeStep", "TimeStepRecord",
     "apply_supersede", "claim", "current_revision", "db_now", "default_url_for_store",
     "downgrade", "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+from catalog.locks import MIGRATION_LOCK_KEY, _unlock, file_lock, pg_lock_wait
+from catalog.urls import display_url, normalize_url, unreachable
 from ingest.errors import CatalogError, ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -25,29 +27,7 @@ UPGRADE_HINT = "run `s2ingest db upgrade`"
 
 
 # --------------------------------------------------------------------------- URLs
-
-def normalize_url(url: str | URL | Path) -> URL:
-    """A SQLAlchemy URL; a bare path means SQLite, ``postgresql://`` means psycopg2.
-
-    DESIGN CHOICE: SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3, which we do not
-    depend on; psycopg2-binary is our ``postgres`` extra, so we pin the driver here.
-    """
-    if isinstance(url, Path) or (isinstance(url, str) and "://" not in url and url not in ("", ":memory:")):
-        return URL.create("sqlite", database=str(Path(url).expanduser().resolve()))
-    try:
-        u = make_url(url) if not isinstance(url, URL) else url
-    except ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {url!r} ({exc})") from None
-    if u.drivername in ("postgresql", "postgres"):
-        u = u.set(drivername="postgresql+psycopg2")
-    return u
-
-
-def display_url(url: str | URL | Path | Engine) -> str:
-    """The URL without its password, for messages."""
-    u = url.url if isinstance(url, Engine) else normalize_url(url)
-    return u.render_as_string(hide_password=True)
-
+# (normalize_url, display_url and unreachable live in ``catalog.urls``, shared with the locks)
 
 def default_url_for_store(store_path: str | Path) -> str:
     """``sqlite:///<dir>/<name>.catalog.sqlite`` beside a local store ``<dir>/<name>.zarr``.
@@ -121,13 +101,6 @@ def make_engine(url: str | URL | Path, *, echo: bool = False, **kwargs: Any) -> 
                 f"no PostgreSQL driver ({exc.name}): install s2ingest[postgres] (psycopg2-binary)"
             ) from exc
     raise ConfigError(f"unsupported catalog database {display_url(u)}: use SQLite or PostgreSQL")
-
-
-def unreachable(engine: Engine | URL | str, exc: BaseException) -> CatalogError:
-    """The CatalogError for a database we cannot talk to."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    detail = text.splitlines()[0] if text else type(exc).__name__
-    return CatalogError(f"cannot reach the catalog database {display_url(engine)}: {detail}")
 
 
 def check_connection(engine: Engine) -> None:
@@ -262,8 +235,6 @@ def migration_lock(conn: Connection, *, timeout: float | None = None) -> Iterato
     connection and needs nothing. Waiting longer than ``timeout`` raises ``LockTimeout``
     naming the holder.
     """
-    from .locks import MIGRATION_LOCK_KEY, file_lock, pg_lock_wait, _unlock
-
     what = f"catalog {display_url(conn.engine)} (being migrated)"
     timeout = MIGRATION_LOCK_TIMEOUT if timeout is None else timeout
     if conn.dialect.name == "postgresql":

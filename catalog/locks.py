@@ -1,22 +1,17 @@
-"""Locks the catalog database provides: one around migrations, one per store (DESIGN.md §6),
-and the fenced store lease that ``sync`` takes on PostgreSQL (``store_lease``).
+"""Locks the catalog database provides: one around migrations (DESIGN.md §6), and the fenced
+store lease that ``sync`` takes on PostgreSQL (``store_lease``, DESIGN.md §5).
 
-PostgreSQL: session-level advisory locks, held by one dedicated connection, so they are
-released by the server when the process dies or the connection drops (no stale lock rows).
-SQLite: the catalog lives on one machine's disk; migrations are serialised with ``flock`` on a
-file beside the database, and the store lock is a no-op (the store's own file lock covers the
-one machine that can reach it).
+Migrations: on PostgreSQL a session-level advisory lock, held by one dedicated connection, so
+the server releases it when the process dies or the connection drops (no stale lock rows); on
+SQLite (the catalog lives on one machine's disk) ``flock`` on a file beside the database.
+Holder names, liveness and the bounded wait are ``ingest.holders``'.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import os
-import socket
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from catalog.urls import unreachable
+import ingest.holders as holders
 from ingest.errors import CatalogError, StoreBusyError, StoreLeaseLostError
 
 log = logging.getLogger(__name__)
@@ -45,34 +42,18 @@ class LockTimeout(CatalogError):
         self.holder = holder
 
 
-class StoreLockTimeout(LockTimeout):
-    """Another process (on this or another machine) holds the store lock."""
-
-
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for ``name`` (same on every machine and run).
 
     DESIGN CHOICE: sha256, not ``hash()`` (salted per process), truncated to PostgreSQL's
     bigint key space; names carry an ``s2ingest:`` prefix so our keys stay apart from other
-    applications' and from each other (migrations vs. stores).
+    applications'.
     """
     return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
 
 
 MIGRATION_LOCK_NAME = "s2ingest:catalog-migrations"
 MIGRATION_LOCK_KEY = advisory_key(MIGRATION_LOCK_NAME)
-
-
-def store_lock_key(store_id: str) -> int:
-    """The advisory-lock key of one store (``store_id``: any stable identity, e.g. its URL)."""
-    if not store_id:
-        raise CatalogError("store_lock needs a store id")
-    return advisory_key(f"s2ingest:store:{store_id}")
-
-
-def default_holder() -> str:
-    """``host:pid``, the same form as sync's worker names."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # --------------------------------------------------------------------------- who holds a lock
@@ -162,115 +143,18 @@ def pg_lock_wait(
     """
     if timeout < 0 or poll <= 0:
         raise ValueError("timeout must be >= 0 and poll > 0")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def take() -> tuple[bool, None]:
         got = _try_lock(conn, key)
         conn.commit()  # a session-level lock outlives the transaction; never idle in one
-        if got:
-            return
-        left = deadline - time.monotonic()
-        if left <= 0:
-            who, holder = _holder_text(conn, key)
-            conn.commit()
-            raise error(f"{what} is locked by {who}; gave up after {timeout:g} s", holder=holder)
-        time.sleep(min(poll, left))
+        return got, None
 
+    def busy(_unknown) -> LockTimeout:
+        who, holder = _holder_text(conn, key)  # asked once, when giving up
+        conn.commit()
+        return error(f"{what} is locked by {who}; gave up after {timeout:g} s", holder=holder)
 
-@contextmanager
-def _pg_lock_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection of its own, in autocommit, closed (not pooled) afterwards.
-
-    DESIGN CHOICE: detached from the pool, so closing it ends the server session and with it
-    every session-level lock and the application_name we set; a lock can never leak into a
-    pooled connection that someone else then uses.
-    """
-    try:
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    except (OperationalError, DBAPIError) as exc:
-        from .db import unreachable
-
-        raise unreachable(engine, exc) from exc
-    conn.detach()
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@dataclass(frozen=True)
-class StoreLock:
-    """What ``store_lock`` yields. ``kind``: "postgresql" (an advisory lock is held) or
-    "local" (SQLite catalog: nothing held here, the store's file lock is the lock)."""
-
-    kind: str
-    store_id: str
-    holder: str
-    key: int | None = None
-    _conn: Connection | None = None
-
-    @property
-    def local(self) -> bool:
-        return self.kind == "local"
-
-    def held(self) -> bool:
-        """Is the lock still ours? (False after a lost connection.) Always True for "local"."""
-        if self._conn is None:
-            return True
-        try:
-            row = self._conn.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                     "AND pid = pg_backend_pid() AND classid::bigint = :hi AND objid::bigint = :lo "
-                     "AND objsubid = 1"),
-                dict(zip(("hi", "lo"), _split(self.key or 0))),
-            ).scalar_one()
-        except DBAPIError:
-            return False
-        return bool(row)
-
-
-@contextmanager
-def store_lock(
-    engine: Engine,
-    store_id: str,
-    timeout: float = 0.0,
-    poll: float = 1.0,
-    *,
-    holder: str | None = None,
-) -> Iterator[StoreLock]:
-    """Hold the store-wide lock of ``store_id`` for the ``with`` block, across machines.
-
-    PostgreSQL: a session-level advisory lock (key from a sha256 of ``store_id``) on a
-    connection of its own, tried every ``poll`` seconds for at most ``timeout`` seconds (0: one
-    try); then ``StoreLockTimeout`` naming the holder (``holder`` of the other process, default
-    ``host:pid``, published as its ``application_name``). Released on exit, and by the server if
-    this process dies. SQLite: yields a "local" marker and locks nothing.
-
-    DESIGN CHOICE: session-level, not transaction-level: the lock spans a whole sync run (many
-    catalog transactions and the store commit), which no single transaction does.
-    """
-    who = holder or default_holder()
-    if engine.dialect.name != "postgresql":
-        # DESIGN CHOICE: a SQLite catalog sits on one machine's disk beside the store, so only
-        # processes of that machine can publish; the store's own file lock serialises them.
-        yield StoreLock("local", store_id, who)
-        return
-    key = store_lock_key(store_id)
-    with _pg_lock_connection(engine) as conn:
-        try:
-            _set_application_name(conn, who)
-            pg_lock_wait(conn, key, what=f"store {store_id}", timeout=timeout, poll=poll,
-                         error=StoreLockTimeout)
-        except (OperationalError, DBAPIError) as exc:
-            from .db import unreachable
-
-            raise unreachable(engine, exc) from exc
-        try:
-            yield StoreLock("postgresql", store_id, who, key, conn)
-        finally:
-            try:
-                _unlock(conn, key)
-            except DBAPIError:
-                pass  # connection gone: the server released the lock with the session
+    holders.wait(take, timeout=timeout, poll=poll, busy=busy)
 
 
 # --------------------------------------------------------------------------- SQLite file lock
@@ -288,29 +172,20 @@ def file_lock(path: Path, *, what: str, timeout: float, poll: float = 0.1) -> It
     except OSError as exc:
         raise CatalogError(f"cannot create the lock file {path} for {what}: {exc.strerror}") from exc
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        def take() -> tuple[bool, None]:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return holders.try_flock(fd), None
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise CatalogError(f"cannot lock {path} for {what}: {exc.strerror}") from exc
-            left = deadline - time.monotonic()
-            if left <= 0:
-                try:
-                    who = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "an unknown process"
-                except OSError:
-                    who = "an unknown process"
-                raise LockTimeout(f"{what} is locked by {who} (lock file {path}); "
-                                       f"gave up after {timeout:g} s")
-            time.sleep(min(poll, left))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, default_holder().encode("utf-8"), 0)
+                raise CatalogError(f"cannot lock {path} for {what}: {exc.strerror}") from exc
+
+        holders.wait(take, timeout=timeout, poll=poll, busy=lambda _: LockTimeout(
+            f"{what} is locked by {holders.recorded(fd) or 'an unknown process'} (lock file {path}); "
+            f"gave up after {timeout:g} s"))
+        holders.record(fd)
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            holders.unflock(fd)
     finally:
         os.close(fd)
 
@@ -318,22 +193,6 @@ def file_lock(path: Path, *, what: str, timeout: float, poll: float = 0.1) -> It
 # --------------------------------------------------------------------------- store lease (fenced)
 
 STORE_LEASE_SECONDS = 60.0
-
-
-def _alive_here(holder: str | None) -> bool | None:
-    """For a ``host:pid`` holder on this host: is that process alive? None: another host."""
-    host, _, pid = (holder or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return None
-    if int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CatalogStoreLease:
@@ -350,10 +209,10 @@ class CatalogStoreLease:
       can take the lease over between the check and the commit point.
     - **release**: ``holder`` NULL, expired, only where the token is still ours.
 
-    DESIGN CHOICE: a lease row with a token rather than the session-level advisory lock
-    (``store_lock``): an advisory lock is lost silently with its connection, and its holder
-    cannot prove at the commit point that nobody else holds it now; the token can, inside
-    the same row lock that a takeover needs.
+    DESIGN CHOICE: a lease row with a token rather than a session-level advisory lock per
+    store: an advisory lock is lost silently with its connection, and its holder cannot prove
+    at the commit point that nobody else holds it now; the token can, inside the same row
+    lock that a takeover needs.
     """
 
     def __init__(self, engine: Engine, store_id: str, *, holder: str | None = None,
@@ -362,7 +221,7 @@ class CatalogStoreLease:
             raise CatalogError("a store lease needs a store id")
         self.engine = engine
         self.store_id = store_id
-        self.holder = holder or default_holder()
+        self.holder = holder or holders.me()
         self.ttl = ttl
         self.poll = poll
         self.token: int | None = None
@@ -375,8 +234,6 @@ class CatalogStoreLease:
         return self._lost
 
     def _db(self, exc: Exception) -> CatalogError:
-        from .db import unreachable
-
         return unreachable(self.engine, exc)
 
     def try_acquire(self) -> tuple[bool, str | None]:
@@ -395,7 +252,7 @@ class CatalogStoreLease:
                     return False, None
                 self.token = 1
                 return True, None
-            if row.holder is not None and not row.expired and _alive_here(row.holder) is not False:
+            if row.holder is not None and not row.expired and holders.alive(row.holder) is not False:
                 return False, row.holder
             self.token = int(conn.execute(text(
                 "UPDATE store_leases SET holder = :h, token = token + 1, acquired_at = now(), "
@@ -407,23 +264,14 @@ class CatalogStoreLease:
             return True, None
 
     def acquire(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
+        def take() -> tuple[bool, str | None]:
             try:
-                taken, other = self.try_acquire()
+                return self.try_acquire()
             except (OperationalError, DBAPIError) as exc:
                 raise self._db(exc) from exc
-            if taken:
-                break
-            who = f" ({other})" if other else ""
-            if time.monotonic() >= deadline:
-                raise StoreBusyError(f"{self.store_id} is being written by another process{who} "
-                                     f"(catalog store lease); gave up after waiting {timeout:.0f} s")
-            if not told and on_wait is not None:
-                on_wait(f"waiting for {self.store_id}: another process{who} is writing it")
-                told = True
-            time.sleep(self.poll)
+
+        holders.wait_as_writer(take, where=self.store_id, timeout=timeout, poll=self.poll,
+                               error=StoreBusyError, on_wait=on_wait, note=" (catalog store lease)")
         self._thread = threading.Thread(target=self._heartbeat, name="store-lease", daemon=True)
         self._thread.start()
 

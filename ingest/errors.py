@@ -3,7 +3,7 @@
 Every error a user can cause (bad product, bad config, unreachable hub, full disk) is an
 ``S2IngestError``. Subclasses also derive from the builtin kind they resemble, so callers
 that catch ``OSError`` or ``ValueError`` keep working (the rasterio habit). Only the CLI
-maps these to exit codes (``ingest.cli.main.EXIT_CODES``).
+maps these to exit codes (``ingest.cli.exits.EXIT_CODES``).
 """
 from __future__ import annotations
 

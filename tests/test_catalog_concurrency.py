@@ -1,12 +1,10 @@
-"""Catalog locks: concurrent creation of a fresh catalog, and the store-wide lock."""
+"""Catalog locks: concurrent creation of a fresh catalog under the migration lock."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -14,12 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from catalog import db
-from catalog.locks import LockTimeout, StoreLockTimeout, file_lock, store_lock, store_lock_key
-from ingest.errors import CatalogError
+from catalog.locks import LockTimeout, file_lock
 
-from catalog_fixtures import (  # noqa: F401  (fixtures)
-    pg_database_url, pg_engine, pg_fresh_url, pg_migrated_url, sqlite_engine, sqlite_url,
-)
+from catalog_fixtures import pg_database_url, pg_fresh_url  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 N_PROCESSES = 5
@@ -117,103 +112,3 @@ def test_postgres_migration_lock_timeout_names_the_holder(pg_fresh_url, monkeypa
         _assert_one_head(pg_fresh_url)
     finally:
         holder.dispose()
-
-
-# --------------------------------------------------------------------------- store_lock
-
-def test_store_lock_on_sqlite_is_a_local_marker(sqlite_engine):
-    with store_lock(sqlite_engine, "/data/nl.zarr", timeout=0) as a:
-        with store_lock(sqlite_engine, "/data/nl.zarr", timeout=0) as b:  # no-op: never blocks
-            assert a.local and b.local and a.kind == "local" and a.held()
-
-
-def test_store_lock_keys_are_stable_and_distinct():
-    assert store_lock_key("/data/nl.zarr") == store_lock_key("/data/nl.zarr")
-    assert store_lock_key("/data/nl.zarr") != store_lock_key("/data/be.zarr")
-    assert -(2**63) <= store_lock_key("x") < 2**63
-    with pytest.raises(CatalogError):
-        store_lock_key("")
-
-
-@pytest.mark.postgres
-def test_second_holder_waits_and_gets_the_lock_after_release(pg_engine):
-    events: list[tuple[str, float]] = []
-    release_first = threading.Event()
-    first_holds = threading.Event()
-
-    def first() -> None:
-        with store_lock(pg_engine, "/data/nl.zarr", holder="first:1") as lock:
-            assert lock.kind == "postgresql" and lock.held()
-            first_holds.set()
-            release_first.wait(10)
-            events.append(("first released", time.monotonic()))
-
-    def second() -> None:
-        with store_lock(pg_engine, "/data/nl.zarr", timeout=10, poll=0.05, holder="second:2") as lock:
-            events.append(("second acquired", time.monotonic()))
-            assert lock.held()
-
-    t1 = threading.Thread(target=first)
-    t1.start()
-    assert first_holds.wait(10)
-    t2 = threading.Thread(target=second)
-    t2.start()
-    time.sleep(0.5)
-    assert events == []  # still waiting
-    release_first.set()
-    t1.join(10)
-    t2.join(10)
-    assert [e for e, _ in events] == ["first released", "second acquired"]
-
-
-@pytest.mark.postgres
-def test_store_lock_timeout_says_who_holds_it(pg_engine):
-    with store_lock(pg_engine, "/data/nl.zarr", holder="ingest-host:777"):
-        start = time.monotonic()
-        with pytest.raises(StoreLockTimeout, match=r"store /data/nl.zarr is locked by ingest-host:777, server pid \d+.*0.3 s") as info:
-            with store_lock(pg_engine, "/data/nl.zarr", timeout=0.3, poll=0.05):
-                pytest.fail("got a lock someone else holds")
-        assert 0.3 <= time.monotonic() - start < 5
-        assert isinstance(info.value, CatalogError)
-        assert info.value.holder is not None and info.value.holder.application_name.endswith("ingest-host:777")
-        with store_lock(pg_engine, "/data/other.zarr", timeout=0):  # other stores are free
-            pass
-    with store_lock(pg_engine, "/data/nl.zarr", timeout=0):  # released on exit
-        pass
-
-
-@pytest.mark.postgres
-def test_store_lock_is_released_when_the_holder_process_dies(pg_migrated_url, pg_engine):
-    script = textwrap.dedent("""
-        import sys, time
-        from catalog import db
-        from catalog.locks import store_lock
-        engine = db.make_engine(sys.argv[1])
-        with store_lock(engine, "/data/nl.zarr", holder="doomed:1"):
-            print("locked", flush=True)
-            time.sleep(120)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script, pg_migrated_url], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "locked", proc.stderr.read() if proc.poll() is not None else ""
-        with pytest.raises(StoreLockTimeout, match="doomed:1"):
-            with store_lock(pg_engine, "/data/nl.zarr", timeout=0):
-                pass
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        with store_lock(pg_engine, "/data/nl.zarr", timeout=10, poll=0.1) as lock:
-            assert lock.held()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
-@pytest.mark.postgres
-def test_store_lock_leaves_no_lock_in_the_pool(pg_engine):
-    with store_lock(pg_engine, "/data/nl.zarr"):
-        pass
-    with pg_engine.connect() as conn:
-        n = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar_one()
-    assert n == 0

@@ -1,7 +1,7 @@
 """The ``s2ingest`` command line: help, settings (options, env, config file), the catalog, and
 bad input (one clear line on stderr, the documented exit code, no damage).
 
-Exit codes (ingest/cli/main.py): 2 usage, 3 config, 4 product, 5 hub, 6 grid/store,
+Exit codes (ingest/cli/exits.py): 2 usage, 3 config, 4 product, 5 hub, 6 grid/store,
 7 catalog, 10 the run finished but some products were rejected or failed.
 """
 from __future__ import annotations

@@ -50,12 +50,13 @@ def safe(out: Path, tile: str = "31UFT", when=T1, **kw) -> Path:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> dict[str, Path]:
-    """One scene (T1, 31UFT) as SAFE, as EOPF (layout A, small chunks, two zip layouts, a native name)."""
+    """One scene (T1, 31UFT) as SAFE, as EOPF (layouts A and B, small chunks, two zip layouts, a native name)."""
     root = tmp_path_factory.mktemp("eopf-scene")
     return {
         "safe": safe(root / "safe"),
         "eopf": eopf(root / "eopf"),
         "small": eopf(root / "small", layout=SMALL_CHUNKS),
+        "layout_b": eopf(root / "layout_b", layout="B"),
         "zip": eopf(root / "zip", as_zip=True, layout=SMALL_CHUNKS),
         "zip_folder": eopf(root / "zipf", as_zip=True, zip_root="folder"),
         "native": eopf(root / "native", name_style="native"),
@@ -75,7 +76,7 @@ def copy(src: Path, tmp_path: Path) -> Path:
 
 def test_eopf_reads_as_the_same_product_as_safe(scene):
     s = read_product(scene["safe"])
-    for key in ("eopf", "small", "zip", "zip_folder", "native"):
+    for key in ("eopf", "small", "layout_b", "zip", "zip_folder", "native"):
         e = read_product(scene[key])
         assert (e.format, s.format) == ("EOPF", "SAFE")
         assert e.name == s.name + ".zarr", key
@@ -90,7 +91,7 @@ def test_eopf_reads_as_the_same_product_as_safe(scene):
     assert read_product(scene["zip"]).safe_root == ""
 
 
-@pytest.mark.parametrize("key", ["eopf", "small", "zip", "zip_folder"])
+@pytest.mark.parametrize("key", ["eopf", "small", "layout_b", "zip", "zip_folder"])
 def test_eopf_arrays_hold_the_dns_of_the_safe_jp2(scene, key):
     s, e = read_product(scene["safe"]), read_product(scene[key])
     for var, spec in VARIABLES.items():

@@ -75,6 +75,9 @@ def test_demo_twice_changes_nothing_the_second_time(tmp_path, monkeypatch):
     changed = [p for p in after if before.get(p) != after[p] and not p.name.endswith(("-wal", "-shm"))]
     assert changed == [] and set(after) == set(before)
     assert read_published(store, "S2/R051").version == version
+    # every commit of the demo (the cube, its overviews, imagery, layers) is in its catalog
+    r = run("verify", "--store", store)
+    assert r.exit_code == 0, r.output + r.stderr
 
 
 # ------------------------------------------------------------------------------------------

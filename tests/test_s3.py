@@ -23,10 +23,9 @@ from catalog.models import Product as Row
 from catalog.models import TimeStep
 from conftest import D1, D3, GROUP, assert_cubes_equal, cli_env, written_window
 from ingest.errors import NotACubeError, StoreBusyError, StoreLeaseLostError
-from ingest.store import CubeStore, read_published
-from ingest.store.cube import check_location
+from ingest.store import CubeStore, check_location, read_published
+from ingest.store.backends.s3 import LOCK_KEY, S3Backend, S3Lease
 from ingest.store.layout import META_DIR
-from ingest.store.s3 import LOCK_KEY, S3Backend, S3Lease
 from test_commit import _folder
 
 S2INGEST = str(Path(sys.executable).with_name("s2ingest"))

@@ -28,9 +28,11 @@ from conftest import cli_env
 from ingest.publish.engine import Cube
 from ingest.errors import GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError
 from ingest.grid import NL_GRID, CubeGrid
-from ingest.store import COMPRESSOR, CubeStore, LocalBackend, chunk_key, manifest_key, read_published
-from ingest.store import cube as cube_mod
-from ingest.store.cube import MANIFEST_HISTORY, full_listing
+from ingest.store import (
+    COMPRESSOR, MANIFEST_HISTORY, CubeStore, LocalBackend, chunk_key, manifest_key, read_published,
+)
+from ingest.store import transaction as transaction_mod
+from ingest.store.manifests import full_listing
 from ingest.store.verify import verify_store
 from ingest.variables import VARIABLES
 
@@ -416,7 +418,7 @@ def test_a_journal_rolled_forward_by_recover_directly(tmp_path, clean_two_steps,
         return real_move(self, src, dst)
 
     monkeypatch.setattr(LocalBackend, "move", dying_move)
-    monkeypatch.setattr(cube_mod, "recover", lambda backend: None)  # __exit__ must not finish it
+    monkeypatch.setattr(transaction_mod, "recover", lambda backend: None)  # __exit__ must not finish it
     with pytest.raises(KeyboardInterrupt):
         step(path, GRID.to_dict(), 2)
     monkeypatch.undo()
@@ -856,7 +858,7 @@ def test_a_store_that_cannot_be_locked_gives_one_store_error(tmp_path, monkeypat
 
     from ingest.errors import StoreError
     from ingest.store import CubeStore
-    from ingest.store.backend import LocalBackend
+    from ingest.store import LocalBackend
 
     grid = CubeGrid("t", "EPSG:28992", 10, (0, 300000, 5000, 306250))
     store, _ = CubeStore.create(tmp_path / "c.zarr", grid)

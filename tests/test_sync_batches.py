@@ -40,11 +40,11 @@ def test_a_backfill_is_published_in_whole_time_chunks(tmp_path, six_datatakes):
 def test_crash_between_store_and_catalog_commit_is_reconciled(tmp_path, six_datatakes, monkeypatch):
     """The store commit happened, the catalog update did not: a rerun must publish the
     products in the catalog without writing anything to the store."""
-    import ingest.publish.sync as sync_mod
+    import ingest.publish.record as record_mod
 
     store = tmp_path / "cube.zarr"
     calls = {"n": 0}
-    real = sync_mod.record_publish
+    real = record_mod.record_publish
 
     def crash_on_second(*args, **kwargs):
         calls["n"] += 1
@@ -52,11 +52,11 @@ def test_crash_between_store_and_catalog_commit_is_reconciled(tmp_path, six_data
             raise KeyboardInterrupt("simulated crash after the store commit")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sync_mod, "record_publish", crash_on_second)
+    monkeypatch.setattr(record_mod, "record_publish", crash_on_second)
     r = run(*sync_args(store, "--source", six_datatakes))
     assert r.exit_code == 130
     assert read_published(store, GROUP).length == 6  # the store had committed both batches
-    monkeypatch.setattr(sync_mod, "record_publish", real)
+    monkeypatch.setattr(record_mod, "record_publish", real)
     # the crashed worker is this very process (same pid), so let its leases lapse first
     from catalog import Product
     from sqlalchemy import update

@@ -192,9 +192,12 @@ def test_max_cloud_filters(cdse, tmp_path, products):
     assert {line.split()[-1] for line in r.output.splitlines() if "would ingest" in line} == names
 
 
-def test_bad_dates_are_usage_errors(tmp_path):
+def test_bad_dates_are_option_errors(tmp_path):
+    """The one date parser of the CLI (``cli.options.parse_when``): a bad date is a bad option
+    value, exit 3 with one line, as for --time (it was click's usage error, exit 2)."""
     r = run(*sync_args(tmp_path / "c.zarr", "--source", tmp_path, "--since", "14/06/2023"))
-    assert r.exit_code == 2 and "YYYY-MM-DD" in r.stderr
+    assert r.exit_code == 3 and "YYYY-MM-DD" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("s2ingest: error: --since")
 
 
 # ------------------------------------------------------------------------------------------

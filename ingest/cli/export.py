@@ -4,8 +4,7 @@ from __future__ import annotations
 import click
 
 from ingest.errors import ConfigError
-from ingest.cli.copyopts import selection_options
-from ingest.cli.options import progress_option
+from ingest.cli.options import copy_options, progress_option
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -28,7 +27,7 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Skip dates whose cloud fraction over --bbox (quality atlas) is this or more.")
 @click.option("--format", "fmt", type=click.Choice(["cog", "netcdf"]), default=None,
               help="Output format [default: by suffix, .tif COG, .nc netCDF].")
-@selection_options
+@copy_options
 @progress_option
 def command(source: str, output: str, reduce: str | None, clear_classes: str,
             max_cld: float | None, max_cloud: float | None, fmt: str | None, selection: dict,

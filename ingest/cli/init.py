@@ -14,16 +14,19 @@ def command(settings, orbit, grid) -> None:
     """Create an empty cube: the Zarr store with its grid and the catalog database.
 
     Safe to run again: an existing store is checked against the grid (a store is never
-    written with a different grid) and the catalog is upgraded to the current schema.
+    written with a different grid), the catalog is upgraded to the current schema and
+    records any store version it misses.
     """
     from catalog.db import display_url, upgrade
-    from ingest.publish.engine import Cube
     from ingest.grid import get_grid
+    from ingest.publish.commits import create_cube
+    from ingest.publish.engine import Cube
 
     g = get_grid(grid or settings.grid)
     cube = Cube(settings.store, g, orbit or settings.orbit)
-    cube.ensure()
+    cube.open()  # a store of another grid is refused (exit 6) before the catalog is created
     revision = upgrade(settings.db_url)
+    create_cube(cube, catalog=settings.db_url)  # the store's commit is recorded in the catalog
     click.echo(f"store   {cube.path} (grid {g.name}, {g.crs}, {g.resolution:g} m, "
                f"{g.shape[1]}x{g.shape[0]} px), group /{cube.group}")
     click.echo(f"catalog {display_url(settings.db_url)} at revision {revision}")

@@ -1,23 +1,22 @@
 """``s2ingest layers add|list`` and ``s2ingest stats``: reference layers and zonal statistics.
 
-Thin shells over ``ingest.layers``; the main CLI maps LayerError etc. to exit codes.
+Thin shells over ``ingest.layers`` and ``ingest.publish.commits``; the main CLI maps
+LayerError etc. to exit codes.
 """
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import click
 
-from ingest.errors import CatalogError, ConfigError
+from ingest.errors import ConfigError
 from ingest.grid import get_grid
-from ingest.layers import add_layer, list_layers
+from ingest.layers import list_layers
 from ingest.layers.codes import GROUPS
-from ingest.layers.publish import LayerRecord
-from ingest.layers.stats import cube_stats, write_table
-from ingest.cli.options import cube_options, progress_option
+from ingest.cli.options import (
+    bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
+)
 
 
 @click.group("layers")
@@ -48,45 +47,21 @@ def layers() -> None:
 @progress_option
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def add(settings, group, edition, attribute, variable, name_attribute, force, progress, file) -> None:
-    """Rasterise vector FILE (GeoPackage, Shapefile, GeoJSON; any CRS) into GROUP."""
-    records = add_layer(settings.store, group, file, edition=edition, attribute=attribute,
-                        variable=variable, force=force, grid=get_grid(settings.grid),
-                        name_attribute=name_attribute, progress=progress)
-    if all(r.unchanged for r in records):
-        for r in records:
+    """Rasterise vector FILE (GeoPackage, Shapefile, GeoJSON; any CRS) into GROUP, in one
+    commit recorded in the catalog."""
+    from ingest.publish.commits import publish_layer
+
+    records = publish_layer(settings.store, group, file, catalog=commit_catalog(settings), edition=edition,
+                            attribute=attribute, variable=variable, force=force,
+                            grid=get_grid(settings.grid), name_attribute=name_attribute, progress=progress)
+    for r in records:
+        if r.unchanged:
             click.echo(f"/{r.group}/{r.variable} edition {r.edition} is already published from "
                        f"{r.source_name} (same sha256); nothing to do (--force rewrites it)")
-        _record(settings.db_url, records)
-        return
-    for r in records:
-        verb = "replaced" if r.replaced else "added"
-        click.echo(f"{verb} /{r.group}/{r.variable} edition {r.edition}: {r.n_features} features, "
-                   f"{r.n_pixels} pixels in {r.n_chunks} chunks from {r.source_name}")
-    _record(settings.db_url, records)
-
-
-def _record(db_url: str, records: list[LayerRecord]) -> None:
-    """The catalog side: one cube version for this publish, one row per layer variable."""
-    try:
-        from sqlalchemy import select
-
-        from catalog import Publish, open_catalog, record_layer, record_publish, session_scope
-    except ImportError:  # pragma: no cover - catalog not installed
-        return
-    try:
-        engine = open_catalog(db_url)
-        with session_scope(engine) as s:
-            version = records[0].version  # the store's version of this commit
-            if s.scalar(select(Publish).where(Publish.version == version)) is None:
-                record_publish(s, group=f"/{records[0].group}", version=version, product_ids=[],
-                               worker=f"layers@{socket.gethostname()}:{os.getpid()}",
-                               n_chunks_written=sum(r.n_chunks for r in records))
-            for r in records:
-                record_layer(s, group=r.group, name=r.variable, edition=str(r.edition),
-                             source_name=r.source_name, sha256=r.sha256, version=version,
-                             attribute=r.attribute)
-    except CatalogError as exc:
-        raise CatalogError(f"{exc} (the layer is in the store; rerun with --force to record it)") from exc
+        else:
+            verb = "replaced" if r.replaced else "added"
+            click.echo(f"{verb} /{r.group}/{r.variable} edition {r.edition}: {r.n_features} features, "
+                       f"{r.n_pixels} pixels in {r.n_chunks} chunks from {r.source_name}")
 
 
 @layers.command("list")
@@ -120,30 +95,34 @@ def _ints(value: str | None) -> list[int] | None:
               help="Cube variable (B04, SCL, ...) or NDVI.")
 @click.option("--stat", "kind", type=click.Choice(["mean", "classes"]), default="mean", show_default=True,
               help="mean: mean/sum/count of valid pixels; classes: pixel count per class (e.g. SCL).")
-@click.option("--orbit", type=click.IntRange(1, 143), default=None, help="Relative orbit [config, 51].")
+@orbit_option
 @click.option("--valid-scl", default=None, metavar="CLASSES",
               help="Only pixels whose SCL is one of these, e.g. 4,5 (vegetation, bare).")
-@click.option("--bbox", nargs=4, type=float, default=None, metavar="LEFT BOTTOM RIGHT TOP",
-              help="Only this area (grid CRS) [default: where the zone layer has data].")
-@click.option("--start", default=None, help="First date (inclusive), e.g. 2023-04-01.")
-@click.option("--end", default=None, help="Last date (inclusive).")
+@bbox_options
+@time_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output table: .csv or .parquet.")
 @progress_option
-def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, start, end, out, progress) -> None:
-    """Per-zone statistics of a cube variable per date (e.g. mean NDVI per municipality).
+def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, bbox_crs, time_range, out,
+          progress) -> None:
+    """Per-zone statistics of a cube variable per date (e.g. mean NDVI per municipality),
+    over --bbox [default: where the zone layer has data] and --time [default: every date].
 
     \b
     --stat mean:    zone, [name], time, sum, count, mean
     --stat classes: zone, time, class, count (e.g. --variable SCL: pixels per scene class)
     """
+    from ingest.layers.stats import check_table_path, cube_stats, write_table
+
+    check_table_path(out)  # a bad --out fails now, not after the computation
     layer_group, _, layer = by.strip("/").rpartition("/")
     if not layer_group:
         raise ConfigError(f"--by {by!r}: give GROUP/VARIABLE, e.g. NL/municipality")
     orbit = orbit or settings.orbit
+    start, end = time_range or (None, None)
     df = cube_stats(settings.store, group=f"S2/R{orbit:03d}", variable=variable,
                     layer_group=layer_group, layer=layer, edition=edition, kind=kind,
-                    bounds=tuple(bbox) if bbox else None, start=start, end=end,
+                    bounds=bbox, bounds_crs=bbox_crs, start=start, end=end,
                     valid_scl=_ints(valid_scl), grid=get_grid(settings.grid), progress=progress)
     write_table(df, out)
     click.echo(f"wrote {len(df)} rows to {out}")

@@ -1,4 +1,4 @@
-"""Entry point of ``s2ingest``; the only place that maps errors to exit codes."""
+"""Entry point of ``s2ingest``: the only place that maps errors to exit codes (``ingest.cli.exits``)."""
 from __future__ import annotations
 
 import logging
@@ -8,30 +8,8 @@ import warnings
 import click
 
 from ingest import __version__
-from ingest.errors import (
-    CatalogError, ConfigError, GridMismatchError, HubError, LayerError, ProductError,
-    S2IngestError, StoreError,
-)
-
-# Exit codes scripts can rely on (documented in the README).
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (ConfigError, 3),
-    (ProductError, 4),
-    (HubError, 5),
-    (GridMismatchError, 6),
-    (StoreError, 6),
-    (CatalogError, 7),
-    (LayerError, 8),
-    (S2IngestError, 1),
-]
-EXIT_PARTIAL = 10  # the run finished, but some products were rejected or failed
-
-
-def exit_code_for(exc: BaseException) -> int:
-    for kind, code in EXIT_CODES:
-        if isinstance(exc, kind):
-            return code
-    return 1
+from ingest.cli.exits import EXIT_INTERRUPTED, exit_code_for
+from ingest.errors import S2IngestError
 
 
 class S2Group(click.Group):
@@ -46,7 +24,7 @@ class S2Group(click.Group):
             sys.exit(exit_code_for(exc))
         except KeyboardInterrupt:
             click.echo("s2ingest: interrupted; rerun the same command to resume", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=S2Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,19 +55,15 @@ def cli(verbose: int, quiet: int) -> None:
 
 def _register() -> None:
     from ingest.cli import (
-        db, demo, export, init, mirror, overviews, quality, rechunk, report, retry, serve, status,
-        sync, synth, verify,
+        db, demo, export, init, layers, mirror, overviews, quality, rechunk, report, retry, serve,
+        status, sync, synth, verify,
     )
 
     for module in (init, sync, status, verify, mirror, rechunk, export, quality, report, overviews,
                    serve, retry, synth, demo, db):
         cli.add_command(module.command)
-    try:
-        from ingest.cli.layers import layers, stats
-    except ImportError:  # pragma: no cover - layers are optional while being developed
-        return
-    cli.add_command(layers)
-    cli.add_command(stats)
+    cli.add_command(layers.layers)
+    cli.add_command(layers.stats)
 
 
 _register()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ingest.cli.options import _bbox, _time_range, cube_options, orbit_option, progress_option
+from ingest.cli.options import (
+    bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
+)
 
 
 @click.group("quality", invoke_without_command=True)
@@ -11,15 +13,12 @@ from ingest.cli.options import _bbox, _time_range, cube_options, orbit_option, p
 @orbit_option
 @click.option("--aoi", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Area of interest: a vector file (GeoPackage, GeoJSON, shapefile); all its polygons.")
-@click.option("--bbox", callback=_bbox, default=None, metavar="L,B,R,T",
-              help="Area of interest as a box, in the grid's CRS or in --bbox-crs.")
-@click.option("--bbox-crs", default=None, metavar="CRS", help="CRS of --bbox, e.g. EPSG:4326.")
+@bbox_options
 @click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
               help="Keep dates whose cloud fraction (SCL 8, 9, 10 of the valid pixels) is below this.")
 @click.option("--min-valid", type=click.FloatRange(0, 100), default=None, metavar="PERCENT",
               help="Keep dates with at least this share of the area holding data.")
-@click.option("--time", "time_range", callback=_time_range, default=None, metavar="START/END",
-              help="Only dates in this range, inclusive (either side may be empty).")
+@time_option
 @click.option("--all", "show_all", is_flag=True, help="List every date, with a 'selected' column.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (every date, with 'selected').")
 @click.pass_context
@@ -44,8 +43,6 @@ def command(ctx, settings, orbit, aoi, bbox, bbox_crs, max_cloud, min_valid, tim
 
     if aoi and bbox:
         raise ConfigError("give --aoi or --bbox, not both")
-    if bbox_crs and not bbox:
-        raise click.BadParameter("--bbox-crs needs --bbox", param_hint="--bbox-crs")
     store = CubeStore.open(settings.store)
     area = None
     if aoi:
@@ -76,38 +73,26 @@ def command(ctx, settings, orbit, aoi, bbox, bbox_crs, max_cloud, min_valid, tim
 @progress_option
 def rebuild(settings, orbit, h3_resolution, progress) -> None:
     """Recompute the quality atlas of an existing cube from its SCL/CLD/SNW chunks, in one
-    commit (a new store version)."""
+    commit (a new store version, recorded in the catalog); none when it is already current."""
     from tqdm.auto import tqdm
 
-    from ingest.quality.group import rebuild_quality
-    from ingest.store import CubeStore, group_path
+    from ingest.publish.commits import publish_quality
+    from ingest.store import group_path
 
     group = group_path(orbit or settings.orbit)
-    store = CubeStore.open(settings.store)
     bar = tqdm(total=0, unit="chunk", desc="quality", disable=not progress)
 
     def tick(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
-    report = rebuild_quality(store, group, resolution=h3_resolution, progress=tick)
-    bar.close()
-    _record_version(settings, store, report, group)
-    click.echo(f"quality atlas of /{group} rebuilt: version {report.version}")
-
-
-def _record_version(settings, store, report, group: str) -> None:
-    """The catalog's row for the new version (``s2ingest verify`` expects one), if a catalog exists."""
-    from catalog import record_version, session_scope
-
-    from ingest.errors import CatalogError
-    from ingest.cli.options import open_existing_catalog
-
     try:
-        engine = open_existing_catalog(settings)
-    except CatalogError:
-        return  # a cube without a catalog (e.g. a copy): nothing to record
-    m = store.manifest(report.version)
-    with session_scope(engine) as s:
-        record_version(s, report.version, m.get("parent"), report.manifest_sha256, len(m["keys"]),
-                       m["changes"], f"/{group}", worker="quality rebuild")
+        p = publish_quality(settings.store, group, catalog=commit_catalog(settings),
+                            resolution=h3_resolution, progress=tick)
+    finally:
+        bar.close()
+    if p.changed:
+        click.echo(f"quality atlas of /{group} rebuilt: version {p.version}")
+    else:
+        click.echo(f"quality atlas of /{group} is current (last written in version {p.version}); "
+                   "nothing to publish")

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ingest.cli.copyopts import selection_options
-from ingest.cli.options import progress_option
+from ingest.cli.options import copy_options, progress_option
 
 
 @click.command("rechunk")
@@ -23,7 +22,7 @@ from ingest.cli.options import progress_option
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on this dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 "
                    "[default: local threads].")
-@selection_options
+@copy_options
 @progress_option
 def command(source: str, destination: str, chunks: str, shards: str | None, zarr_format: str,
             max_mem: str, scheduler: str | None, selection: dict, progress: bool) -> None:

@@ -5,14 +5,13 @@ import json
 
 import click
 
-from ingest.cli.options import _time_range, cube_options, orbit_option
+from ingest.cli.options import cube_options, orbit_option, time_option
 
 
 @click.command("report")
 @cube_options
 @orbit_option
-@click.option("--time", "time_range", callback=_time_range, default=None, metavar="START/END",
-              help="Only time steps in this range, inclusive.")
+@time_option
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
               help="Write a self-contained HTML report (table and maps) to this file.")
 @click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,

@@ -3,21 +3,30 @@ from __future__ import annotations
 
 import click
 
+from ingest.cli.options import cube_options
+
 
 @click.command("serve")
-@click.argument("store", type=str)
+@cube_options
+@click.argument("location", required=False, metavar="[STORE]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port; the chosen one is printed).")
-def command(store, host, port) -> None:
-    """Serve the cube at STORE (a path or http(s) URL) read only: a web viewer at /, XYZ tiles
-    at /tiles/{z}/{x}/{y}.png, time series at /api/series, chips at /api/chips and the
-    metadata at /api/meta (OpenAPI docs at /docs). Never writes to the store.
+def command(settings, location, host, port) -> None:
+    """Serve the cube at STORE (default --store; a path or http(s) URL) read only: a web
+    viewer at /, XYZ tiles at /tiles/{z}/{x}/{y}.png, time series at /api/series, chips at
+    /api/chips and the metadata at /api/meta (OpenAPI docs at /docs). Never writes to the store.
     """
     import socket
     import warnings
 
     import uvicorn
+
+    from ingest.store import check_location
+
+    store = location or str(settings.store)
+    if location:
+        check_location(location)  # as --store is: a file or a folder of other files is refused
 
     # DESIGN CHOICE: a long-running server logs requests' problems, not library deprecation
     # notes repeated per tile (affine's `*`, rasterio's in-memory PNGs without georeference)

@@ -63,17 +63,14 @@ def command(settings, orbit, limit) -> None:
         click.echo(f"lease    {lease.name} {lease.state} by {lease.owner}" + (" (expired)" if lease.expired else ""))
 
 
-def _copy_of(store) -> dict | None:
-    """What a copy made by ``s2ingest mirror`` is a copy of (None: not a copy)."""
-    import json
-
-    from ingest.copies.mirror import STATE
-    from ingest.store import backend_for
+def _copy_of(location) -> dict | None:
+    """What a copy made by ``s2ingest mirror`` is a copy of (None: not a copy, or no cube)."""
+    from ingest.copies.mirror import copy_of
+    from ingest.store import CubeStore
 
     try:
-        raw = backend_for(store).get(STATE)
-        return None if raw is None else json.loads(raw)
-    except (OSError, ValueError):
+        return copy_of(CubeStore.open(location))
+    except (OSError, ValueError):  # StoreError (no cube, unreadable) is an OSError
         return None
 
 

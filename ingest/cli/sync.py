@@ -1,23 +1,15 @@
 """``s2ingest sync``: bring the cube up to date with a product source."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import click
 
-from ingest.cli.main import EXIT_PARTIAL
-from ingest.cli.options import compute_options, cube_options, orbit_option, progress_option
+from ingest.cli.exits import EXIT_PARTIAL
+from ingest.cli.options import compute_options, cube_options, orbit_option, parse_when, progress_option
 
 
 def _date(ctx, param, value):
-    if value is None:
-        return None
-    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(value, fmt).replace(tzinfo=timezone.utc)
-        except ValueError:
-            continue
-    raise click.BadParameter("use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS (UTC)")
+    """--since/--until: the shared date parser (``parse_when``); a bad date is exit 3."""
+    return None if value is None else parse_when(value, option=f"--{param.name}")
 
 
 @click.command("sync")

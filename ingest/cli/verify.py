@@ -5,9 +5,8 @@ import sys
 
 import click
 
+from ingest.cli.exits import EXIT_MISMATCH
 from ingest.cli.options import cube_options
-
-EXIT_MISMATCH = 9  # verify found problems (documented in the README)
 
 
 @click.command("verify")
@@ -39,12 +38,12 @@ def command(settings, deep: bool, no_catalog: bool, progress: bool | None, locat
     if not no_catalog and (settings.db is not None or not remote):
         from catalog import default_url_for_store, open_catalog
 
-        from ingest.publish.sync import _existing_catalog
+        from ingest.publish.record import existing_catalog
 
         if settings.db is not None:
             engine = open_catalog(settings.db, create=False)
         else:
-            engine = _existing_catalog(default_url_for_store(where))
+            engine = existing_catalog(default_url_for_store(where))
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=0, unit="key", desc="verify", disable=not show)
 

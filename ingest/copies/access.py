@@ -16,7 +16,7 @@ import xarray as xr
 
 from ingest.errors import ConfigError, UnknownVariableError
 from ingest.grid import CubeGrid
-from ingest.store.cube import CubeStore
+from ingest.store import CubeStore
 from ingest.store.layout import VERSION_ATTR, group_path
 from ingest.store.zarr_view import VersionStore
 
@@ -106,6 +106,12 @@ def time_slice(time_range) -> slice:
         if isinstance(end, str) and len(end.strip()) <= 10:  # a date: up to its last instant
             t1 = t1 + pd.Timedelta(days=1) - pd.Timedelta(milliseconds=1)
     return slice(t0, t1)
+
+
+def describe_time_range(time_range) -> str:
+    """``START .. END`` as ``time_slice`` reads the range (UTC, to the second; "…" for an open side)."""
+    t = time_slice(time_range)
+    return " .. ".join("…" if v is None else v.isoformat(timespec="seconds") for v in (t.start, t.stop))
 
 
 def select(ds: xr.Dataset, grid: CubeGrid | None, *, bbox=None, crs=None, time_range=None,

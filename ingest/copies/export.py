@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from ingest.errors import ConfigError, StoreError
-from ingest.copies.access import fix_grid_mapping, open_cube, select
+from ingest.copies.access import describe_time_range, fix_grid_mapping, open_cube, select
 from ingest.copies.progress import compute_with_progress
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def extract(source: str, *, time_range, reduce: str | None = None,
     n = sel.sizes["time"]
     if n == 0:
         cloudy = f" with less than {max_cloud:g} % cloud" if max_cloud is not None else ""
-        raise ConfigError(f"{where}: no time step{cloudy} in {time_range[0]} .. {time_range[1]}")
+        raise ConfigError(f"{where}: no time step{cloudy} in {describe_time_range(time_range)}")
     if reduce is None:
         if n > 1:
             days = ", ".join(str(t)[:19] for t in sel.time.values)

@@ -1,6 +1,6 @@
 """``s2ingest mirror``: a verified, incremental, resumable copy of exactly one published version.
 
-The source is any cube a ``Backend`` reads (a local path, a plain static HTTP server, an
+The source is any cube the store reads (a local path, a plain static HTTP server, an
 object store); nothing is listed there: the version's manifest names every key with its
 size and sha256, and its metadata snapshot holds the metadata documents as published.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,8 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingest.errors import ConfigError, NotACubeError, StoreError
-from ingest.store import CubeStore, backend_for, faults
-from ingest.store.cube import DEFAULT_LOCK_TIMEOUT, digest
+from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, digest, faults
 from ingest.store.layout import META_DIR, is_metadata, join
 from ingest.store.zarrdocs import ArrayMeta, read_array
 from ingest.copies.subset import CopyPlan, FromSource, Rewritten, Selection, plan_copy
@@ -136,7 +134,7 @@ def _source_docs(src: CubeStore, version: int, keys: dict[str, dict]) -> dict[st
     docs = {}
     for key, entry in keys.items():
         if is_metadata(key):
-            raw = src.backend.get(key)
+            raw = src.read(key)
             if raw is None or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
                 raise SourceMoved(key, src.version())
             docs[key] = raw
@@ -144,7 +142,7 @@ def _source_docs(src: CubeStore, version: int, keys: dict[str, dict]) -> dict[st
 
 
 class _Fetcher:
-    """Reads source keys in parallel threads (one backend per thread), checked, with retries."""
+    """Reads source keys in parallel threads (one reader per thread), checked, with retries."""
 
     def __init__(self, src: CubeStore, version: int, retries: int) -> None:
         self.src = src
@@ -152,18 +150,18 @@ class _Fetcher:
         self.retries = retries
         self._local = threading.local()
 
-    def backend(self):
-        b = getattr(self._local, "backend", None)
-        if b is None:
-            b = self._local.backend = backend_for(self.src.url)
-        return b
+    def reader(self) -> Callable[[str], bytes | None]:
+        read = getattr(self._local, "read", None)
+        if read is None:
+            read = self._local.read = self.src.key_reader()
+        return read
 
     def get(self, key: str, size: int, sha: str) -> bytes:
         """The bytes of ``key`` as the version's manifest names them."""
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
-                data = self.backend().get(key)
+                data = self.reader()(key)
             except StoreError as exc:
                 if attempt == self.retries:
                     raise StoreError(f"cannot read {self.src.url}/{key} after {attempt + 1} tries: {exc}") from exc
@@ -202,18 +200,16 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
 
     plan = plan_copy(version, keys, docs, src.grid, selection, small_array, source_url=src.url)
     dst = CubeStore.for_writing(copy, plan.grid)
-    backend = dst.backend
     _check_is_copy(dst, src, force)
-    if hasattr(backend, "root"):  # an interrupted first copy keeps its downloads for the rerun
-        Path(backend.root).mkdir(parents=True, exist_ok=True)
+    dst.make_location()  # an interrupted first copy keeps its downloads for the rerun
     report = MirrorReport(src.url, dst.url, version, keys=len(plan.keys))
     with dst.transaction(timeout=lock_timeout, on_wait=on_wait) as tx:
         if tx.base_version > version:
             raise StoreError(f"the copy {dst.url} is at version {tx.base_version}, newer than "
                              f"version {version} of the source; mirror into a new folder")
         have = _copy_manifest(dst, tx.base_version)
-        todo = _compare(backend, plan, have, quick, jobs, report)
-        _fetch(backend, fetcher, plan, todo, jobs, report, progress)
+        todo = _compare(dst, plan, have, quick, jobs, report)
+        _fetch(dst, fetcher, plan, todo, jobs, report, progress)
         for key in todo:
             entry = plan.keys[key]
             if isinstance(entry, Rewritten):
@@ -230,13 +226,20 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
         report.changed = bool(todo or gone or tx.base_version != version)
         if report.changed:
             tx.commit(version=version, source=source_doc)
-    backend.delete_prefix(FETCHED)
+    dst.delete_private(FETCHED)
     return report
+
+
+def copy_of(store: CubeStore) -> dict | None:
+    """What the cube ``store`` is a copy of (the record the mirror's last commit wrote: url,
+    version, manifest sha256, selection); None when it is no copy made by ``s2ingest mirror``."""
+    raw = store.read(STATE)
+    return None if raw is None else json.loads(raw)
 
 
 def _check_is_copy(dst: CubeStore, src: CubeStore, force: bool) -> None:
     """Refuse to overwrite a cube that is not a copy (its own ingests would be lost)."""
-    if dst.backend.get(".zmetadata") is None or dst.backend.get(STATE) is not None or force:
+    if dst.read(".zmetadata") is None or dst.read(STATE) is not None or force:
         return
     raise NotACubeError(f"{dst.url} is a cube of its own, not a copy made by `s2ingest mirror`; "
                         "mirror into a new folder (or pass --force to replace it)")
@@ -248,12 +251,10 @@ def _copy_manifest(dst: CubeStore, version: int) -> dict[str, dict]:
     try:
         return dst.manifest(version)["keys"]
     except StoreError:
-        from ingest.store.cube import full_listing
-
-        return full_listing(dst.backend)
+        return dst.full_listing()
 
 
-def _compare(backend, plan: CopyPlan, have: dict[str, dict], quick: bool, jobs: int,
+def _compare(dst: CubeStore, plan: CopyPlan, have: dict[str, dict], quick: bool, jobs: int,
              report: MirrorReport) -> list[str]:
     """Keys of the plan the copy does not hold right (checked in the copy itself: its manifest
     may say a key is right while the file was damaged since)."""
@@ -264,8 +265,8 @@ def _compare(backend, plan: CopyPlan, have: dict[str, dict], quick: bool, jobs: 
         if listed is None or listed["sha256"] != want[1]:
             return key, "new"
         if quick:
-            return key, "kept" if backend.size(key) == want[0] else "repair"
-        data = backend.get(key)
+            return key, "kept" if dst.size(key) == want[0] else "repair"
+        data = dst.read(key)
         return key, "kept" if data is not None and digest(data) == want else "repair"
 
     todo = []
@@ -277,12 +278,12 @@ def _compare(backend, plan: CopyPlan, have: dict[str, dict], quick: bool, jobs: 
                 if verdict == "repair":
                     report.repaired += 1
                     log.warning("%s/%s does not hold the bytes of its manifest; fetching it again",
-                                backend.url, key)
+                                dst.url, key)
                 todo.append(key)
     return todo
 
 
-def _fetch(backend, fetcher: _Fetcher, plan: CopyPlan, todo: list[str], jobs: int,
+def _fetch(dst: CubeStore, fetcher: _Fetcher, plan: CopyPlan, todo: list[str], jobs: int,
            report: MirrorReport, progress: Progress | None) -> None:
     """Every key of ``todo`` that comes from the source, under ``FETCHED`` of the copy (kept
     where an earlier, interrupted run left it with the right bytes)."""
@@ -294,12 +295,12 @@ def _fetch(backend, fetcher: _Fetcher, plan: CopyPlan, todo: list[str], jobs: in
     def one(item) -> tuple[int, bool]:
         key, entry = item
         staged = f"{FETCHED}/{key}"
-        if backend.size(staged) == entry.size:
-            old = backend.get(staged)
+        if dst.size(staged) == entry.size:
+            old = dst.read(staged)
             if old is not None and hashlib.sha256(old).hexdigest() == entry.sha256:
                 return entry.size, True
         data = fetcher.get(entry.key, entry.size, entry.sha256)
-        backend.write_new(staged, data)
+        dst.write_private(staged, data)
         faults.point("mirror.fetched")
         return entry.size, False
 

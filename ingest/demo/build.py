@@ -108,9 +108,9 @@ def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[st
     """Rasterise the synthetic reference layers into /NL, /NL/BBG and /NL/BRP; an edition
     already published from the same file (name and sha256) is skipped. Returns how many
     layer files were published."""
-    from ingest.cli.layers import _record
     from ingest.errors import LayerError
-    from ingest.layers import add_layer, list_layers
+    from ingest.layers import list_layers
+    from ingest.publish.commits import publish_layer
     from ingest.layers.synth import make_demo_files
     from ingest.layers.vector import file_sha256
 
@@ -132,30 +132,26 @@ def publish_demo_layers(paths: DemoPaths, settings: Settings, echo: Callable[[st
             what = f"/{group} {variable}" if variable else f"/{group}"
             echo(f"  layer {what} {edition} from {path.name}: already published")
             continue
-        records = add_layer(settings.store, group, path, edition=edition, attribute=attribute,
-                            variable=variable, force=True, grid=NL_GRID)
-        _record(settings.db_url, records)
+        records = publish_layer(settings.store, group, path, catalog=settings.db_url, edition=edition,
+                                attribute=attribute, variable=variable, force=True, grid=NL_GRID)
         done += 1
         echo(f"  layer /{group} {', '.join(r.variable for r in records)} {edition} from {path.name}")
     return done
 
 
-def _ensure_overviews(store_path: Path, echo: Callable[[str], None]) -> None:
-    """The demo cube has multiscale overviews from the start (one commit, once), so the
-    viewer shows imagery at every zoom; every sync then keeps them current."""
-    from ingest.overviews import add_overviews, has_overviews, level_factors
+def _ensure_overviews(settings: Settings, echo: Callable[[str], None]) -> None:
+    """The demo cube has multiscale overviews from the start (one commit, once, recorded in
+    its catalog), so the viewer shows imagery at every zoom; every sync then keeps them current."""
+    from ingest.overviews import level_factors
+    from ingest.publish.commits import publish_overviews
     from ingest.store import CubeStore
 
-    store = CubeStore.open(store_path)
+    store = CubeStore.open(settings.store)
     if store.group_exists("S2/R051/overviews"):  # published already: a rerun takes no lock
         return
-    with store.transaction() as tx:
-        if has_overviews(tx, "S2/R051"):
-            return
-        add_overviews(tx, NL_GRID, "S2/R051")
-        version = tx.commit().version
+    (done,) = publish_overviews(store, orbit=51, catalog=settings.db_url)
     factors = level_factors(NL_GRID.shape)
-    echo(f"  overview levels {factors[0]} … {factors[-1]} (version {version}; kept current by every sync)")
+    echo(f"  overview levels {factors[0]} … {factors[-1]} (version {done.version}; kept current by every sync)")
 
 
 def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], None] = print) -> DemoPaths:
@@ -163,6 +159,7 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     products, publishes nothing already published and says so."""
     from catalog.db import upgrade
 
+    from ingest.publish.commits import create_cube
     from ingest.publish.engine import Cube
     from ingest.demo.quicklook import write_quicklook
     from ingest.sources import make_source
@@ -175,9 +172,9 @@ def run_demo(root: str | Path, *, progress: bool = True, echo: Callable[[str], N
     echo(f"1/4 synthetic products -> {paths.products}")
     make_demo_products(paths.products, echo)
     echo(f"2/4 cube -> {paths.store}")
-    Cube(paths.store, NL_GRID, 51).ensure()
-    _ensure_overviews(paths.store, echo)
-    upgrade(settings.db_url)
+    upgrade(settings.db_url)  # first: every commit below is recorded in it
+    create_cube(Cube(paths.store, NL_GRID, 51), catalog=settings.db_url)
+    _ensure_overviews(settings, echo)
     report = sync(settings, make_source("local", directory=paths.products),
                   SyncOptions(orbit=51, progress=progress), echo=echo)
     state = read_published(paths.store, "S2/R051")

@@ -125,20 +125,26 @@ def layer_bounds(zones: xr.DataArray, edition: int) -> tuple[float, float, float
 
 
 def cube_stats(store: str | Path, *, group: str, variable: str, layer_group: str, layer: str,
-               edition: int, kind: str = "mean", bounds=None, start=None, end=None,
-               valid_scl: Sequence[int] | None = None, grid: CubeGrid = NL_GRID,
+               edition: int, kind: str = "mean", bounds=None, bounds_crs: str | None = None,
+               start=None, end=None, valid_scl: Sequence[int] | None = None, grid: CubeGrid = NL_GRID,
                time_block: int = 20, progress: bool = False) -> pd.DataFrame:
     """Statistics of ``variable`` per ``layer`` zone and date, one chunk at a time.
 
     ``kind`` is "mean" (columns zone, [name], time, sum, count, mean) or "classes" (class
-    counts; zone, time, class, count).
+    counts; zone, time, class, count). ``bounds`` (left, bottom, right, top) are in the
+    grid's CRS unless ``bounds_crs`` names another; ``start``/``end`` (inclusive) are dates
+    or times, UTC unless they say otherwise.
     """
+    from ingest.copies.access import grid_bounds, time_slice
+
     if kind not in ("mean", "classes"):
         raise ConfigError(f"unknown statistic {kind!r}; use mean or classes")
+    if bounds is not None:
+        bounds = grid_bounds(grid, bounds, bounds_crs)  # checked before anything is read
     zones = open_layer(store, layer_group, layer, edition)
     data = open_variable(store, group, variable, valid_scl)
-    if "time" in data.dims and (start or end):
-        data = data.sel(time=slice(start, end))
+    if "time" in data.dims and (start is not None or end is not None):
+        data = data.sel(time=time_slice((start, end)))
     bounds = bounds or layer_bounds(zones, edition)
     window = grid.window_for_bounds(bounds) if bounds else grid.full_window
     if window is None:
@@ -180,14 +186,27 @@ def _blocks(data: xr.DataArray, zones: xr.DataArray, grid: CubeGrid, window, kin
 
 
 # -- output -------------------------------------------------------------------------------------
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def check_table_path(path: str | Path) -> Path:
+    """Refuse, before any work, a table path ``write_table`` cannot write: another suffix
+    than .csv or .parquet, or a folder that does not exist."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ConfigError(f"{path}: write a .csv or .parquet table")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: no folder {path.parent}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder")
+    return path
+
+
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """CSV or Parquet, by the file suffix."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
+    path = check_table_path(path)
+    if path.suffix.lower() == ".csv":
         df.to_csv(path, index=False)
-    elif suffix in (".parquet", ".pq"):
-        df.to_parquet(path, index=False)
     else:
-        raise ConfigError(f"{path.name}: write .csv or .parquet")
+        df.to_parquet(path, index=False)
     return path

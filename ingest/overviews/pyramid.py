@@ -66,10 +66,11 @@ def create_levels(tx: Transaction, grid: CubeGrid, group: str) -> None:
     """Stage the multiscale group and its (empty) levels, replacing any there."""
     length = tx.array(join(group, "B04")).shape[0]
     times = _native_times(tx, group)
+    attrs = multiscales_attrs(grid)
     if not tx.is_group(overviews_path(group)):
-        tx.create_group(overviews_path(group), multiscales_attrs(grid))
-    else:
-        tx.put_json(join(overviews_path(group), ".zattrs"), multiscales_attrs(grid))
+        tx.create_group(overviews_path(group), attrs)
+    elif tx.attrs(overviews_path(group)) != attrs:  # the same layout: left as it is, byte for byte
+        tx.put_json(join(overviews_path(group), ".zattrs"), attrs)
     time_attrs = tx.attrs(join(group, "time"))
     for f in level_factors(grid.shape):
         path = level_path(group, f)
@@ -121,12 +122,16 @@ def build_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bo
 
 
 def add_overviews(tx: Transaction, grid: CubeGrid, group: str, *, progress: bool = False,
-                  threads: int = 2) -> int:
+                  threads: int = 2) -> int | None:
     """``build_overviews`` as a change of ``group``: its version attribute names this commit
-    (what ``s2ingest overviews`` and the demo commit). Returns the level chunks staged."""
+    (what ``s2ingest overviews`` and the demo commit, ``ingest.publish.commits``). Returns the
+    level chunks staged, or None when the levels built are byte for byte the published ones:
+    then nothing in ``tx`` changes the store, and there is nothing to commit."""
     from ingest.store.layout import GROUP_VERSION_ATTR
 
     n = build_overviews(tx, grid, group, progress=progress, threads=threads)
+    if not tx.changes_anything():
+        return None
     tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
     return n
 

@@ -24,8 +24,7 @@ from ingest.products.names import ProductName
 from ingest.quality import update_quality
 from ingest.products.formats import check_rasters
 from ingest.products.safe import check_orbit, check_overlaps
-from ingest.store import CubeStore, PublishedState, Transaction, group_path
-from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, PublishedState, Transaction, group_path
 from ingest.store.imagery import ensure_imagery_group
 from ingest.store.layout import GROUP_VERSION_ATTR
 from ingest.publish.write import WriteReport, apply_plan

@@ -1,6 +1,6 @@
 """Checks before a command touches anything, and no litter after a command that failed.
 
-* The store location itself is checked by the store owner (``ingest.store.cube.check_location``:
+* The store location itself is checked by the store owner (``ingest.store.check_location``:
   a file, or a folder of other files, is refused with exit 6 before anything is created).
 * ``no_litter``: around a writing command; if it fails, what it created (a new store that
   holds no data, a new SQLite catalog that records no publish, a new product cache) is removed,

@@ -6,27 +6,24 @@ resumed by simply running it again, and two workers never take the same product.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
 from catalog import (
-    ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded, reconcile_published,
-    record_version,
-    mark_failed, mark_offline, mark_rejected, open_catalog, record_deleted_from_hub,
-    record_discovered, record_publish, release, renew_lease, session_scope, transition,
+    ProductRecord as CatalogRecord, TimeStepRecord, claim, get_product, mark_downloaded, mark_failed,
+    mark_offline, mark_rejected, open_catalog, reconcile_published, record_deleted_from_hub,
+    record_discovered, release, renew_lease, session_scope, transition,
 )
 from catalog import Product as Row
 from sqlalchemy import select
 
+from ingest import holders
 from ingest.compute import ComputeOptions, open_executor
 from ingest.publish.engine import Cube, ingest_products
-from ingest.store.backend import process_alive
-from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+from ingest.publish.record import existing_catalog, record_in, record_summary, repair_versions
 from ingest.errors import AuthenticationError, ProductError, StoreError
 from ingest.grid import get_grid
 from ingest.config import Settings
@@ -34,7 +31,7 @@ from ingest.products.model import Product
 from ingest.products.formats import read_product
 from ingest.sources.base import ProductRecord, Source
 from ingest.sources.download import fetch_many
-from ingest.store import faults, manifest_key
+from ingest.store import DEFAULT_LOCK_TIMEOUT, faults
 from ingest.warping.warp import parse_resampling
 
 log = logging.getLogger(__name__)
@@ -86,7 +83,8 @@ class SyncReport:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's name in the catalog's leases: ``host:pid`` (``holders.me``)."""
+    return holders.me()
 
 
 def _catalog_record(r: ProductRecord) -> CatalogRecord:
@@ -107,17 +105,6 @@ def _source_record(row: Row) -> ProductRecord:
     )
 
 
-def _existing_catalog(url: str):
-    """The catalog if it exists; None for a SQLite file not created yet (nothing to read)."""
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") \
-            and not Path(u.database).exists():
-        return None
-    return open_catalog(url, create=False)
-
-
 class Syncer:
     """One sync run over one cube and one source."""
 
@@ -132,7 +119,7 @@ class Syncer:
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
         # A dry run changes nothing: it never creates (or migrates) a catalog.
-        self.engine = _existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
+        self.engine = existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
         self.report = SyncReport()
         self.executor = None
 
@@ -146,6 +133,7 @@ class Syncer:
         self._take_store_lease()
         self.store.complete_unfinished()
         self.reclaim_from_dead_workers()
+        self.repair_versions()
         self.discover(records)
         self.download()
         with open_executor(self.opts.compute) as self.executor:  # started once per run
@@ -180,18 +168,27 @@ class Syncer:
         released at once instead of blocking a rerun for an hour; the catalog is then
         reconciled with the store. Workers on other hosts are left to their leases.
         """
-        host = socket.gethostname()
         with session_scope(self.engine) as s:
-            rows = s.scalars(select(Row).where(Row.lease_owner.like(f"{host}:%"),
+            rows = s.scalars(select(Row).where(Row.lease_owner.like(f"{holders.host()}:%"),
                                                Row.state.in_(["downloading", "ingesting"]))).all()
             dead: dict[str, list[int]] = {}
             for row in rows:
-                pid = row.lease_owner.rsplit(":", 1)[1]
-                if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+                if holders.alive(row.lease_owner) is False:
                     dead.setdefault(row.lease_owner, []).append(row.id)
             for owner, ids in dead.items():
                 released = release(s, ids, owner)
                 log.warning("released %d products left by crashed worker %s", len(released), owner)
+
+    def repair_versions(self) -> None:
+        """Record the store versions the catalog misses (``record.repair_versions``): a
+        commit whose run was killed before its catalog commit, or made before the catalog
+        existed, gets its publish row now (the store is the truth, DESIGN.md §5)."""
+        with session_scope(self.engine) as s:
+            repaired = repair_versions(s, self.store, worker=self.worker)
+        if repaired:
+            self.echo(f"recorded store version{'s' if len(repaired) > 1 else ''} "
+                      f"{', '.join(map(str, repaired))} in the catalog, which missed "
+                      f"{'them' if len(repaired) > 1 else 'it'}")
 
     def search(self) -> list[ProductRecord]:
         o = self.opts
@@ -392,22 +389,18 @@ class Syncer:
                                reason="a newer processing of this datatake and tile is published")
                     self.report.superseded.append(n)
             if written is not None:
-                c = written.commit
                 steps = [TimeStepRecord(t, p, d) for t, p, d in
                          zip(state.times, state.platforms, state.datatake_ids)]
-                record_publish(s, group=f"/{self.cube.group}", version=written.version, product_ids=done,
-                               worker=self.worker, n_chunks_written=written.chunks_written,
-                               time_steps=steps, manifest_path=manifest_key(c.version),
-                               manifest={"parent": c.parent, "sha256": c.manifest_sha256,
-                                         "n_keys": c.n_keys, "n_changes": len(c.changes)})
-            self._reconcile(s, state)
+                record_in(s, self.store, written.version, group=f"/{self.cube.group}", worker=self.worker,
+                          product_ids=done, time_steps=steps, n_chunks_written=written.chunks_written)
+            self._reconcile(s, state, recorded=written.version if written is not None else None)
         self.report.published += [n for n in products if n in in_store]
         self.report.version = state.version
         self.report.time_steps = state.length
         if not self.opts.keep_products:
             self._drop_cached(products)
 
-    def _reconcile(self, s, state) -> None:
+    def _reconcile(self, s, state, recorded: int | None = None) -> None:
         """Make the catalog say what the store says: its time axis, the published products
         and a publish row with the manifest summary of the store's version.
 
@@ -424,12 +417,8 @@ class Syncer:
         version = state.group_version
         reconcile_published(s, group=f"/{self.cube.group}", version=version, time_steps=steps,
                             products_in_store=in_store, worker=self.worker)
-        try:
-            m = self.store.manifest(version)
-        except StoreError:  # a store written before manifests, or a version past the history
-            return
-        record_version(s, version, m.get("parent"), self.store.manifest_sha256(version),
-                       len(m["keys"]), m["changes"], f"/{self.cube.group}", worker=self.worker)
+        if version != recorded:  # ``record_in`` recorded this run's commit with its summary
+            record_summary(s, self.store, version, f"/{self.cube.group}", worker=self.worker)
 
     def _drop_cached(self, products: dict[str, Product]) -> None:
         cache = Path(self.settings.cache_dir).resolve()

@@ -1,7 +1,7 @@
 """Apply a ``WritePlan`` inside a store ``Transaction``: resize, move, warp + mosaic, stage.
 
 The caller (``ingest.publish.engine``) made the plan under the same transaction's lock and commits it;
-either the whole plan is published or nothing is (``ingest.store.cube``).
+either the whole plan is published or nothing is (``ingest.store.transaction``).
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ from ingest.grid import ChunkIndex, CubeGrid
 from ingest.warping.mosaic import fill_gaps
 from ingest.publish.plan import SlotWrite, WritePlan
 from ingest.products.model import Product
-from ingest.store import PROVENANCE, CommitReport, PublishedState, Transaction, chunk_key, join
+from ingest.store import PROVENANCE, CommitReport, PublishedState, Transaction, chunk_key, digest, join
 from ingest.store.imagery import write_time_axis
 from ingest.store.zarrdocs import ArrayMeta
 from ingest.compute import Emit, Executor
-from ingest.store.cube import digest
 from ingest.variables import VARIABLES
 from ingest.warping.warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
 

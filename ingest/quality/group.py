@@ -254,18 +254,22 @@ def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: in
 def rebuild_quality(store, group: str, *, resolution: int | None = None,
                     progress: Callable[[int, int], None] | None = None, lock_timeout: float | None = None):
     """Recompute the whole quality group of ``group`` (at ``resolution``, default the stored
-    one or 7) in one commit; returns its ``CommitReport``."""
-    from ingest.store import CubeStore
-    from ingest.store.cube import DEFAULT_LOCK_TIMEOUT
+    one or 7) in one commit; returns its ``CommitReport``, or None when the recomputed group
+    is byte for byte the published one (then nothing is committed: no new version)."""
+    from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore
     from ingest.store.layout import GROUP_VERSION_ATTR
 
     store = store if isinstance(store, CubeStore) else CubeStore.open(store)
-    if not store.backend.writable:
+    if not store.supports_writes:
         raise StoreError(f"{store.url} is read only; rebuild the quality atlas where the cube is written")
     with store.transaction(timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT) as tx:
         if not tx.is_array(join(group, "SCL")):
             raise StoreError(f"{store.url}: no imagery group /{group} (nothing to compute from)")
         n = update_quality(tx, store.grid, group, None, resolution=resolution, rebuild=True, progress=progress)
+        if not tx.changes_anything():
+            log.info("/%s: the quality atlas of %d time steps is current at version %d", group, n,
+                     tx.base_version)
+            return None
         tx.update_attrs(group, {GROUP_VERSION_ATTR: tx.base_version + 1})
         report = tx.commit()
     log.info("/%s: quality atlas of %d time steps rebuilt in version %d", group, n, report.version)

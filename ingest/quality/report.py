@@ -18,8 +18,7 @@ from pathlib import Path
 import h3
 import numpy as np
 
-from ingest.store import CubeStore, join
-from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.store import CubeStore
 from ingest.quality.select import QualityReader
 
 PROVENANCE_COLUMNS = ("platform", "tiles", "baselines", "products")
@@ -68,8 +67,7 @@ def build_report(store, group: str, time_range=None) -> Report:
     meta = store.consolidated(group) or {}
     cols = {}
     for name in PROVENANCE_COLUMNS:
-        m = ArrayMeta(meta[f"{name}/.zarray"])
-        cols[name] = [str(v) for v in read_array(m, lambda c, n=name: store.backend.get(join(group, n, c)))]
+        cols[name] = [str(v) for v in store.read_array(group, name, meta)]
     valid = reader.array("valid")[keep].astype(np.float64)
     clear = np.rint(np.nan_to_num(reader.array("clear")[keep].astype(np.float64)) * valid)
     cloudn = np.rint(np.nan_to_num(reader.array("cloud")[keep].astype(np.float64)) * valid)

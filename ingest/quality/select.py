@@ -29,8 +29,7 @@ from pyproj import CRS, Transformer
 
 from ingest.errors import ConfigError, StoreError
 from ingest.grid import CubeGrid
-from ingest.store import CubeStore, join
-from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.store import CubeStore
 from ingest.quality.cells import cells_in_bounds, rings_xy
 from ingest.quality.group import RESOLUTION_ATTR, quality_path
 
@@ -144,8 +143,7 @@ class QualityReader:
     def array(self, name: str) -> np.ndarray:
         if f"{name}/.zarray" not in self.meta:
             raise StoreError(f"{self.store.url}/{self.path}: no array {name}")
-        m = ArrayMeta(self.meta[f"{name}/.zarray"])
-        return np.asarray(read_array(m, lambda c: self.store.backend.get(join(self.path, name, c))))
+        return np.asarray(self.store.read_array(self.path, name, self.meta))
 
     def times(self) -> list[datetime]:
         return [datetime.fromtimestamp(int(v) / 1000, tz=timezone.utc) for v in self.array("time")]

@@ -180,8 +180,8 @@ class CubeReader:
 
     def data_bounds_wgs84(self, group: str) -> list[float] | None:
         """Bounds of the stored chunks of B04 (from the chunk keys of the native group)."""
-        keys = self.store.backend.list_dir(f"{group}/B04")[0] if hasattr(self.store.backend, "list_dir") else []
-        cells = [tuple(int(v) for v in k.split(".")[1:]) for k in keys if not k.startswith(".")]
+        keys = self.store.chunk_names(f"{group}/B04") if self.store.supports_listing else []
+        cells = [tuple(int(v) for v in k.split(".")[1:]) for k in keys]
         if not cells:
             return None
         cy, cx = self.grid.chunk_shape
@@ -311,13 +311,11 @@ class CubeReader:
         if "NL/BRP/parcel" not in self.layers():
             raise NotFound(f"{self.location} has no parcel layer /NL/BRP/parcel")
         da = self.dataset("NL/BRP")["parcel"].isel(edition=-1)
-        keys = self.store.backend.list_dir("NL/BRP/parcel")[0]
+        keys = self.store.chunk_names("NL/BRP/parcel")
         n_ed = self.dataset("NL/BRP").sizes["edition"]
         cy, cx = da.encoding.get("preferred_chunks", {}).get("y", 625), da.encoding.get("preferred_chunks", {}).get("x", 500)
         index: dict[int, list[int]] = {}
         for k in keys:
-            if k.startswith("."):
-                continue
             e, iy, ix = (int(v) for v in k.split("."))
             if e != n_ed - 1:
                 continue

@@ -1,23 +1,32 @@
 """The store owner: one package through which every key of a cube is read and written.
 
-- ``backend``: where bytes live (``LocalBackend``; ``HTTPBackend`` read only).
+- ``backends``: where bytes live (``LocalBackend``, ``S3Backend``; ``HTTPBackend`` read only),
+  each declaring what it can do; only this package uses them.
 - ``layout``: key names, encoding constants, CF attributes (the store contract).
-- ``cube``: ``CubeStore`` (open once per command, grid check, published view, versions) and
-  its ``Transaction`` (lock, recover, stage, journal, switch; DESIGN.md §5).
+- ``cube``: ``CubeStore`` (open once per command, grid check, published view, versions, the
+  read API of everything outside the store); ``location``: is a location a cube, may one be
+  created there; ``state``: ``PublishedState`` and the store version.
+- ``transaction``: ``Transaction`` (lock, recover, stage, journal, switch; DESIGN.md §5);
+  ``journal``: the switch order, the switch and recovery; ``manifests``: manifests and
+  metadata snapshots of every version.
 - ``imagery``: the orbit groups; ``zarrdocs``: Zarr format 2 documents made by zarr-python.
 - ``verify``: catalog and manifest checks; ``faults``: fault-injection points for tests.
 """
-from ingest.store.backend import Backend, HTTPBackend, LocalBackend, backend_for
-from ingest.store.cube import (
-    CommitReport, CubeStore, PublishedState, Transaction, check_grid, recover, to_ms,
-)
+from ingest.store.backends import Backend, HTTPBackend, LocalBackend
+from ingest.store.cube import CubeStore
+from ingest.store.journal import recover
 from ingest.store.layout import (
     COMPRESSOR, GRID_FILE, META_DIR, PROVENANCE, chunk_key, group_path, join, manifest_key,
 )
+from ingest.store.location import check_grid, check_location
+from ingest.store.manifests import MANIFEST_HISTORY, Digest, digest
+from ingest.store.state import PublishedState, to_ms
+from ingest.store.transaction import DEFAULT_LOCK_TIMEOUT, CommitReport, Transaction
 
 __all__ = [
-    "Backend", "HTTPBackend", "LocalBackend", "backend_for", "CommitReport", "CubeStore",
-    "PublishedState", "Transaction", "check_grid", "recover", "to_ms", "COMPRESSOR", "GRID_FILE",
+    "Backend", "HTTPBackend", "LocalBackend", "CommitReport", "CubeStore",
+    "DEFAULT_LOCK_TIMEOUT", "Digest", "MANIFEST_HISTORY", "PublishedState", "Transaction",
+    "check_grid", "check_location", "digest", "recover", "to_ms", "COMPRESSOR", "GRID_FILE",
     "META_DIR", "PROVENANCE", "chunk_key", "group_path", "join", "manifest_key", "read_published",
 ]
 

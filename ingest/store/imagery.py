@@ -11,11 +11,12 @@ import numpy as np
 from ingest.errors import StoreError
 from ingest.grid import CubeGrid
 from ingest.variables import VARIABLES, VariableSpec
-from ingest.store.cube import Transaction, to_ms
 from ingest.store.layout import (
     COMPRESSOR, COORD_CHUNK, GROUP_VERSION_ATTR, PROVENANCE, TIME_UNITS, cf_grid_mapping, join,
     variable_attrs,
 )
+from ingest.store.state import to_ms
+from ingest.store.transaction import Transaction
 from ingest.store.zarrdocs import encode_1d
 
 

@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from ingest.errors import StoreError
-from ingest.store.backend import HTTPBackend
-from ingest.store.cube import JOURNAL, CubeStore, digest
+from ingest.store.cube import CubeStore
+from ingest.store.journal import JOURNAL
 from ingest.store.layout import META_DIR, TXN_DIR, manifest_key
+from ingest.store.manifests import digest
 
 
 def imagery_groups(store: CubeStore) -> list[str]:
@@ -32,7 +33,7 @@ def check_structure(store: CubeStore) -> Iterator[str]:
     if backend.get(JOURNAL) is not None:
         yield (f"{store.url}: an unfinished commit ({JOURNAL}); the next writer completes it "
                "(run `s2ingest sync` or any write)")
-    elif not isinstance(backend, HTTPBackend) and backend.has_prefix(TXN_DIR):
+    elif backend.supports_listing and backend.has_prefix(TXN_DIR):
         yield f"{store.url}: a staging area left by a crashed writer ({TXN_DIR}); the next writer discards it"
     root = store.consolidated("")
     if root is None:
@@ -104,7 +105,7 @@ def check_manifest(store: CubeStore, *, deep: bool, workers: int = 8,
                 progress(done, len(items))
             if problem:
                 yield problem
-    if not isinstance(store.backend, HTTPBackend):
+    if store.supports_listing:
         for key in sorted(store.backend.list("")):
             if key.startswith(META_DIR + "/") or key in keys:
                 continue

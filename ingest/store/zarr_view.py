@@ -29,9 +29,10 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from ingest.errors import StoreError
-from ingest.store.backend import Backend
-from ingest.store.cube import CubeStore, version_of
+from ingest.store.backends import Backend
+from ingest.store.cube import CubeStore
 from ingest.store.layout import META_DIR, is_metadata
+from ingest.store.state import version_of
 from ingest.store.zarrdocs import ArrayMeta
 
 

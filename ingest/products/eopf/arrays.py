@@ -15,9 +15,10 @@ lost file would otherwise turn into nodata silently; real products store every c
 
 Values come as the variable's cube dtype: the stored dtype is converted exactly (another byte
 order, a wider integer SCL, CPM 2.7's float32 CLD/SNW with NaN as 0); a value that does not fit
-is refused. DESIGN CHOICE: the reader keeps the last decoded chunk row of each array, so a
-chunk is decoded once however the warp cuts its strips (a layout-B product has 5490-row chunks,
-more than the warp's 2048-row strips).
+is refused. DESIGN CHOICE: a read that needs only part of a chunk row keeps that decoded row,
+so a chunk is decoded once however the warp cuts its strips (a layout-B product has 5490-row
+chunks, more than the warp's 2048-row strips); a read of whole chunk rows (layout A: the warp's
+strips are the chunk rows) decodes straight into its result and keeps nothing.
 """
 from __future__ import annotations
 
@@ -113,19 +114,23 @@ class ZarrRaster:
         self._row: tuple[int, np.ndarray] | None = None
         self._lock = threading.Lock()
 
-    def _chunk_row(self, i: int) -> np.ndarray:
-        """Chunk row ``i``, whole width, in the output dtype (kept until another row is read)."""
-        if self._row is not None and self._row[0] == i:
-            return self._row[1]
+    def _decode_row(self, i: int, out: np.ndarray) -> None:
+        """Chunk row ``i``, whole width, into ``out`` in the output dtype."""
         ch, cw = self.layout.chunks
-        h = min(ch, self.height - i * ch)
-        row = np.empty((h, self.width), dtype=self.dtype)
+        h = out.shape[0]
         for j in range(self.layout.chunk_grid[1]):
             w = min(cw, self.width - j * cw)
             chunk = decode_chunk(self._container, self.layout, (i, j), self.label)[:h, :w]
-            row[:, j * cw:j * cw + w] = to_dtype(chunk, self.dtype, self.label, f"{self.layout.path} chunk {i}.{j}")
-        self._row = (i, row)
-        return row
+            out[:, j * cw:j * cw + w] = to_dtype(chunk, self.dtype, self.label, f"{self.layout.path} chunk {i}.{j}")
+
+    def _chunk_row(self, i: int) -> np.ndarray:
+        """Chunk row ``i`` for a read that needs part of it (kept until another row is read)."""
+        if self._row is None or self._row[0] != i:
+            ch = self.layout.chunks[0]
+            row = np.empty((min(ch, self.height - i * ch), self.width), dtype=self.dtype)
+            self._decode_row(i, row)
+            self._row = (i, row)
+        return self._row[1]
 
     def read(self, band: int = 1, window: Window | None = None) -> np.ndarray:
         """Rows and columns of ``window`` (the whole array without one), a new array."""
@@ -141,8 +146,11 @@ class ZarrRaster:
         ch = self.layout.chunks[0]
         with self._lock:
             for i in range(r0 // ch, (r1 - 1) // ch + 1) if r1 > r0 else ():
-                row = self._chunk_row(i)
                 a, b = max(r0, i * ch), min(r1, (i + 1) * ch)
+                if a == i * ch and b == min(self.height, (i + 1) * ch) and (c0, c1) == (0, self.width):
+                    self._decode_row(i, out[a - r0:b - r0])  # the whole row is wanted: no copy kept
+                    continue
+                row = self._chunk_row(i)
                 out[a - r0:b - r0] = row[a - i * ch:b - i * ch, c0:c1]
         return out
 

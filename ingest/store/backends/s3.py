@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from ingest import holders
 from ingest.errors import StoreBusyError, StoreError, StoreLeaseLostError
-from ingest.store.backend import Backend, Fence, process_alive
+from ingest.store.backends.base import Backend, Fence
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +257,7 @@ class S3Lease(Fence):
                  holder: str | None = None) -> None:
         self.backend = backend
         self.ttl = ttl
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder or holders.me()
         self.etag: str | None = None
         self._lost = False
         self._mutex = threading.Lock()
@@ -317,39 +316,32 @@ class S3Lease(Fence):
             body = {}
         return r["ETag"], body if isinstance(body, dict) else {}
 
-    def _dead_here(self, body: dict) -> bool:
-        host, _, pid = str(body.get("holder", "")).rpartition(":")
-        return host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() \
-            and not process_alive(int(pid))
-
     def acquire(self, timeout: float, on_wait: Callable[[str], None] | None = None) -> None:
-        deadline = time.monotonic() + timeout
         seen: tuple[str, float] | None = None  # (ETag, when first seen) of another's lease
-        told = False
-        while True:
+
+        def take() -> tuple[bool, str | None]:
+            nonlocal seen
             etag = self._put(IfNoneMatch="*")
+            current, body = None, {}
             if etag is None:
                 current, body = self._current()
                 if current is not None:
                     now = time.monotonic()
                     if seen is None or seen[0] != current:
                         seen = (current, now)
-                    if now - seen[1] >= self.ttl or self._dead_here(body):
+                    holder = str(body.get("holder", ""))
+                    if now - seen[1] >= self.ttl or holders.alive(holder) is False:
                         etag = self._put(IfMatch=current)  # take over the expired lease
                         if etag is not None:
                             log.warning("took over the expired writer lease of %s on %s",
                                         body.get("holder", "?"), self.backend.url)
             if etag is not None:
                 self.etag = etag
-                break
-            who = f" ({body.get('holder')})" if current is not None and body.get("holder") else ""
-            if time.monotonic() >= deadline:
-                raise StoreBusyError(f"{self.backend.url} is being written by another process{who}; "
-                                     f"gave up after waiting {timeout:.0f} s")
-            if not told and on_wait is not None:
-                on_wait(f"waiting for {self.backend.url}: another process{who} is writing it")
-                told = True
-            time.sleep(POLL_SECONDS)
+                return True, None
+            return False, str(body["holder"]) if current is not None and body.get("holder") else None
+
+        holders.wait_as_writer(take, where=self.backend.url, timeout=timeout, poll=POLL_SECONDS,
+                               error=StoreBusyError, on_wait=on_wait)
         self._thread = threading.Thread(target=self._heartbeat, name="s3-lease", daemon=True)
         self._thread.start()
 

@@ -1,0 +1,143 @@
+"""A cube in a folder of this machine: keys as files (``LocalBackend``)."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ingest import holders
+from ingest.errors import StoreBusyError
+from ingest.store.backends.base import Backend
+
+LOCK_POLL_SECONDS = 0.2
+
+
+class LocalBackend(Backend):
+    """Keys as files under a directory (POSIX: rename is atomic, hard links are cheap)."""
+
+    remove_all_removes_lock = True  # the folder goes with its lock file
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    @property
+    def local_path(self) -> Path:
+        return self.root
+
+    def path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        # DESIGN CHOICE: temp file in the same directory + rename: a reader sees the old
+        # bytes or the new ones, never a torn file (what zarr-python's LocalStore does too).
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_new(self, key: str, data: bytes) -> None:
+        """Write a key nobody reads yet (staging): no temp file needed."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(data)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root)
+            for name in files:
+                if name.endswith(".partial"):
+                    continue
+                yield name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
+
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        keys, dirs = [], []
+        try:
+            with os.scandir(self.path(prefix)) as entries:
+                for e in entries:
+                    if e.is_dir():
+                        dirs.append(e.name)
+                    elif not e.name.endswith(".partial"):
+                        keys.append(e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return keys, dirs
+
+    def move(self, src: str, dst: str) -> None:
+        target = self.path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path(src), target)
+
+    def sync(self, key: str) -> None:
+        p = self.path(key)
+        for target in (p, p.parent):
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+    def is_empty(self) -> bool:
+        return not self.root.exists()
+
+    def has_prefix(self, prefix: str) -> bool:
+        return self.path(prefix).exists()
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    @contextmanager
+    def lock(self, timeout: float, on_wait: Callable[[str], None] | None = None):
+        """``flock`` on ``.s2ingest/lock``, polled every 0.2 s until ``timeout`` (the kernel
+        drops it when the holder dies, so a crashed writer never blocks the next one); the
+        lock file names its holder (``host:pid``) for the messages of those who wait."""
+        lock_path = self.root / ".s2ingest" / "lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            holders.wait_as_writer(
+                lambda: (True, None) if holders.try_flock(fd) else (False, holders.recorded(fd)),
+                where=str(self.root), timeout=timeout, poll=LOCK_POLL_SECONDS,
+                error=StoreBusyError, on_wait=on_wait)
+            holders.record(fd)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                holders.unflock(fd)
+        finally:
+            os.close(fd)
