@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,10 @@ def ensure_eopf(cache: Path, tile: str, window, echo) -> Path:
 
     (when, platform), = datatakes(1)
     directory = cache_dir_for(cache, window)
+    t0 = time.perf_counter()
     path = make_product(directory, format="eopf", tile=tile, datatake_start=when, platform=platform,
                         baseline=BASELINE, relative_orbit=ORBIT, window=window, exist_ok=True)
-    echo(f"  eopf     {path}")
+    echo(f"  eopf     {path} ({time.perf_counter() - t0:.0f} s)")
     return path
 
 
