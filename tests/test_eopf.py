@@ -279,6 +279,11 @@ def _shifted_coordinates(store: Path) -> None:
     x[:] = x[:] + 20
 
 
+def _tiny_chunks(store: Path) -> None:
+    from ingest.synth.hostile import _edit_metadata
+    _edit_metadata(store, "measurements/reflectance/r10m/b04/.zarray", lambda d: d.update(chunks=[1, 1]))
+
+
 def _hostile(how: str):
     def damage(store: Path) -> None:
         from ingest.synth.hostile import eopf_hostile_metadata
@@ -299,6 +304,7 @@ READER_CASES = {  # name -> (damage, error, message)
     "huge attribute": (_hostile("huge"), CorruptProductError, r"\.zmetadata has 9,437,\d+ bytes, more than the 8,388,608"),
     "huge string": (_hostile("huge-string"), CorruptProductError, r"an attribute of 2,097,152 characters"),
     "deep nesting": (_hostile("deep"), CorruptProductError, r"nests deeper than 32 levels"),
+    "tiny chunks": (_tiny_chunks, CorruptProductError, r"r10m/b04/\.zarray: 64,800 chunks, more than the 10,000"),
     "not L2A": (_not_l2a, UnsupportedProductError, r"product:type 'S02MSIL1C'"),
 }
 

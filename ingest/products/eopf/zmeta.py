@@ -33,6 +33,7 @@ MAX_VALUES = 1_000_000
 # whole 10980² float32 array 482 MB (eopf-facts §4.4, §5); anything bigger is not a product.
 MAX_CHUNK_BYTES = 512 << 20
 MAX_SIDE = 100_000  # pixels along one dimension (a tile has 10 980 at 10 m)
+MAX_CHUNKS = 10_000  # chunks of one array (a real one has at most 36): bounds verification's walk
 # DESIGN CHOICE: Blosc only (every compressed array of a real product, eopf-facts §2): its
 # header states the decoded size, checked before anything is decompressed (``arrays``).
 CODECS = frozenset({"blosc"})
@@ -147,6 +148,9 @@ def array_layout(path: str, zarray: dict[str, Any], resolution: int, label: str)
         raise CorruptProductError(label, f"{what}: unknown dtype {zarray.get('dtype')!r}") from None
     if dtype.kind not in "uif" or dtype.itemsize > 8:
         raise UnsupportedProductError(label, f"{what}: dtype {dtype.str} is not a number type")
+    n_chunks = math.prod(-(-n // c) for n, c in zip(shape, chunks))
+    if n_chunks > MAX_CHUNKS:
+        raise CorruptProductError(label, f"{what}: {n_chunks:,} chunks, more than the {MAX_CHUNKS:,} a product may have")
     if math.prod(chunks) * dtype.itemsize > MAX_CHUNK_BYTES:
         raise CorruptProductError(label, f"{what}: chunks {list(chunks)} of {dtype.str} exceed "
                                          f"{MAX_CHUNK_BYTES:,} bytes decoded")
