@@ -79,4 +79,4 @@ def test_eopf_bench_smoke_small_window(tmp_path, capsys):
     assert min(s["safe_ingest_s"], s["eopf_ingest_s"], s["safe_decode_floor_s"], s["eopf_decode_floor_s"]) > 0
     assert s["eopf_to_safe_ingest"] == pytest.approx(s["eopf_ingest_s"] / s["safe_ingest_s"])
     assert s["input_pixels"] == 4 * 300**2 + 11 * 150**2 + 2 * 50**2
-    assert report["config"]["products"][1] == report["config"]["products"][0] + ".zarr"
+    assert report["config"]["products"][1] == report["config"]["products"][0].removesuffix(".SAFE") + ".zarr"
