@@ -9,7 +9,7 @@ Hostile containers are refused, never followed:
 * a folder: any symbolic link below the product root (a chunk linked to ``/dev/zero`` or to a
   file outside the product), anything but a regular file where a key is read;
 * a zip: member names that are absolute, contain ``..`` or backslashes (zip slip), symbolic-link
-  entries, duplicate names, more members than a real product has, several product roots.
+  entries, a name appearing twice, more members than a real product has, several product roots.
 
 DESIGN CHOICE: the store root in a zip is found by its ``.zmetadata`` at depth 0 (zarr's own
 ``ZipStore`` convention) or 1 (``<name>.zarr/.zmetadata``, like the SAFE zips of the hubs): the
