@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ingest.errors import CatalogError
-from ingest.products.names import ProductName
+from ingest.products.names import FORMAT_PREFERENCE, ProductName
 
 from .models import HUBS, HubEvent, Product
 from .states import TERMINAL_STATES, State
@@ -92,7 +92,7 @@ def _row(rec: ProductRecord, now: datetime) -> dict[str, Any]:
     return {
         "name": pn.name, "platform": pn.platform, "datatake_start": pn.datatake_start,
         "datatake_id": rec.datatake_id, "tile": pn.tile, "relative_orbit": pn.relative_orbit,
-        "baseline": pn.baseline, "generation_time": rec.generation_time or pn.discriminator,
+        "baseline": pn.baseline, "generation_time": rec.generation_time or pn.discriminator, "format": pn.format,
         "hub": rec.hub, "hub_id": rec.hub_id, "hub_checksum_algorithm": rec.checksum_algorithm,
         "hub_checksum_value": rec.checksum_value, "size_bytes": rec.size_bytes,
         "cloud_cover": rec.cloud_cover, "online": rec.online, "local_path": rec.local_path,
@@ -161,9 +161,11 @@ def _changed_rejection(session: Session, row: dict[str, Any]) -> tuple[int, dict
     return old.id, facts
 
 
-def _newness(p: Product) -> tuple[str, datetime, int]:
-    # Baselines are zero-padded ("04.00" < "05.09"), so text order is version order.
-    return (p.baseline, p.generation_time, p.id)
+def _newness(p: Product) -> tuple[str, datetime, int, int]:
+    # Baselines are zero-padded ("04.00" < "05.09"), so text order is version order. The same
+    # processing in two formats: the preferred format wins (names.FORMAT_PREFERENCE), never the
+    # one that arrived first; the id only separates rows that are equal in all of these.
+    return (p.baseline, p.generation_time, FORMAT_PREFERENCE.get(p.format, 0), p.id)
 
 
 def apply_supersede(
@@ -173,7 +175,8 @@ def apply_supersede(
     now: datetime | None = None,
 ) -> list[Replacement]:
     """For each (platform, datatake_start, tile), the newest product (baseline, then generation
-    time) supersedes all the others, whatever their state and whatever the arrival order.
+    time, then the preferred format) supersedes all the others, whatever their state and
+    whatever the arrival order.
 
     Rejected products take no part (a broken reprocessing must not hide a good product) and
     a superseded product is never revived. Returns the published products superseded by this

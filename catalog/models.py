@@ -87,7 +87,7 @@ class Product(Base):
     __tablename__ = "products"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)  # without .SAFE / .zip
+    name: Mapped[str] = mapped_column(String(100), unique=True)  # without .SAFE / .zip (EOPF: ".zarr")
     # identity (DESIGN.md §7): datatake (platform + sensing start), tile, baseline, generation time
     platform: Mapped[str] = mapped_column(String(3))
     datatake_start: Mapped[datetime]
@@ -96,6 +96,9 @@ class Product(Base):
     relative_orbit: Mapped[int] = mapped_column(Integer)
     baseline: Mapped[str] = mapped_column(String(5))  # "05.09": zero-padded, so text order = version order
     generation_time: Mapped[datetime]
+    # "SAFE" or "EOPF" (a ".zarr" name, ingest.products.names): part of the identity, so the same
+    # processing in both formats is two products, of which the reprocessing rule keeps one
+    format: Mapped[str] = mapped_column(String(8), default="SAFE", server_default="SAFE")
     # where it comes from
     hub: Mapped[str] = mapped_column(String(8), default="local")
     hub_id: Mapped[Optional[str]] = mapped_column(Text)  # a local source: the full path
@@ -127,7 +130,8 @@ class Product(Base):
 
     __table_args__ = (
         UniqueConstraint(
-            "platform", "datatake_start", "tile", "baseline", "generation_time", name="uq_products_identity"
+            "platform", "datatake_start", "tile", "baseline", "generation_time", "format",
+            name="uq_products_identity",
         ),
         CheckConstraint(f"state IN ({_in(ALL_STATES)})", name="state"),
         CheckConstraint(f"hub IN ({_in(HUBS)})", name="hub"),

@@ -61,3 +61,22 @@ def test_datatakes_alternate_platforms_and_precede_first():
     assert all(t < bench.FIRST_DATATAKE for t, _ in before)
     assert before == sorted(before)
     assert len({t for t, _ in after + before}) == 5
+
+
+@pytest.mark.slow
+def test_eopf_bench_smoke_small_window(tmp_path, capsys):
+    """``python -m ingest.benchmarks.eopf``: the same scene as SAFE and EOPF, both reported."""
+    from ingest.benchmarks import eopf
+
+    out = tmp_path / "eopf.json"
+    report = eopf.main(["--window", "4800", "4800", "300", "300", "--repeat", "1",
+                        "--cache", str(tmp_path / "products"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "EOPF / SAFE ingest time" in printed and "SAFE decode" in printed and "EOPF decode" in printed
+    s = json.loads(out.read_text())["summary"]
+    assert s == json.loads(json.dumps(report["summary"], default=str))
+    assert s["cubes_identical_but_provenance"] is True
+    assert min(s["safe_ingest_s"], s["eopf_ingest_s"], s["safe_decode_floor_s"], s["eopf_decode_floor_s"]) > 0
+    assert s["eopf_to_safe_ingest"] == pytest.approx(s["eopf_ingest_s"] / s["safe_ingest_s"])
+    assert s["input_pixels"] == 4 * 300**2 + 11 * 150**2 + 2 * 50**2
+    assert report["config"]["products"][1] == report["config"]["products"][0].removesuffix(".SAFE") + ".zarr"

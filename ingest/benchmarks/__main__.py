@@ -25,6 +25,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "copies": ("ingest.benchmarks.copies", []),
     "mirror": ("ingest.benchmarks.mirror", []),
     "serve": ("ingest.benchmarks.serve", []),
+    "eopf": ("ingest.benchmarks.eopf", []),
 }
 
 

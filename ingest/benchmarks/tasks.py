@@ -21,7 +21,7 @@ def _child(task: str, kwargs: dict) -> dict:
     from ingest.publish import engine, write  # noqa: F401  (imports are not part of the measurement)
 
     baseline = _status_mb("VmRSS") or _peak_mb()
-    fn = {"decode": _decode, "ingest": _ingest, "overviews": _overviews}[task]
+    fn = {"decode": _decode, "decode_eopf": _decode_eopf, "ingest": _ingest, "overviews": _overviews}[task]
     cpu0, t0 = _cpu_s(), time.perf_counter()
     result = fn(**kwargs)
     wall = time.perf_counter() - t0
@@ -63,6 +63,34 @@ def _decode(paths: list[str], workers: int, gdal_threads: str) -> dict:
     return {"seconds": seconds, "pixels": pixels, "gdal_num_threads_seen": sorted(seen)}
 
 
+def _decode_eopf(product_paths: list[str], workers: int) -> dict:
+    """The EOPF floor: every chunk of the arrays the ingest reads (each variable's array at its
+    ``spec.resolution``), decoded as the warp decodes them (``eopf.ZarrRaster``), whole."""
+    from ingest.products.eopf import open_raster, read_eopf
+    from ingest.variables import VARIABLES
+
+    jobs = []
+    for path in product_paths:
+        product = read_eopf(path)
+        jobs += [(product, product.file_for(name, spec.resolution)) for name, spec in VARIABLES.items()]
+    jobs.sort(key=lambda j: -j[0].arrays[j[1]].shape[0] * j[0].arrays[j[1]].shape[1])  # largest first
+
+    def one(job) -> int:
+        raster = open_raster(*job)
+        try:
+            return int(raster.read(1).size)
+        finally:
+            raster.close()
+
+    t0 = time.perf_counter()
+    if workers == 1:
+        pixels = sum(one(j) for j in jobs)
+    else:
+        with ThreadPoolExecutor(workers) as ex:
+            pixels = sum(ex.map(one, jobs))
+    return {"seconds": time.perf_counter() - t0, "pixels": pixels}
+
+
 class _Timers:
     """Cumulative wall time spent inside wrapped callables (may overlap if called from threads)."""
 
@@ -98,7 +126,7 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
     from ingest.publish import engine, write
     from ingest.publish.engine import Cube, ingest_products
     from ingest.grid import NL_GRID
-    from ingest.products.safe import read_product
+    from ingest.products.formats import read_product
     from ingest.variables import VARIABLES
     from ingest.warping.warp import parse_resampling
 

@@ -18,7 +18,7 @@ def _date(ctx, param, value):
 @click.option("--hub", type=click.Choice(["local", "dhus", "cdse"]), default=None,
               help="Where products come from [default local, or [hub] name in the config].")
 @click.option("--source", "source_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="With --hub local: folder of .SAFE folders or .zip files.")
+              help="With --hub local: folder of .SAFE or .zarr (EOPF) folders or .zip files.")
 @click.option("--url", default=None,
               help="Hub base URL (dhus: the DHuS root; cdse: catalogue URL). Other hub options go in "
                    "the config file's [hub] section (cdse: catalogue_url, token_url, download_url); "
@@ -82,7 +82,7 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
         if source_dir is None:
             source_dir = hub_cfg.pop("directory", None)
         if source_dir is None:
-            raise ConfigError("--hub local needs --source DIR (a folder of .SAFE folders or .zip files)")
+            raise ConfigError("--hub local needs --source DIR (a folder of .SAFE or .zarr folders or .zip files)")
         source = make_source("local", directory=source_dir)
     else:
         if url:

@@ -33,19 +33,27 @@ def _when(value: str) -> datetime:
                    "Default: the full tile.")
 @click.option("--content", type=click.Choice(["scene", "coords"]), default="scene", show_default=True,
               help="scene: fields, water, towns, clouds; coords: pixel values encode their position.")
+@click.option("--format", "fmt", type=click.Choice(["safe", "eopf"]), default="safe", show_default=True,
+              help="safe: a .SAFE product (JPEG 2000); eopf: an EOPF Zarr product (<name>.zarr) of the same "
+                   "scene, with the same pixel values.")
 @click.option("--zip/--safe", "as_zip", default=False, show_default=True,
-              help="Write <name>.zip (as hubs deliver) instead of a .SAFE folder.")
+              help="Write <name>.zip (as hubs deliver; EOPF: <name>.zarr.zip) instead of a folder.")
 @click.option("--overwrite", is_flag=True, help="Replace products of the same name already in OUT_DIR.")
-def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, content, as_zip, overwrite) -> None:
-    """Write synthetic Sentinel-2 L2A SAFE products into OUT_DIR.
+def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, content, fmt, as_zip,
+            overwrite) -> None:
+    """Write synthetic Sentinel-2 L2A products (SAFE or EOPF Zarr) into OUT_DIR.
 
-    The products follow the real format (names, folders, MTD_MSIL2A.xml, MTD_TL.xml,
-    manifest.safe with checksums, lossless JP2 for every band and for SCL, CLD, SNW, WVP, AOT)
-    on the real tile grid, so GDAL's SENTINEL2 driver and s2ingest read them like real ones.
+    The products follow the real format on the real tile grid. SAFE: names, folders,
+    MTD_MSIL2A.xml, MTD_TL.xml, manifest.safe with checksums, lossless JP2 for every band and for
+    SCL, CLD, SNW, WVP, AOT, so GDAL's SENTINEL2 driver and s2ingest read them like real ones.
+    EOPF (--format eopf): a Zarr v2 store with consolidated metadata, the real group tree,
+    attributes, chunking (1830/915/305) and Blosc zstd encodings, holding the same scene.
 
     \b
     Example: two tiles of one datatake, a 1200x1200 px window each, zipped:
         s2ingest synth products/ --tile 31UET --tile 31UFT --window 4800 4800 1200 1200 --zip
+    The same scene as EOPF Zarr products:
+        s2ingest synth products/ --tile 31UET --window 4800 4800 1200 1200 --format eopf
     """
     from ingest.synth import make_product
 
@@ -55,5 +63,5 @@ def command(out_dir: Path, tiles, times, platform, baseline, orbit, window, cont
             path = make_product(out_dir, tile=tile, datatake_start=_when(t), platform=platform,
                                 baseline=baseline, relative_orbit=orbit,
                                 window=tuple(window) if window else None, content=content,
-                                as_zip=as_zip, overwrite=overwrite)
+                                as_zip=as_zip, overwrite=overwrite, format=fmt)
             click.echo(str(path))

@@ -22,7 +22,8 @@ from ingest.publish.plan import DatatakeKey, PlannedProduct, WritePlan, plan_wri
 from ingest.products.model import Product
 from ingest.products.names import ProductName
 from ingest.quality import update_quality
-from ingest.products.safe import check_orbit, check_overlaps, check_rasters
+from ingest.products.formats import check_rasters
+from ingest.products.safe import check_orbit, check_overlaps
 from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, PublishedState, Transaction, group_path
 from ingest.store.imagery import ensure_imagery_group
 from ingest.store.layout import GROUP_VERSION_ATTR

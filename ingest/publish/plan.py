@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
 from ingest.grid import ChunkIndex
+from ingest.products.names import format_rank
 
 DatatakeKey = tuple[datetime, str]  # (datatake sensing start, platform): sorts by time first
 
@@ -34,9 +35,12 @@ class PlannedProduct:
     chunks: frozenset[ChunkIndex] = field(default_factory=frozenset)
 
     @property
-    def version_key(self) -> tuple[str, datetime]:
-        """Newer baseline, then newer generation time, wins (DESIGN.md §4 reprocessing)."""
-        return (self.baseline, self.generation_time)
+    def version_key(self) -> tuple[str, datetime, int]:
+        """Newer baseline, then newer generation time, wins (DESIGN.md §4 reprocessing); the
+        same processing in two formats: the preferred one (``names.FORMAT_PREFERENCE``)."""
+        # to the second, as the name's discriminator and the catalog have it: a format that
+        # records sub-second generation times must not win over one that does not
+        return (self.baseline, self.generation_time.replace(microsecond=0), format_rank(self.name))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from ingest.errors import AuthenticationError, ProductError, StoreError
 from ingest.grid import get_grid
 from ingest.config import Settings
 from ingest.products.model import Product
-from ingest.products.safe import read_product
+from ingest.products.formats import read_product
 from ingest.sources.base import ProductRecord, Source
 from ingest.sources.download import fetch_many
 from ingest.store import DEFAULT_LOCK_TIMEOUT, faults

@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ingest.errors import AuthenticationError, HubError, MetadataError
+from ingest.errors import AuthenticationError, ConfigError, HubError, MetadataError
 from ingest.products.checksums import supported_algorithm
+from ingest.products.names import eopf_name
 from ingest.sources.base import (
     AreaLike, DeletedProduct, ProductRecord, Source, area_polygon, polygon_wkt, record_matches, sort_records, utc,
 )
@@ -53,6 +54,11 @@ ENV_USER = "S2INGEST_CDSE_USER"
 ENV_PASSWORD = "S2INGEST_CDSE_PASSWORD"
 # checksum algorithms in order of preference (CDSE lists MD5 and BLAKE3; hashlib has no BLAKE3)
 _CHECKSUM_PREFERENCE = ("SHA3-256", "SHA256", "MD5")
+# The L2A product type per format. ASSUMPTION (DESIGN.md §7, "EOPF Zarr products"): nothing
+# verifies how CDSE will list EOPF products; we assume the SAFE form (same Products entity,
+# Name "<SAFE-style name>.zarr", $value a zip, Checksum as for SAFE) with the EOPF product type
+# S02MSIL2A (stac_discovery "product:type" of the products themselves). The fake hub serves that.
+L2A_TYPES = {"SAFE": "S2MSI2A", "EOPF": "S02MSIL2A"}
 
 
 class CdseToken:
@@ -140,10 +146,14 @@ def _attribute(kind: str, name: str, op: str, value: str) -> str:
 
 def build_filter(
     orbit: int | None, area_ring: Sequence[tuple[float, float]] | None, since: datetime | None,
-    until: datetime | None, tiles: Sequence[str] | None, max_cloud: float | None, product_type: str,
+    until: datetime | None, tiles: Sequence[str] | None, max_cloud: float | None,
+    product_type: str | Sequence[str],
 ) -> str:
-    """The OData ``$filter`` for one search (the forms of reference/hub-apis.md §5)."""
-    parts = ["Collection/Name eq 'SENTINEL-2'", _attribute("String", "productType", "eq", f"'{product_type}'")]
+    """The OData ``$filter`` for one search (the forms of reference/hub-apis.md §5); several
+    product types (SAFE and EOPF L2A) are alternatives."""
+    types = [product_type] if isinstance(product_type, str) else list(product_type)
+    alts = [_attribute("String", "productType", "eq", f"'{t}'") for t in types]
+    parts = ["Collection/Name eq 'SENTINEL-2'", alts[0] if len(alts) == 1 else "(" + " or ".join(alts) + ")"]
     if orbit is not None:
         parts.append(_attribute("Integer", "relativeOrbitNumber", "eq", str(int(orbit))))
     if since is not None:
@@ -182,7 +192,14 @@ class CdseSource(Source):
         user: str | None = None, password: str | None = None, *, page_size: int = 1000,
         policy: RetryPolicy | None = None, verify_attempts: int = 3, timeout: float | tuple[float, float] = (10, 120),
         session: requests.Session | None = None, clock: Callable[[], float] = time.time,
+        formats: Sequence[str] = ("SAFE", "EOPF"),
     ) -> None:
+        """``formats``: which L2A formats an L2A search asks for (SAFE, EOPF or both; both by
+        default: where the hub offers a product in both, the catalog keeps the SAFE one)."""
+        self.formats = tuple(str(f).upper() for f in ([formats] if isinstance(formats, str) else formats))
+        unknown = [f for f in self.formats if f not in L2A_TYPES]
+        if unknown or not self.formats:
+            raise ConfigError(f"unknown CDSE format(s) {unknown or formats!r}; choose from {', '.join(L2A_TYPES)}")
         user = user if user is not None else os.environ.get(ENV_USER)
         password = password if password is not None else os.environ.get(ENV_PASSWORD)
         if not user or not password:  # the same fallback sentinelsat users know
@@ -220,8 +237,11 @@ class CdseSource(Source):
         until: datetime | None = None, tiles: Sequence[str] | None = None,
         max_cloud: float | None = None, product_type: str = "S2MSI2A",
     ) -> list[ProductRecord]:
+        types: list[str] | str = product_type
+        if product_type == L2A_TYPES["SAFE"]:  # "L2A": the formats asked for
+            types = [L2A_TYPES[f] for f in self.formats]
         params = {
-            "$filter": build_filter(orbit, area_polygon(area), since, until, tiles, max_cloud, product_type),
+            "$filter": build_filter(orbit, area_polygon(area), since, until, tiles, max_cloud, types),
             "$orderby": "ContentDate/Start asc",
             "$top": str(self.page_size),
             "$count": "True",
@@ -239,8 +259,11 @@ class CdseSource(Source):
         attrs = _attrs(item)
         try:
             cloud = attrs.get("cloudCover")
+            name = item["Name"]
+            if attrs.get("productType") == L2A_TYPES["EOPF"]:
+                name = eopf_name(name)  # an EOPF product is "<SAFE-style name>.zarr" (names.py)
             return ProductRecord.from_name(
-                item["Name"], hub=self.hub, hub_id=str(item["Id"]), checksum=_checksum(item),
+                name, hub=self.hub, hub_id=str(item["Id"]), checksum=_checksum(item),
                 size=int(item["ContentLength"]) if item.get("ContentLength") else None,
                 online=bool(item.get("Online", True)), cloud_cover=float(cloud) if cloud is not None else None,
                 product_type=attrs.get("productType", product_type),

@@ -44,7 +44,8 @@ from ingest.errors import (
     AuthenticationError, ChecksumError, CorruptProductError, HubError, HubUnreachableError,
     ProductError, ProductOfflineError, S2IngestError,
 )
-from ingest.products.checksums import verify_file_checksum, verify_product
+from ingest.products.checksums import verify_file_checksum
+from ingest.products.formats import verify_product
 from ingest.sources.base import FetchOutcome, ProductQuarantinedError, ProductRecord, Source
 
 log = logging.getLogger(__name__)

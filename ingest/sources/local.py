@@ -1,9 +1,16 @@
-"""A directory of products (``.SAFE`` folders or ``.zip`` files) as a source.
+"""A directory of products (``.SAFE`` or ``.zarr`` folders, ``.zip`` files) as a source.
 
-DESIGN CHOICE: ``fetch`` verifies the product against its manifest.safe and returns it *in
-place*: the files belong to the user, so they are neither copied into the cache nor moved to
-quarantine; a product that fails verification raises ``CorruptProductError`` (permanent: there
-is nothing to download again).
+DESIGN CHOICE: ``fetch`` verifies the product (SAFE: its manifest.safe checksums; EOPF Zarr,
+which has none: its structure, ``ingest.products.eopf.verify``) and returns it *in place*: the
+files belong to the user, so they are neither copied into the cache nor moved to quarantine; a
+product that fails verification raises ``CorruptProductError`` (permanent: there is nothing to
+download again).
+
+An EOPF product is recognised by its content (``formats.detect_format``: a ``.zarr`` folder, or
+a zip holding ``.zmetadata``), whatever its name: the EOPF Sample Service zips are named like
+SAFE products (``<item id>.zip``) and the CPM names products ``S02MSIL2A_…`` without tile or
+baseline. Its catalog name is ``<SAFE-style name>.zarr``, from the file name when that is a
+SAFE-style name, else from the product's own metadata (``eopf.identify``).
 """
 from __future__ import annotations
 
@@ -15,9 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from ingest.errors import ChecksumError, CorruptProductError, MetadataError
-from ingest.products.names import ProductName
-from ingest.products.checksums import verify_product
+from ingest.errors import ChecksumError, CorruptProductError, MetadataError, ProductError
+from ingest.products import eopf
+from ingest.products.formats import detect_format, verify_product
+from ingest.products.names import EOPF, PRODUCT_NAME_RE, ProductName, eopf_name, strip_product_suffix
 from ingest.products.safe.container import MAX_PRODUCT_MTD_BYTES
 from ingest.sources.base import AreaLike, ProductRecord, Source, mismatch, sort_records
 
@@ -70,7 +78,7 @@ class LocalSource(Source):
     def _candidates(self) -> list[Path]:
         pattern = "**/*" if self.recursive else "*"
         return sorted(p for p in self.directory.glob(pattern)
-                      if (p.suffix == ".zip" and p.is_file()) or (p.suffix == ".SAFE" and p.is_dir()))
+                      if (p.suffix == ".zip" and p.is_file()) or (p.suffix in (".SAFE", ".zarr") and p.is_dir()))
 
     def _skip(self, path: Path, why: str) -> None:
         self.skipped.append((path, why))
@@ -86,17 +94,23 @@ class LocalSource(Source):
         records = []
         self.skipped = []
         for path in self._candidates():
-            try:
-                pn = ProductName.parse(path.name)
-            except MetadataError:
-                self._skip(path, "not a Sentinel-2 product name")
-                continue
+            if detect_format(path) == EOPF:
+                pn, cloud = self._eopf_name(path)
+                if pn is None:
+                    continue
+            else:
+                try:
+                    pn = ProductName.parse(path.name)
+                except MetadataError:
+                    self._skip(path, "not a Sentinel-2 product name")
+                    continue
+                cloud = _cloud_cover(path)
             if level and pn.level != level:
                 self._skip(path, f"{pn.level} product, not {level}")
                 continue
             size = path.stat().st_size if path.is_file() else None
             record = ProductRecord.from_name(
-                pn.name, hub=self.hub, hub_id=str(path), size=size, cloud_cover=_cloud_cover(path),
+                pn.name, hub=self.hub, hub_id=str(path), size=size, cloud_cover=cloud,
                 product_type=product_type,
             )
             why = mismatch(record, orbit, since, until, tiles, max_cloud)
@@ -105,6 +119,26 @@ class LocalSource(Source):
             else:
                 self._skip(path, why)
         return sort_records(records)
+
+    def _eopf_name(self, path: Path) -> tuple[ProductName | None, float | None]:
+        """The catalog name and cloud cover of an EOPF product (None: skipped, with the reason).
+
+        DESIGN CHOICE: a product whose metadata cannot be read but whose file name is a
+        SAFE-style name is recorded under that name (``.zarr``) all the same, so that its
+        verification rejects it with the cause, as a damaged SAFE product is; one that has
+        neither is no product and is skipped with the cause.
+        """
+        legacy = strip_product_suffix(path.name).removesuffix(".zarr")
+        try:
+            name, cloud = eopf.identify(path)
+        except (ProductError, OSError) as exc:
+            if not PRODUCT_NAME_RE.match(legacy):
+                self._skip(path, f"not an EOPF Sentinel-2 L2A product ({exc})")
+                return None, None
+            name, cloud = eopf_name(legacy), None
+        if PRODUCT_NAME_RE.match(legacy):
+            name = eopf_name(legacy)  # verification checks it against the metadata
+        return ProductName.parse(name), cloud
 
     def skipped_summary(self) -> str | None:
         """One line on what the last search left out and why (None: nothing)."""
@@ -117,7 +151,7 @@ class LocalSource(Source):
         return f"skipped {len(self.skipped)} in {self.directory}: {parts}"
 
     def fetch(self, record: ProductRecord, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
-        """The product's own path after checking its manifest.safe checksums."""
+        """The product's own path after verifying it (SAFE: manifest.safe; EOPF: structure)."""
         path = Path(record.hub_id)
         try:
             verify_product(path, product=record.name)

@@ -1,4 +1,4 @@
-"""Synthetic Sentinel-2 L2A SAFE products for tests, demos and benchmarks (a shipped test kit).
+"""Synthetic Sentinel-2 L2A products, SAFE or EOPF Zarr, for tests, demos and benchmarks (a test kit).
 
     >>> from datetime import datetime
     >>> from ingest.synth import make_product
@@ -11,15 +11,17 @@ georeferenced on the real tile grid, and open in GDAL's SENTINEL2 driver. Conten
 plausible landscape (``content="scene"``), a deterministic function of geographic position and
 datatake, or pixels that encode their own coordinates (``content="coords"``); see
 ``ingest.synth.scene``. ``make_twins`` writes a PB<04.00 / PB>=04.00 pair with identical
-physical reflectance.
+physical reflectance. ``make_product(..., format="eopf")`` writes the same scene as an EOPF Zarr
+product (``eopf_writer``: the real layout, chunking and encodings; the same digital numbers).
 """
+from ingest.synth.eopf_writer import make_eopf_product
+from ingest.synth.products import FORMATS, make_product
 from ingest.synth.safe_writer import (
     SUPPORTED_BASELINES,
     absolute_orbit_for,
     checksum_algorithm,
     default_generation_time,
     image_variables,
-    make_product,
     make_twins,
     product_name,
     relative_orbit_of,
@@ -29,8 +31,8 @@ from ingest.synth.scene import X_VARIABLES, Y_VARIABLES, SceneParams, coords_val
 from ingest.synth.tiles import TILES, TileInfo, get_tile
 
 __all__ = [
-    "SUPPORTED_BASELINES", "TILES", "TileInfo", "X_VARIABLES", "Y_VARIABLES", "SceneParams",
+    "FORMATS", "SUPPORTED_BASELINES", "TILES", "TileInfo", "X_VARIABLES", "Y_VARIABLES", "SceneParams",
     "absolute_orbit_for", "checksum_algorithm", "coords_value", "decode_coords", "default_generation_time",
-    "get_tile", "image_variables", "make_product", "make_twins", "product_name", "relative_orbit_of",
+    "get_tile", "image_variables", "make_eopf_product", "make_product", "make_twins", "product_name", "relative_orbit_of",
     "render", "swath_edge_across", "weather",
 ]

@@ -1,4 +1,4 @@
-"""Hostile products for tests: a synthetic product with one file damaged or wrong.
+"""Hostile products for tests: a synthetic product with one file damaged or wrong (SAFE or EOPF).
 
 Every function edits one file of a ``.SAFE`` folder written by ``make_product`` and updates
 that file's size and checksum in ``manifest.safe``, so the product still passes verification
@@ -9,10 +9,15 @@ product that was broken before the ground segment checksummed it.
     >>> corrupt_raster(safe, "B04", "truncate")                     # doctest: +SKIP
     >>> rewrite_raster(safe, "B03", shift=(10, 0))                  # doctest: +SKIP
     >>> zip_with_padded_member(safe, dest, "MTD_MSIL2A.xml", 2 << 30)  # doctest: +SKIP
+
+EOPF Zarr products (``eopf_*``) have no checksums to keep in step: a band missing, a chunk
+damaged, an array's shape or georeferencing wrong, hostile root attributes, a zip slip.
 """
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -156,4 +161,114 @@ def zip_with_padded_member(safe: str | Path, dest: str | Path, rel: str, size: i
         if match_manifest:
             manifest = _set_manifest_entry(manifest, rel, size, h.hexdigest())
         zf.writestr(f"{root}/{MANIFEST}", manifest)
+    return dest
+
+
+# ------------------------------------------------------------------------------------------
+# EOPF Zarr products: they carry no checksums, so a damaged file needs no manifest update;
+# every function edits a ``.zarr`` folder written by ``make_product(..., format="eopf")``
+# (the consolidated ``.zmetadata`` and the per-array documents alike, as a writer would).
+
+
+def _edit_metadata(store: Path, key: str, change) -> None:
+    """Apply ``change(document)`` to ``key`` (e.g. "measurements/reflectance/r10m/b04/.zarray")
+    in ``.zmetadata`` and in the key's own file."""
+    zmeta = json.loads((store / ".zmetadata").read_text())
+    doc = zmeta["metadata"][key]
+    change(doc)
+    (store / ".zmetadata").write_text(json.dumps(zmeta, indent=2))
+    (store / key).write_text(json.dumps(doc, indent=2))
+
+
+def eopf_drop_array(store: str | Path, path: str) -> str:
+    """Remove the array ``path`` (its chunks and its metadata): a product missing a band."""
+    store = Path(store)
+    zmeta = json.loads((store / ".zmetadata").read_text())
+    for leaf in (".zarray", ".zattrs"):
+        zmeta["metadata"].pop(f"{path}/{leaf}", None)
+    (store / ".zmetadata").write_text(json.dumps(zmeta, indent=2))
+    shutil.rmtree(store / path)
+    return path
+
+
+def eopf_corrupt_chunk(store: str | Path, path: str, index: tuple[int, ...] = (0, 0),
+                       how: Literal["garbage", "truncate", "missing"] = "garbage") -> str:
+    """Damage one chunk of ``path``: random bytes of the same length, the first half only, or
+    no chunk at all. Returns the chunk key."""
+    store = Path(store)
+    key = f"{path}/{'.'.join(map(str, index))}"
+    data = (store / key).read_bytes()
+    if how == "garbage":
+        (store / key).write_bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    elif how == "truncate":
+        (store / key).write_bytes(data[: len(data) // 2])
+    elif how == "missing":
+        (store / key).unlink()
+    else:
+        raise ValueError(f"how must be 'garbage', 'truncate' or 'missing', not {how!r}")
+    return key
+
+
+def eopf_rewrite_array(store: str | Path, path: str, *, shift: tuple[float, float] = (0.0, 0.0),
+                       drop_columns: int = 0, dtype: str | None = None) -> str:
+    """Wrong metadata of one array: its ``proj:transform`` origin moved by (dx, dy) metres,
+    ``drop_columns`` fewer columns in its shape, or another declared dtype."""
+    store = Path(store)
+
+    def attrs(doc: dict) -> None:
+        t = doc["proj:transform"]
+        t[2] += shift[0]
+        t[5] += shift[1]
+
+    def zarray(doc: dict) -> None:
+        doc["shape"][-1] -= drop_columns
+        if dtype is not None:
+            doc["dtype"] = dtype
+
+    if shift != (0.0, 0.0):
+        _edit_metadata(store, f"{path}/.zattrs", attrs)
+    if drop_columns or dtype is not None:
+        _edit_metadata(store, f"{path}/.zarray", zarray)
+    return path
+
+
+def eopf_hostile_metadata(store: str | Path, how: Literal["huge", "deep", "huge-string"],
+                          size: int = 64 << 20) -> Path:
+    """Root attributes no real product has: ``huge`` (an attribute that makes ``.zmetadata``
+    ``size`` bytes), ``huge-string`` (one 2 MiB string inside a small document) or ``deep``
+    (nesting 10 000 levels deep)."""
+    store = Path(store)
+    text = (store / ".zmetadata").read_text()
+    marker = '"other_metadata": {'
+    if marker not in text:
+        text = json.dumps(json.loads(text), indent=2)
+    if how == "deep":
+        text = text.replace(marker, marker + '"nested": ' + "[" * 10_000 + "]" * 10_000 + ", ", 1)
+    elif how == "huge-string":
+        text = text.replace(marker, marker + '"note": "' + "x" * (2 << 20) + '", ', 1)
+    elif how == "huge":
+        pad = max(0, size - len(text))
+        text = text.replace(marker, marker + '"note": "' + " " * pad + '", ', 1)
+    else:
+        raise ValueError(f"how must be 'huge', 'huge-string' or 'deep', not {how!r}")
+    (store / ".zmetadata").write_text(text)
+    return store / ".zmetadata"
+
+
+def eopf_zip(store: str | Path, dest: str | Path, *, extra: dict[str, bytes] | None = None,
+             symlinks: dict[str, str] | None = None) -> Path:
+    """A zip of the store (at the zip root), plus ``extra`` members written under the given
+    names as they are (e.g. ``"../../evil.txt"``: a zip slip) and ``symlinks`` (name -> target)
+    stored as symbolic-link entries."""
+    store, dest = Path(store), Path(dest)
+    with zipfile.ZipFile(dest, "w") as zf:
+        for p in sorted(store.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(store).as_posix())
+        for name, data in (extra or {}).items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, target)
     return dest

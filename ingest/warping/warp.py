@@ -26,7 +26,9 @@ from rasterio.windows import Window
 from ingest.warping import remap
 from ingest.errors import ConfigError, CorruptProductError
 from ingest.grid import CubeGrid, pinned_operation
+from ingest.products.eopf import open_raster
 from ingest.products.model import Product
+from ingest.products.names import EOPF
 from ingest.variables import VARIABLES, VariableSpec, get_variable
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,9 @@ def harmonise(data: np.ndarray, offset: int) -> np.ndarray:
 class StripReader:
     """Decodes a raster once, in full-width strips of JP2 tile rows, kept while needed.
 
+    ``ds`` is a rasterio dataset (SAFE: a JP2) or an ``eopf.ZarrRaster`` (EOPF: the array's
+    Zarr chunks), which offers the same few attributes and ``read``.
+
     DESIGN CHOICE: GDAL's JP2 driver decodes a multi-tile request directly and does not keep
     the tiles in its block cache, so warping window after window through GDAL decodes every
     JP2 tile several times (decode is the floor of the whole ingest, DESIGN.md §8). We decode
@@ -154,7 +159,8 @@ class OpenRasters:
             reader = self._open.get(path)
             if reader is None:
                 try:
-                    ds = rasterio.open(path)
+                    # EOPF: the array's Zarr chunks, behind the same dataset interface (no JP2)
+                    ds = open_raster(product, relpath) if product.format == EOPF else rasterio.open(path)
                 except RasterioError as exc:
                     raise CorruptProductError(product.name, f"cannot open {relpath}: {gdal_reason(exc)}") from exc
                 reader = self._open[path] = StripReader(product, relpath, ds, offset)

@@ -1,5 +1,11 @@
 """A fake Copernicus Data Space Ecosystem: OIDC token, OData catalogue, zipper download.
 
+EOPF Zarr products (``<SAFE-style name>.zarr.zip`` in the product folder) are served in the form
+we ASSUME CDSE will use (nothing verifies it yet, DESIGN.md §7 "EOPF Zarr products"): the same
+``Products`` entity and zipper ``$value`` (a zip of the store), ``Name`` = ``<SAFE-style
+name>.zarr``, ``productType`` = ``S02MSIL2A`` (the product type the products themselves state),
+``ContentType`` ``application/zip`` and the same ``Checksum`` list as for SAFE.
+
 Two servers, like the real thing: the *catalogue* server (``/odata/v1/Products``,
 ``/odata/v1/DeletedProducts``, the Keycloak token endpoint and a ``Products(<id>)/$value`` that
 redirects) and a *download* server on another port that only serves with a valid Bearer token.
@@ -383,8 +389,9 @@ class FakeCDSE:
             {"Value": "0" * 32 if fault == "wrong" else p.md5, "Algorithm": "MD5", "ChecksumDate": iso_z(p.ingestion)},
             {"Value": "0" * 64, "Algorithm": "BLAKE3", "ChecksumDate": iso_z(p.ingestion)},
         ]
+        eopf = pn.format == "EOPF"
         attributes = {
-            "productType": ("String", f"S2MSI{pn.level[1:]}"), "tileId": ("String", pn.tile),
+            "productType": ("String", "S02MSIL2A" if eopf else f"S2MSI{pn.level[1:]}"), "tileId": ("String", pn.tile),
             "relativeOrbitNumber": ("Integer", pn.relative_orbit), "cloudCover": ("Double", float(p.cloud_cover)),
             "processingBaseline": ("String", pn.baseline), "platformShortName": ("String", "SENTINEL-2"),
             "platformSerialIdentifier": ("String", pn.platform[2:]), "orbitDirection": ("String", "DESCENDING"),
@@ -392,11 +399,12 @@ class FakeCDSE:
         }
         online = p.online and not self.faults.is_offline(p.name)
         return {
-            "@odata.mediaContentType": "application/octet-stream", "Id": p.uuid, "Name": f"{p.name}.SAFE",
-            "ContentType": "application/octet-stream", "ContentLength": p.size,
+            "@odata.mediaContentType": "application/octet-stream", "Id": p.uuid,
+            "Name": p.name if eopf else f"{p.name}.SAFE",
+            "ContentType": "application/zip" if eopf else "application/octet-stream", "ContentLength": p.size,
             "OriginDate": iso_z(p.ingestion), "PublicationDate": iso_z(p.ingestion),
             "ModificationDate": iso_z(p.ingestion), "Online": online, "EvictionDate": "",
-            "S3Path": f"/eodata/Sentinel-2/MSI/L2A/{pn.datatake_start:%Y/%m/%d}/{p.name}.SAFE",
+            "S3Path": f"/eodata/Sentinel-2/MSI/L2A/{pn.datatake_start:%Y/%m/%d}/{p.name if eopf else p.name + '.SAFE'}",
             "Checksum": checksums,
             "ContentDate": {"Start": iso_z(pn.datatake_start), "End": iso_z(p.end)},
             "Footprint": f"geography'SRID=4326;{wkt(p.footprint)}'",

@@ -84,7 +84,7 @@ def wkt(ring: Sequence[LonLat]) -> str:
 class FakeProduct:
     """One product a fake hub serves, with the facts hubs report about it."""
 
-    name: str  # without .SAFE
+    name: str  # without .SAFE (an EOPF product: "<SAFE-style name>.zarr")
     path: Path  # the zip
     uuid: str
     size: int
@@ -117,14 +117,27 @@ def _hashes(path: Path) -> tuple[str, str]:
     return md5.hexdigest(), sha3.hexdigest()
 
 
+def _zmetadata_facts(data: bytes) -> tuple[list[LonLat], float]:
+    """EOPF: footprint (``stac_discovery.geometry``, lon/lat) and ``eo:cloud_cover`` of a ``.zmetadata``."""
+    stac = json.loads(data)["metadata"][".zattrs"]["stac_discovery"]
+    ring = [(float(x), float(y)) for x, y in stac["geometry"]["coordinates"][0]]
+    return ring, float(stac["properties"].get("eo:cloud_cover") or 0.0)
+
+
 def _zip_metadata(path: Path, tile: str) -> tuple[list[LonLat], float]:
-    """Footprint (from manifest.safe gml:coordinates "lat lon ...") and cloud cover (MTD)."""
+    """Footprint (from manifest.safe gml:coordinates "lat lon ...", or an EOPF product's
+    ``.zmetadata``) and cloud cover (MTD, or ``.zmetadata``)."""
     ring: list[LonLat] = []
     cloud = 0.0
     try:
         with zipfile.ZipFile(path) as zf:
             for n in zf.namelist():
-                if n.endswith("manifest.safe") and not ring:
+                if n.split("/")[-1] == ".zmetadata" and n.count("/") <= 1 and zf.getinfo(n).file_size < 1 << 24:
+                    try:
+                        ring, cloud = _zmetadata_facts(zf.read(n))
+                    except (KeyError, TypeError, ValueError, IndexError):
+                        pass
+                elif n.endswith("manifest.safe") and not ring:
                     m = re.search(rb"<gml:coordinates>([^<]+)</gml:coordinates>", zf.read(n))
                     if m:
                         vals = [float(v) for v in m.group(1).split()]
