@@ -201,8 +201,21 @@ def current_revision(url_or_engine: str | URL | Path | Engine) -> str | None:
 
 
 def upgrade(url_or_engine: str | URL | Path | Engine, revision: str = "head") -> str | None:
-    """Migrate the catalog up to ``revision`` in one transaction; returns the new revision."""
+    """Migrate the catalog up to ``revision`` in one transaction; returns the new revision.
+    A new SQLite catalog's folder is created (a new cube in a new folder, ``init``/``sync``)."""
+    if not isinstance(url_or_engine, Engine):
+        _make_sqlite_folder(url_or_engine)
     return _migrate(url_or_engine, revision, down=False)
+
+
+def _make_sqlite_folder(url: str | URL | Path) -> None:
+    """Create the folder of a SQLite catalog file that is about to be created.
+
+    DESIGN CHOICE: ``sync --store new/dir/cube.zarr`` makes the store's folders, so the catalog
+    beside it gets its folder too, instead of SQLite's "unable to open database file"."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def downgrade(url_or_engine: str | URL | Path | Engine, revision: str) -> str | None:
@@ -327,6 +340,8 @@ def open_catalog(url: str | URL | Path, *, create: bool = True) -> Engine:
     an existing one is never migrated implicitly (it may be shared by other s2ingest versions).
     Safe to call from many processes at once on a fresh database (``migration_lock``).
     """
+    if create and not isinstance(url, Engine):
+        _make_sqlite_folder(url)
     engine = make_engine(url)
     try:
         if create and current_revision(engine) is None and not _has_tables(engine):

@@ -297,6 +297,20 @@ def test_failed_first_sync_leaves_nothing(tmp_path):
     assert files_under(tmp_path) <= {"home"}
 
 
+def test_a_new_cube_in_a_new_folder(products, tmp_path):
+    """``sync``/``init`` of a store whose folder does not exist yet make the folder (store and
+    catalog beside it), instead of blaming the catalog database."""
+    src = copy_to(tmp_path, *products)
+    store = tmp_path / "new" / "dir" / "cube.zarr"
+    r = run(*sync_args(store, "--source", src))
+    assert r.exit_code == 0, r.output + r.stderr
+    assert (tmp_path / "new" / "dir" / "cube.catalog.sqlite").exists()
+    other = tmp_path / "other" / "deeper" / "cube.zarr"
+    r = run("init", "--store", other)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert other.is_dir()
+
+
 # ------------------------------------------------------------------------------------------
 # 7. skipped inputs are reported
 
