@@ -9,7 +9,7 @@ from ingest.cli.options import cube_options, orbit_option
 @click.command("init")
 @cube_options
 @orbit_option
-@click.option("--grid", default=None, help="Grid name (NL) or a JSON grid file [default NL].")
+@click.option("--grid", default=None, help="Grid name (NL) or a JSON grid file [default: the store's own; NL for a new store].")
 def command(settings, orbit, grid) -> None:
     """Create an empty cube: the Zarr store with its grid and the catalog database.
 
@@ -18,11 +18,11 @@ def command(settings, orbit, grid) -> None:
     records any store version it misses.
     """
     from catalog.db import display_url, upgrade
-    from ingest.grid import get_grid
+    from ingest.store.location import grid_for
     from ingest.publish.commits import create_cube
     from ingest.publish.engine import Cube
 
-    g = get_grid(grid or settings.grid)
+    g = grid_for(settings.store, grid or settings.grid)  # an existing store keeps its own
     cube = Cube(settings.store, g, orbit or settings.orbit)
     cube.open()  # a store of another grid is refused (exit 6) before the catalog is created
     revision = upgrade(settings.db_url)

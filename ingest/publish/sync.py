@@ -25,7 +25,7 @@ from ingest.compute import ComputeOptions, open_executor
 from ingest.publish.engine import Cube, ingest_products
 from ingest.publish.record import existing_catalog, record_in, record_summary, repair_versions
 from ingest.errors import AuthenticationError, ProductError, StoreError
-from ingest.grid import get_grid
+from ingest.store.location import grid_for
 from ingest.config import Settings
 from ingest.products.model import Product
 from ingest.products.formats import read_product
@@ -114,7 +114,7 @@ class Syncer:
         self.source = source
         self.opts = options
         self.echo = echo
-        self.grid = get_grid(settings.grid)
+        self.grid = grid_for(settings.store, settings.grid)  # the store's own grid
         self.cube = Cube(settings.store, self.grid, options.orbit)
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
