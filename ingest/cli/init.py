@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ingest.cli.options import cube_options, orbit_option
+from ingest.cli.options import check_catalog, cube_options, orbit_option
 
 
 @click.command("init")
@@ -25,6 +25,7 @@ def command(settings, orbit, grid) -> None:
     g = grid_for(settings.store, grid or settings.grid)  # an existing store keeps its own
     cube = Cube(settings.store, g, orbit or settings.orbit)
     cube.open()  # a store of another grid is refused (exit 6) before the catalog is created
+    check_catalog(settings)  # so is a catalog of another store (exit 3)
     revision = upgrade(settings.db_url)
     create_cube(cube, catalog=settings.db_url)  # the store's commit is recorded in the catalog
     click.echo(f"store   {cube.path} (grid {g.name}, {g.crs}, {g.resolution:g} m, "

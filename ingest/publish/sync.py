@@ -23,6 +23,8 @@ from sqlalchemy import select
 from ingest import holders
 from ingest.compute import ComputeOptions, open_executor
 from ingest.publish.engine import Cube, ingest_products
+from ingest.publish.identity import check_pair
+from catalog.urls import display_url
 from ingest.publish.record import existing_catalog, record_in, record_summary, repair_versions
 from ingest.errors import AuthenticationError, ProductError, StoreError
 from ingest.store.location import grid_for
@@ -120,6 +122,9 @@ class Syncer:
         self.resampling = parse_resampling(settings.resampling)
         # A dry run changes nothing: it never creates (or migrates) a catalog.
         self.engine = existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
+        # a catalog of another store is refused before any work (a new one adopts this store)
+        check_pair(settings.store, self.engine, adopt=not options.dry_run,
+                   catalog_name=f"catalog {display_url(settings.db_url)}")
         self.report = SyncReport()
         self.executor = None
 
