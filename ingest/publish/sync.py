@@ -286,6 +286,7 @@ class Syncer:
         products = self._hold_young(products, claimed)
         batches = self._batches(products)
         try:
+            faults.point("sync.claimed")
             for i, batch in enumerate(batches, 1):
                 if not self.opts.progress:
                     self.echo(f"warping and writing {len(batch)} products (batch {i}/{len(batches)})")
