@@ -37,9 +37,10 @@ from .discovery import (
 )
 from ingest.errors import CatalogError, LeaseLostError
 
+from .identity import record_store, recorded_store
 from .locks import CatalogStoreLease, LockTimeout, store_lease
 
-from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, TimeStep
+from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, StoreIdentity, TimeStep
 from .publish import (
     ReconcileReport,
     TimeStepRecord,
@@ -75,4 +76,5 @@ __all__ = [
     "record_discovered", "record_layer", "requeue", "retry_products", "record_publish", "release", "renew_lease", "requeue",
     "session_scope", "status", "transition", "upgrade",
     "ReconcileReport", "VersionInfo", "reconcile_published", "record_version", "release_all", "versions",
+    "StoreIdentity", "record_store", "recorded_store",
 ]

@@ -251,3 +251,15 @@ class StoreLease(Base):
     token: Mapped[int] = mapped_column(BigInteger)
     acquired_at: Mapped[datetime] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class StoreIdentity(Base):
+    """The store this catalog describes (at most one row): the random identity the store
+    records in ``.s2ingest/id.json``. A store and a catalog that name different identities
+    are never used together (``catalog.identity``)."""
+
+    __tablename__ = "store_identity"
+
+    store_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    location: Mapped[Optional[str]] = mapped_column(Text)  # where the store was when recorded
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,7 +6,7 @@ Several cubes can live side by side: each is a ``--store`` path with its own cat
     store = "/data/nl.zarr"
     db = "postgresql://cube@db/cube"
     orbit = 51
-    grid = "NL"
+    grid = "NL"          # only for a new store: an existing one has its own grid
     cache = "/data/s2-cache"
     [resampling]
     "*" = "bilinear"
@@ -36,7 +36,7 @@ class Settings:
     store: Path | str = Path(DEFAULT_STORE)  # a str only for a URL (s3://bucket/prefix/nl.zarr)
     db: str | None = None  # None: SQLite next to the store
     orbit: int = 51
-    grid: str = "NL"
+    grid: str | None = None  # None: the store's own grid (NL for a new store)
     cache: Path | None = None  # None: "<store>.cache" beside the store
     resampling: dict[str, str] = field(default_factory=dict)
     hub: dict[str, Any] = field(default_factory=dict)

@@ -16,6 +16,10 @@ class ConfigError(S2IngestError, ValueError):
     """Invalid configuration, option or argument."""
 
 
+class CatalogMismatchError(ConfigError):
+    """The catalog named (--db) belongs to another store than the one named (--store)."""
+
+
 class UnknownVariableError(ConfigError, KeyError):
     """A variable (band or layer) name that the cube does not know."""
 

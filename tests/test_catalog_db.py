@@ -58,11 +58,11 @@ def test_sqlite_catalog_is_a_file_beside_the_store(tmp_path):
 
 def test_upgrade_ensure_current_and_downgrade(sqlite_url):
     engine = db.make_engine(sqlite_url)
-    with pytest.raises(CatalogError, match=r"at revision <empty>, this s2ingest needs 0005: run `s2ingest db upgrade`"):
+    with pytest.raises(CatalogError, match=r"at revision <empty>, this s2ingest needs 0006: run `s2ingest db upgrade`"):
         db.ensure_current(engine)
-    assert db.upgrade(sqlite_url) == db.head_revision() == "0005"
-    assert db.ensure_current(engine) == "0005"
-    assert db.upgrade(engine) == "0005"  # idempotent
+    assert db.upgrade(sqlite_url) == db.head_revision() == "0006"
+    assert db.ensure_current(engine) == "0006"
+    assert db.upgrade(engine) == "0006"  # idempotent
     assert db.downgrade(engine, "base") is None
     assert inspect(engine).get_table_names() == ["alembic_version"]
     engine.dispose()
@@ -71,14 +71,14 @@ def test_upgrade_ensure_current_and_downgrade(sqlite_url):
 def test_ensure_current_names_both_revisions(sqlite_engine):
     with sqlite_engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000old'"))
-    with pytest.raises(CatalogError, match=r"revision 0000old, this s2ingest needs 0005.*s2ingest db upgrade"):
+    with pytest.raises(CatalogError, match=r"revision 0000old, this s2ingest needs 0006.*s2ingest db upgrade"):
         db.ensure_current(sqlite_engine)
 
 
 def test_open_catalog_creates_new_but_never_migrates_existing(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.sqlite'}"
     db.open_catalog(url).dispose()
-    assert db.current_revision(url) == "0005"
+    assert db.current_revision(url) == "0006"
     engine = db.make_engine(url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000old'"))
@@ -121,8 +121,8 @@ def test_migrations_match_models(catalog_engine):
 def test_migration_roundtrip_on_postgres(pg_migrated_url):
     pg_database_url = pg_migrated_url
     assert db.downgrade(pg_database_url, "base") is None
-    assert db.upgrade(pg_database_url) == "0005"
-    assert db.current_revision(pg_database_url) == "0005"
+    assert db.upgrade(pg_database_url) == "0006"
+    assert db.current_revision(pg_database_url) == "0006"
 
 
 def test_migrations_dir_is_the_source_tree_here():

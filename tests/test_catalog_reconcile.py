@@ -317,7 +317,7 @@ def _fill_at_0001(url: str) -> None:
 
 
 def _check_upgraded(url: str) -> None:
-    assert db.upgrade(url) == db.head_revision() == "0005"
+    assert db.upgrade(url) == db.head_revision() == "0006"
     engine = db.make_engine(url)
     try:
         with db.session_scope(engine) as s:
@@ -337,7 +337,7 @@ def _check_upgraded(url: str) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM publishes")).scalar_one() == 3
     engine.dispose()
-    assert db.upgrade(url) == "0005"
+    assert db.upgrade(url) == "0006"
 
 
 def test_migration_0002_upgrades_an_existing_sqlite_catalog(sqlite_url):

@@ -380,13 +380,36 @@ def test_store_of_another_grid_exit_6(tmp_path, published, products):
     line = one_error_line(r)
     assert "grid" in line.lower()
     assert store_snapshot(store) == snap
-    # and the other way: a store made with the other grid refuses a sync on the default grid
+    # and the other way: a store made with the other grid refuses a sync asking for another grid
     store2 = tmp_path / "other.zarr"
     assert run("init", "--store", store2, "--grid", other).exit_code == 0
     snap2 = store_snapshot(store2)
-    r = run(*sync_args(store2, "--source", source_dir(tmp_path, products[0])))
+    src = source_dir(tmp_path, products[0])
+    r = run(*sync_args(store2, "--source", src, "--grid", "NL"))
     assert r.exit_code == 6 and "grid" in one_error_line(r).lower()
     assert store_snapshot(store2) == snap2
+
+
+def test_a_cube_made_with_a_grid_file_syncs_with_its_own_grid(tmp_path, products):
+    """The store is the authority on its grid: a plain sync (no --grid) uses the store's."""
+    import json
+
+    from ingest.grid import NL_GRID
+    from ingest.store import CubeStore, read_published
+
+    other = tmp_path / "fine.json"
+    other.write_text(json.dumps({**NL_GRID.to_dict(), "name": "fine",
+                                 "bounds": [80000.0, 420000.0, 110000.0, 450000.0],
+                                 "chunk_shape": [500, 500]}))
+    store = tmp_path / "fine.zarr"
+    assert run("init", "--store", store, "--grid", other).exit_code == 0
+    r = run(*sync_args(store, "--source", source_dir(tmp_path, products[0])))
+    assert r.exit_code == 0, r.output + r.stderr
+    assert "published 1" in r.output
+    assert CubeStore.open(store).grid.name == "fine"
+    assert len(read_published(store, "S2/R051").times) == 1
+    assert run("init", "--store", store).exit_code == 0  # init without --grid keeps the store's
+    assert run("init", "--store", store, "--grid", other).exit_code == 0  # the same grid: fine
 
 
 def test_unreachable_postgresql_exit_7(tmp_path):

@@ -157,6 +157,53 @@ def test_an_s3_prefix_holding_other_objects_is_refused(bucket):
 
 
 # -- sync, crash, rerun --------------------------------------------------------------------------
+def test_lease_writes_that_s3_applied_but_whose_answers_were_lost_are_recognised_as_ours(bucket, s3_endpoint):
+    """A lease PUT applied by S3 whose answer is lost: botocore retries it, the retry fails its
+    own condition (412); the lease reads its token back and knows the object is its own."""
+    import boto3
+
+    from ingest.testing.s3proxy import proxy
+
+    with proxy(s3_endpoint) as p:
+        backend = S3Backend(f"s3://{bucket}/lost/nl.zarr",
+                            client=boto3.client("s3", endpoint_url=p.url))
+        take = p.drop_answer("PUT", LOCK_KEY, header="If-None-Match")
+        lease = S3Lease(backend, ttl=30, holder="host-a:1")
+        lease.acquire(5)  # without the token check: "being written by another process (host-a:1)"
+        renew = p.drop_answer("PUT", LOCK_KEY, header="If-Match", times=2)
+        assert lease.renew() and not lease.lost
+        with lease.fence():
+            pass
+        assert take.dropped == 1 and renew.dropped == 2
+        p.drop_answer("DELETE", LOCK_KEY)
+        lease.release()
+        assert backend.get(LOCK_KEY) is None
+        # another writer's lease is still another's: a failed condition with a foreign body
+        other = S3Lease(backend, ttl=30, holder="host-b:2")
+        other.acquire(0)
+        with pytest.raises(StoreBusyError, match=r"host-b:2"):
+            S3Lease(backend, ttl=30, holder="host-c:3").acquire(0.6)
+        other.release()
+
+
+def test_sync_into_s3_completes_when_s3_applies_a_lease_put_and_loses_its_answer(
+        tmp_path, products, bucket, s3_endpoint, empty_config):
+    from ingest.testing.s3proxy import proxy
+
+    folder = _folder([products.scene[(D1, "31UET")]], tmp_path / "src")
+    url = f"s3://{bucket}/lost/nl.zarr"
+    db = f"sqlite:///{tmp_path / 'nl.catalog.sqlite'}"
+    with proxy(s3_endpoint) as p:
+        take = p.drop_answer("PUT", LOCK_KEY, header="If-None-Match")
+        fence = p.drop_answer("PUT", LOCK_KEY, header="If-Match")
+        r = _s3("sync", "--store", url, "--db", db, "--source", str(folder), "--no-progress",
+                endpoint=p.url, config=empty_config)
+    assert (take.dropped, fence.dropped) == (1, 1)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert read_published(url, GROUP).times == (D1,)
+    assert CubeStore.open(url).backend.get(LOCK_KEY) is None
+
+
 @pytest.mark.slow
 def test_sync_into_s3_survives_kills_mid_commit_and_equals_the_local_cube(
         tmp_path, products, bucket, s3_endpoint, empty_config):

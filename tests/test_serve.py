@@ -12,6 +12,7 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -137,11 +138,28 @@ def test_tiles_come_from_the_right_level_and_show_imagery(client):
     ("/api/chips?lon=4.5&lat=52&size=5000", 400, "size must be"),
     ("/api/chips?parcel=1&start=1990-01-01&end=1990-02-01", 400, "no time step"),
     ("/api/series?orbit=8&lon=4.5&lat=52", 404, "no group"),
+    # absurd numbers: a 4xx naming them, never a 500
+    *[(f"{path}?lon={v}&lat=52", 400, "finite degrees")
+      for path in ("/api/series", "/api/parcel", "/api/chips") for v in ("nan", "inf", "-inf", "1e308")],
+    *[(f"{path}?lon=4.5&lat={v}", 400, "finite degrees")
+      for path in ("/api/series", "/api/parcel", "/api/chips") for v in ("nan", "1e308")],
+    ("/api/series?polygon=" + quote(json.dumps({"type": "Polygon", "coordinates": [
+        [[4.5, 52], [1e308, 52], [4.5, 53], [4.5, 52]]]})), 400, "not finite"),
+    ("/api/series?polygon=" + quote(json.dumps({"type": "Polygon", "coordinates": [
+        [[4.5, 52], [float("nan"), 52], [4.5, 53], [4.5, 52]]]})), 400, "polygon"),
+    ("/tiles/layer/-1/0/0.png", 400, "zoom must be"),
+    ("/tiles/layer/99/0/0.png", 400, "zoom must be"),
+    ("/tiles/layer/3/9/1.png", 400, "no tile"),
+    ("/tiles/-1/0/0.png", 400, "zoom must be"),
+    ("/tiles/12/2098/1348.png?vmin=nan", 400, "not a finite number"),
+    ("/tiles/12/2098/1348.png?vmax=inf", 400, "not a finite number"),
 ])
 def test_bad_parameters_get_a_clear_4xx(client, query, status, message):
     r = client.get(query)
     assert r.status_code == status, r.text
     assert message in r.text
+    if status != 422:  # FastAPI's own validation answers {"detail": ...}
+        assert r.json()["error"]
 
 
 def test_point_series_equal_xarray_json_and_csv(client, ds):
@@ -318,3 +336,52 @@ def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chrom
                            [np.nanmean(sub[t][mask]) for t in range(sub.shape[0])])
         assert f"parcel {pid}" in page.inner_text("#status")
         browser.close()
+
+
+@pytest.mark.parametrize("length", [300_000, 2_000_000])
+def test_a_very_long_url_gets_a_414_with_a_message_not_a_reset(server, length):
+    """Longer than the app reads (256 KiB: the app answers) and than the protocol buffers
+    (1 MiB: the protocol answers, then drains what the client still sends)."""
+    import http.client
+    from urllib.parse import quote, urlsplit
+
+    u = urlsplit(server)
+    ring = ",".join(["[4.5,52.0]"] * (length // 10))
+    path = "/api/series?polygon=" + quote('{"type":"Polygon","coordinates":[[' + ring + ']]}')
+    assert len(path) > length
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        body = json.loads(r.read())
+    finally:
+        conn.close()
+    assert r.status == 414, body
+    assert "longer than" in body["error"] and "polygon" in body["error"]
+
+
+def test_an_empty_answer_says_why(client, cube, ds, parcel):
+    """A parcel or point outside the imagery answers nulls and empty chips, with a reason."""
+    brp = xr.open_zarr(cube, group="NL/BRP", consolidated=True, mask_and_scale=False)["parcel"]
+    win = NL_GRID.window_for_bounds(LAYER_AREA)
+    rows = slice(int(win.row_off), int(win.row_off + win.height))
+    cols = slice(int(win.col_off), int(win.col_off + win.width))
+    z = brp.isel(edition=-1, y=rows, x=cols).values
+    scl = ds["SCL"].isel(y=rows, x=cols).values
+    covered = set(np.unique(z[(np.isfinite(scl) & (scl != 0)).any(axis=0)]).tolist())
+    outside = sorted(set(np.unique(z[z > 0]).tolist()) - covered)
+    assert outside, "the layer has no parcel outside the imagery"
+    pid = outside[0]
+    body = client.get(f"/api/series?parcel={pid}").json()
+    assert all(r["count"] == 0 for r in body["series"])
+    assert body["reason"].startswith(f"parcel {pid} lies outside the imagery of /{GROUP}")
+    body = client.get(f"/api/chips?parcel={pid}&format=json").json()
+    assert body["reason"].startswith(f"parcel {pid} lies outside the imagery")
+    r = client.get(f"/api/chips?parcel={pid}")
+    assert r.status_code == 200 and "outside the imagery" in r.headers["x-reason"]
+    lon, lat = lonlat(100, 100)  # inside the grid, far from the imagery
+    body = client.get(f"/api/series?lon={lon}&lat={lat}").json()
+    assert all(r["value"] is None for r in body["series"]) and "outside the imagery" in body["reason"]
+    # an answer with data has no reason
+    assert "reason" not in client.get(f"/api/series?parcel={parcel[0]}").json()
+    assert "reason" not in client.get(f"/api/chips?parcel={parcel[0]}&format=json").json()

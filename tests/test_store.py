@@ -456,20 +456,23 @@ def test_a_second_writer_waits_for_the_lock_then_proceeds(store):
     t.start()
     assert holding.wait(10)
     told = []
-    threading.Timer(0.6, release.set).start()
-    t0 = time.monotonic()
-    with CubeStore.open(path).transaction(timeout=10, on_wait=told.append) as tx:
-        waited = time.monotonic() - t0
+
+    def waiting(message: str) -> None:  # the second writer says it waits: now the first finishes
+        told.append(message)
+        release.set()
+
+    with CubeStore.open(path).transaction(timeout=600, on_wait=waiting) as tx:
+        assert release.is_set(), "the second writer got the lock while the first held it"
         assert tx.base_version == 2, "sees what the first writer published"
         result["second"] = tx.commit().version
-    t.join(10)
-    assert waited >= 0.5 and result == {"first": 2, "second": 3}
+    t.join(600)
+    assert result == {"first": 2, "second": 3}
     assert len(told) == 1 and "another process" in told[0] and "is writing it" in told[0]
 
 
 def test_a_second_writer_gives_up_naming_the_holder(store):
     path = store.backend.root
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "30"], env=cli_env(),
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "3600"], env=cli_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
@@ -477,7 +480,7 @@ def test_a_second_writer_gives_up_naming_the_holder(store):
         with pytest.raises(StoreBusyError, match=rf"another process \(.+:{holder.pid}\).*gave up after") as err:
             with store.transaction(timeout=0.5):
                 pass
-        assert 0.4 < time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 >= 0.5  # it did wait its timeout (however loaded the machine)
         assert str(path) in str(err.value)
         holder.kill()  # a dead holder's lock is dropped by the kernel
         holder.wait(10)
@@ -879,8 +882,6 @@ def test_a_store_that_cannot_be_locked_gives_one_store_error(tmp_path, monkeypat
 def test_completing_an_unfinished_commit_never_waits_for_a_live_writer(tmp_path):
     """A writer that is staging holds the lock; another command must not queue behind it
     just to "recover" (the live writer finishes its own commit)."""
-    import time as _time
-
     from ingest.store import CubeStore
 
     grid = CubeGrid("t", "EPSG:28992", 10, (0, 300000, 5000, 306250))
@@ -888,6 +889,11 @@ def test_completing_an_unfinished_commit_never_waits_for_a_live_writer(tmp_path)
     with store.transaction() as tx:
         tx.put("S2/x", b"staged")  # a staging area exists while this writer works
         assert store.has_unfinished_commit()
-        t0 = _time.monotonic()
-        assert CubeStore.open(tmp_path / "c.zarr").complete_unfinished() is None
-        assert _time.monotonic() - t0 < 1.0
+        got = []
+        other = threading.Thread(
+            target=lambda: got.append(CubeStore.open(tmp_path / "c.zarr").complete_unfinished()))
+        other.start()
+        # a call queued behind the lock would wait for this writer (which holds it until the
+        # call returns): the join would time out instead of the call returning
+        other.join(300)
+        assert not other.is_alive() and got == [None]

@@ -40,7 +40,7 @@ def test_a_tool_writes_only_its_own_private_keys(store, tmp_path):
     store.delete_private(".s2ingest/mirror/fetched")
     assert store.read(".s2ingest/mirror/fetched/G/v/0") is None
     for key in ("G/v/0", ".s2ingest/lock", ".s2ingest/txn/journal.json", ".s2ingest/txn",
-                ".s2ingest/manifests/v00000001.json", "grid.json"):
+                ".s2ingest/manifests/v00000001.json", "grid.json", ".s2ingest/id.json"):
         with pytest.raises(StoreError, match="not a private key"):
             store.write_private(key, b"x")
         with pytest.raises(StoreError, match="not a private key"):

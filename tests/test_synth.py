@@ -365,33 +365,12 @@ def test_pb_twins_differ_by_1000(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
-def test_small_product_is_fast(tmp_path):
-    import time
-
-    t = time.perf_counter()
-    make_product(tmp_path, datatake_start=START, window=WIN)
-    # ~0.7 s on an idle 2-core machine; the margin absorbs CI load
-    assert time.perf_counter() - t < 4.0
-
-
 def test_real_samples_agree_with_our_namespace():
     samples = Path(__file__).resolve().parents[2] / "shared" / "samples" / "metadata" / "stactools-sentinel2"
     if not samples.is_dir():
         pytest.skip("shared samples not available")
     mtd = next(samples.glob("*N0509*/MTD_MSIL2A.xml"))
     assert "psd-14" in DET.parse(mtd).getroot().tag
-
-
-@pytest.mark.slow
-def test_full_tile_render_speed():
-    """A tenth of a full tile, all 10 m variables in one pass (as make_product renders them)."""
-    import time
-
-    variables = image_variables("05.09", 10)
-    t = time.perf_counter()
-    render(SceneParams(get_tile("31UFU"), START), 10, (0, 0, 1098, 10980), variables)
-    per_band_full_tile = (time.perf_counter() - t) * 10 / len(variables)
-    assert per_band_full_tile < 60
 
 
 def test_strip_path_matches_in_memory_path(tmp_path, monkeypatch):

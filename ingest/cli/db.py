@@ -35,3 +35,26 @@ def current_cmd(settings) -> None:
         return
     click.echo(f"catalog {display_url(settings.db_url)}: revision {current_revision(settings.db_url)} "
                f"(this s2ingest: {head_revision()})")
+
+
+@command.command("rebuild")
+@cube_options
+def rebuild_cmd(settings) -> None:
+    """Make a lost or deleted catalog again from what the store records: its identity, the
+    versions it keeps, the time steps and products of every imagery group (from their
+    provenance coordinates) and the reference-layer editions. Writes a new catalog (--db, or
+    the SQLite file beside the store); an existing catalog with rows is refused.
+
+    \b
+    Example:
+      s2ingest db rebuild --store nl.zarr --db sqlite:///nl.catalog.sqlite
+    """
+    from catalog.urls import display_url
+
+    from ingest.publish.rebuild import rebuild_catalog
+
+    r = rebuild_catalog(settings.store, settings.db_url)
+    kept = f"{r.versions[0]}..{r.versions[-1]}" if r.versions else "none"
+    click.echo(f"catalog {display_url(settings.db_url)} rebuilt from {settings.store}: "
+               f"store {r.store_id or '(no identity yet)'}, versions kept {kept}, "
+               f"{r.time_steps} time steps, {r.products} products, {r.layers} layer editions")

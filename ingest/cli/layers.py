@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ingest.errors import ConfigError
-from ingest.grid import get_grid
+from ingest.store.location import grid_for
 from ingest.layers import list_layers
 from ingest.layers.codes import GROUPS
 from ingest.cli.options import (
@@ -53,7 +53,7 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, pr
 
     records = publish_layer(settings.store, group, file, catalog=commit_catalog(settings), edition=edition,
                             attribute=attribute, variable=variable, force=force,
-                            grid=get_grid(settings.grid), name_attribute=name_attribute, progress=progress)
+                            grid=grid_for(settings.store, settings.grid), name_attribute=name_attribute, progress=progress)
     for r in records:
         if r.unchanged:
             click.echo(f"/{r.group}/{r.variable} edition {r.edition} is already published from "
@@ -123,6 +123,6 @@ def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, bbox_cr
     df = cube_stats(settings.store, group=f"S2/R{orbit:03d}", variable=variable,
                     layer_group=layer_group, layer=layer, edition=edition, kind=kind,
                     bounds=bbox, bounds_crs=bbox_crs, start=start, end=end,
-                    valid_scl=_ints(valid_scl), grid=get_grid(settings.grid), progress=progress)
+                    valid_scl=_ints(valid_scl), grid=grid_for(settings.store, settings.grid), progress=progress)
     write_table(df, out)
     click.echo(f"wrote {len(df)} rows to {out}")

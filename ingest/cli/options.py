@@ -62,10 +62,19 @@ def cube_options(func: Callable) -> Callable:
     return wrapper
 
 
+def check_catalog(settings: Settings) -> None:
+    """Refuse (exit 3, one line) a catalog that belongs to another store, before any work."""
+    from ingest.publish.identity import check_catalog_url
+
+    check_catalog_url(settings.store, settings.db_url)
+
+
 def open_existing_catalog(settings: Settings):
-    """The cube's catalog for a read-only command; never creates one (points at ``init``)."""
+    """The cube's catalog for a read-only command; never creates one (points at ``init``);
+    a catalog of another store is refused."""
     from catalog import open_existing_catalog as open_existing
 
+    check_catalog(settings)
     return open_existing(settings.db_url,
                          hint=f"; create the cube with `s2ingest init --store {settings.store}`")
 
@@ -74,7 +83,8 @@ def commit_catalog(settings: Settings):
     """The catalog that records a command's commit (``ingest.publish.record``): the one named
     by --db / S2INGEST_DB_URL / the config, created at the current schema if new (as ``sync``
     does); else the URL of the SQLite file beside the store, used only if it exists (a copy
-    made by ``mirror`` has none, and gets no catalog)."""
+    made by ``mirror`` has none, and gets no catalog). A catalog of another store is refused."""
+    check_catalog(settings)
     if settings.db is not None:
         from catalog import open_catalog
 

@@ -46,5 +46,9 @@ def command(settings, location, host, port) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound = sock.getsockname()[1]
     click.echo(f"serving {store} at http://{host}:{bound}/ (Ctrl-C stops)", err=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    from ingest.serve.limits import MAX_HEAD_BYTES, LimitedH11Protocol
+
+    # a too-long URL gets a JSON 414 (from the app, or from the protocol beyond what it buffers)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=LimitedH11Protocol,
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     uvicorn.Server(config).run(sockets=[sock])

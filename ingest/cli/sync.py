@@ -39,12 +39,15 @@ def _date(ctx, param, value):
 @click.option("--settle", "settle", type=click.FloatRange(0), default=None, metavar="HOURS",
               help="Hold datatakes sensed less than HOURS ago, so that all their tiles arrive "
                    "first and are published in one commit (0: publish at once) [default 6].")
+@click.option("--grid", default=None,
+              help="Grid name (NL) or a JSON grid file, for a new cube; an existing cube uses its "
+                   "own (a different one is refused) [default: the store's grid, NL if new].")
 @click.option("--lock-timeout", type=click.FloatRange(0), default=None, metavar="SECONDS",
               help="How long to wait for another process writing the same store [default 3600].")
 @compute_options
 @progress_option
 def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_cloud, dry_run,
-            keep_products, resampling, max_downloads, settle, lock_timeout, compute, progress) -> None:
+            keep_products, resampling, max_downloads, settle, grid, lock_timeout, compute, progress) -> None:
     """Find new products of one relative orbit, download and verify them, and publish them
     into the cube, one time step per datatake.
 
@@ -74,7 +77,8 @@ def command(settings, orbit, hub, source_dir, url, since, until, tiles, max_clou
             raise ConfigError(f"--resampling wants VAR=METHOD, not {item!r}")
         k, v = item.split("=", 1)
         extra[k.strip()] = v.strip()
-    settings = replace(settings, resampling={**settings.resampling, **extra})
+    settings = replace(settings, resampling={**settings.resampling, **extra},
+                       grid=grid or settings.grid)
     hub_cfg = dict(settings.hub)
     hub = hub or hub_cfg.pop("name", "local")
     hub_cfg.pop("name", None)

@@ -40,6 +40,9 @@ def command(settings, deep: bool, no_catalog: bool, progress: bool | None, locat
 
         from ingest.publish.record import existing_catalog
 
+        from ingest.publish.identity import check_catalog_url
+
+        check_catalog_url(where, settings.db or default_url_for_store(where))
         if settings.db is not None:
             engine = open_catalog(settings.db, create=False)
         else:

@@ -27,6 +27,7 @@ from catalog import (
     Publish, TimeStepRecord, open_catalog, record_layer, record_publish, record_version, session_scope,
 )
 from ingest.errors import StoreError
+from ingest.publish.identity import adopt_in
 from ingest.store import CommitReport, CubeStore, manifest_key
 from ingest.store.layout import GROUP_VERSION_ATTR, is_metadata
 
@@ -89,6 +90,7 @@ def record_in(session: Session, store: CubeStore, commit: CommitReport | int, *,
     its products and time steps are then left to ``reconcile_published``.
     """
     version = commit if isinstance(commit, int) else commit.version
+    adopt_in(session, store.url)  # a new catalog records the identity of its store
     m = _manifest(store, version)
     if _row(session, version) is None:
         written = n_chunks_written

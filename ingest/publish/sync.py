@@ -23,9 +23,11 @@ from sqlalchemy import select
 from ingest import holders
 from ingest.compute import ComputeOptions, open_executor
 from ingest.publish.engine import Cube, ingest_products
+from ingest.publish.identity import check_pair
+from catalog.urls import display_url
 from ingest.publish.record import existing_catalog, record_in, record_summary, repair_versions
 from ingest.errors import AuthenticationError, ProductError, StoreError
-from ingest.grid import get_grid
+from ingest.store.location import grid_for
 from ingest.config import Settings
 from ingest.products.model import Product
 from ingest.products.formats import read_product
@@ -114,12 +116,15 @@ class Syncer:
         self.source = source
         self.opts = options
         self.echo = echo
-        self.grid = get_grid(settings.grid)
+        self.grid = grid_for(settings.store, settings.grid)  # the store's own grid
         self.cube = Cube(settings.store, self.grid, options.orbit)
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
         # A dry run changes nothing: it never creates (or migrates) a catalog.
         self.engine = existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
+        # a catalog of another store is refused before any work (a new one adopts this store)
+        check_pair(settings.store, self.engine, adopt=not options.dry_run,
+                   catalog_name=f"catalog {display_url(settings.db_url)}")
         self.report = SyncReport()
         self.executor = None
 
@@ -281,6 +286,7 @@ class Syncer:
         products = self._hold_young(products, claimed)
         batches = self._batches(products)
         try:
+            faults.point("sync.claimed")
             for i, batch in enumerate(batches, 1):
                 if not self.opts.progress:
                     self.echo(f"warping and writing {len(batch)} products (batch {i}/{len(batches)})")

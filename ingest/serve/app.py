@@ -13,8 +13,9 @@ from fastapi.staticfiles import StaticFiles
 
 from ingest.errors import S2IngestError
 import ingest.serve.chips as chips_mod
+from ingest.serve.limits import url_too_long
 from ingest.serve.reader import MAX_AREA_PIXELS, CubeReader, RequestError
-from ingest.serve.tiles import TILESIZE, TMS, empty_png, tile_png
+from ingest.serve.tiles import TILESIZE, TMS, check_tile, empty_png, tile_png
 
 PNG = "image/png"
 MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)
@@ -36,6 +37,9 @@ def create_app(location: str) -> FastAPI:
 
     @app.middleware("http")
     async def _refresh(request: Request, call_next):
+        too_long = url_too_long(request.url.path, request.url.query)
+        if too_long:  # checked first: nothing is parsed or read for it
+            return JSONResponse({"error": too_long}, status_code=414)
         reader.refresh()  # a new published version replaces the cached datasets
         return await call_next(request)
 
@@ -100,15 +104,24 @@ def create_app(location: str) -> FastAPI:
             if lon is None or lat is None:
                 raise RequestError("give lon and lat, a parcel id, or a polygon")
             df = reader.point_series(group, variable, lon, lat, clear)
-            where = {"lon": lon, "lat": lat, "row_col": list(reader.cell(lon, lat))}
+            row, col = reader.cell(lon, lat)
+            where = {"lon": lon, "lat": lat, "row_col": [row, col]}
+            rows, cols, mask = slice(row, row + 1), slice(col, col + 1), np.ones((1, 1), bool)
+            what = f"point {lon}, {lat}"
         else:
             rows, cols, mask = _area(lon, lat, parcel, polygon)
             df = reader.area_series(group, variable, rows, cols, mask, clear)
             where = {"parcel": parcel} if parcel is not None else {"polygon": json.loads(polygon)}
+            what = f"parcel {parcel}" if parcel is not None else "the polygon"
+        reason = reader.no_data_reason(group, rows, cols, mask, what)
         if format == "csv":
-            return Response(df.to_csv(index=False), media_type="text/csv")
+            return Response(df.to_csv(index=False), media_type="text/csv",
+                            headers={"X-Reason": reason} if reason else None)
         records = json.loads(df.to_json(orient="records"))
-        return {"group": group, "variable": variable, "clear": clear, **where, "series": records}
+        out = {"group": group, "variable": variable, "clear": clear, **where, "series": records}
+        if reason:
+            out["reason"] = reason  # an empty answer says why
+        return out
 
     @app.get("/api/parcel")
     def parcel_at(lon: float, lat: float):
@@ -117,6 +130,8 @@ def create_app(location: str) -> FastAPI:
         if "NL/BRP/parcel" not in reader.layers():
             raise RequestError("this cube has no parcel layer /NL/BRP/parcel")
         v = int(reader.dataset("NL/BRP")["parcel"].isel(edition=-1, y=row, x=col).values)
+        if v == 0:
+            return {"parcel": 0, "reason": f"no parcel of /NL/BRP/parcel (newest edition) at {lon}, {lat}"}
         return {"parcel": v}
 
     @app.get("/api/chips")
@@ -128,13 +143,17 @@ def create_app(location: str) -> FastAPI:
         or the SCL class histograms per date as JSON."""
         group = reader.group(orbit)
         sel = chips_mod.select(reader, group, _area(lon, lat, parcel, None, size), start, end)
+        what = f"parcel {parcel}" if parcel is not None else f"the chips around {lon}, {lat}"
+        reason = reader.no_data_reason(group, sel.rows, sel.cols, sel.mask, what, sel.times)
         if format == "json":
-            return {"group": group, "parcel": parcel, "histograms": chips_mod.histograms(reader, sel)}
+            out = {"group": group, "parcel": parcel, "histograms": chips_mod.histograms(reader, sel)}
+            return {**out, "reason": reason} if reason else out
+        said = {"X-Reason": reason} if reason else {}
         if format == "png":
-            return Response(chips_mod.gallery_png(reader, sel), media_type=PNG)
+            return Response(chips_mod.gallery_png(reader, sel), media_type=PNG, headers=said or None)
         name = f"chips_{'parcel' + str(parcel) if parcel is not None else 'point'}.zip"
         return Response(chips_mod.geotiff_zip(reader, sel), media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                        headers={"Content-Disposition": f'attachment; filename="{name}"', **said})
 
     app.state.reader = reader
     return app
@@ -151,6 +170,7 @@ def _outline_tile(reader: CubeReader, layer: str, z: int, x: int, y: int) -> byt
     import morecantile
     from rio_tiler.utils import render
 
+    check_tile(z, x, y)
     if layer not in reader.layers():
         raise RequestError(f"no layer {layer}; the cube has {', '.join(reader.layers()) or 'none'}")
     group, var = layer.rsplit("/", 1)

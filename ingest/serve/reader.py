@@ -48,6 +48,13 @@ class NotFound(RequestError):
     status = 404
 
 
+def check_lon_lat(lon: float, lat: float) -> None:
+    """Finite WGS 84 degrees (lon -180..180, lat -90..90), else a 400 naming both."""
+    if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
+        raise RequestError(f"lon {lon}, lat {lat}: give finite degrees, lon -180..180 and "
+                           "lat -90..90")
+
+
 @dataclass(frozen=True)
 class Level:
     factor: int  # 1: the native group
@@ -194,7 +201,10 @@ class CubeReader:
         return list(self.bounds_wgs84(b))
 
     def cell(self, lon: float, lat: float) -> tuple[int, int]:
+        check_lon_lat(lon, lat)
         x, y = self.to_grid.transform(lon, lat)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise RequestError(f"point {lon}, {lat} lies outside the grid {self.grid.name}")
         left, _, _, top = self.grid.bounds
         row = int((top - y) // self.grid.resolution)
         col = int((x - left) // self.grid.resolution)
@@ -258,6 +268,23 @@ class CubeReader:
             df = df[df["count"] > 0]
         return df
 
+    def no_data_reason(self, group: str, rows: slice, cols: slice, mask: np.ndarray, what: str,
+                       times: list[int] | None = None) -> str | None:
+        """Why the answer for an area is empty: none of its pixels holds imagery at any of the
+        time steps asked for (SCL is its fill value everywhere); None when some pixel does."""
+        scl = self.dataset(group)["SCL"]
+        if times is not None:
+            scl = scl.isel(time=times)
+        values = scl.isel(y=rows, x=cols).values
+        if values.size and (values[:, mask] != VARIABLES["SCL"].fill_value).any():
+            return None
+        n = values.shape[0]
+        bounds = self.data_bounds_wgs84(group)
+        extent = (f"; the imagery lies within lon {bounds[0]:.3f}..{bounds[2]:.3f}, lat "
+                  f"{bounds[1]:.3f}..{bounds[3]:.3f}") if bounds else ""
+        return (f"{what} lies outside the imagery of /{group}: none of its pixels holds data at "
+                f"any of the {n} time steps asked for{extent}")
+
     # -- areas: polygons and parcels ----------------------------------------------------------
     def window_of_bounds(self, bounds) -> tuple[slice, slice]:
         w = self.grid.window_for_bounds(bounds)
@@ -279,7 +306,10 @@ class CubeReader:
                 self.to_grid.transform(xy[:, 0], xy[:, 1])))
         except Exception as exc:  # shapely raises many kinds for bad GeoJSON
             raise RequestError(f"bad polygon: {exc}") from None
-        if geom.is_empty or geom.area <= 0:
+        if not all(math.isfinite(v) for v in (geom.bounds or (math.nan,))):
+            raise RequestError("the polygon has coordinates that are not finite lon/lat degrees "
+                               "or lie outside the grid's projection")
+        if geom.is_empty or not geom.area > 0:
             raise RequestError("the polygon is empty")
         rows, cols = self.window_of_bounds(geom.bounds)
         left, _, _, top = self.grid.bounds

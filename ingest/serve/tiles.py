@@ -27,6 +27,17 @@ DEFAULT_RANGES = {"reflectance": (0.0, 0.3), "classes": (0, 11), "probability": 
                   "aot": (0.0, 0.5), "wvp": (0.0, 5.0)}
 
 
+MAX_ZOOM = 24
+
+
+def check_tile(z: int, x: int, y: int) -> None:
+    """A Web Mercator tile that exists: zoom 0..24, x and y 0..2^z - 1 (else a 400)."""
+    if not 0 <= z <= MAX_ZOOM:
+        raise RequestError(f"no tile {z}/{x}/{y}: zoom must be 0..{MAX_ZOOM}")
+    if not (0 <= x < 2 ** z and 0 <= y < 2 ** z):
+        raise RequestError(f"no tile {z}/{x}/{y}: x and y must be 0..{2 ** z - 1} at zoom {z}")
+
+
 def empty_png() -> bytes:
     return render(np.zeros((1, TILESIZE, TILESIZE), dtype="uint8"),
                   mask=np.zeros((TILESIZE, TILESIZE), dtype="uint8"), img_format="PNG")
@@ -58,8 +69,10 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
              variable: str | None, composite: str | None, vmin: float | None, vmax: float | None,
              colormap: str | None, overviews: bool = True) -> tuple[bytes, int]:
     """(PNG bytes, overview factor used) of tile z/x/y."""
-    if z < 0 or z > 24 or not (0 <= x < 2 ** z and 0 <= y < 2 ** z):
-        raise RequestError(f"no tile {z}/{x}/{y}")
+    check_tile(z, x, y)
+    for name, v in (("vmin", vmin), ("vmax", vmax)):
+        if v is not None and not math.isfinite(v):
+            raise RequestError(f"{name} {v} is not a finite number")
     if composite:
         if composite not in COMPOSITES:
             raise RequestError(f"unknown composite {composite!r}; one of {', '.join(COMPOSITES)}")

@@ -29,8 +29,8 @@ from ingest.grid import CubeGrid
 from ingest.store.backends import Backend, Fence, backend_for
 from ingest.store.journal import JOURNAL, recover
 from ingest.store.layout import (
-    GRID_FILE, MANIFEST_DIR, META_DIR, STORE_FORMAT, TXN_DIR, join, manifest_key, metadata_key,
-    version_of_key,
+    GRID_FILE, ID_FILE, MANIFEST_DIR, META_DIR, STORE_FORMAT, TXN_DIR, join, manifest_key,
+    metadata_key, new_identity, version_of_key,
 )
 from ingest.store.location import check_backend, check_grid, stored_grid
 from ingest.store.manifests import MANIFEST_HISTORY, full_listing
@@ -116,7 +116,7 @@ class CubeStore:
     def root_documents(self) -> dict[str, bytes]:
         """What the first commit writes at the root: ``grid.json`` and the root group."""
         grid = self.grid
-        docs = {GRID_FILE: grid.to_json().encode()}
+        docs = {GRID_FILE: grid.to_json().encode(), ID_FILE: new_identity()}
         docs.update(new_group({
             "title": "Sentinel-2 L2A surface reflectance cube",
             "Conventions": "CF-1.8",
@@ -199,7 +199,7 @@ class CubeStore:
             self.backend.local_path.mkdir(parents=True, exist_ok=True)
 
     def _private(self, key: str) -> str:
-        own = key == LOCK_KEY or key.startswith((f"{TXN_DIR}/", f"{MANIFEST_DIR}/")) \
+        own = key in (LOCK_KEY, ID_FILE) or key.startswith((f"{TXN_DIR}/", f"{MANIFEST_DIR}/")) \
             or key in (TXN_DIR, MANIFEST_DIR)
         if not key.startswith(f"{META_DIR}/") or own:
             raise StoreError(f"{self.url}: {key} is not a private key of a tool under {META_DIR}/")
@@ -215,6 +215,20 @@ class CubeStore:
             return json.loads(raw)["metadata"]
         except (ValueError, KeyError) as exc:
             raise StoreError(f"{self.url}/{join(group, '.zmetadata')} is damaged: {exc}") from exc
+
+    def identity(self) -> str | None:
+        """The store's identity (``.s2ingest/id.json``); None for a store from before
+        identities (its next commit writes one) or a location with no cube yet."""
+        raw = self.backend.get(ID_FILE)
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)["store_id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{self.url}/{ID_FILE} is damaged: {exc}") from exc
+        if not isinstance(value, str) or not value:
+            raise StoreError(f"{self.url}/{ID_FILE} is damaged: no store_id")
+        return value
 
     def version(self) -> int:
         """The store-wide version readers see (root consolidated metadata)."""

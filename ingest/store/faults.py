@@ -3,8 +3,10 @@
 ``point(name)`` does nothing unless the environment variable ``S2INGEST_FAULT`` names it:
 ``S2INGEST_FAULT=switch.data`` kills the process (SIGKILL, as ``kill -9`` would) at the
 first pass; ``S2INGEST_FAULT=switch.data@3`` at the third; ``S2INGEST_FAULT=stage.chunk=enospc``
-raises ``OSError(ENOSPC)`` there instead (a disk that fills up). Every point is listed in
-``POINTS`` so a test can walk all of them.
+raises ``OSError(ENOSPC)`` there instead (a disk that fills up);
+``S2INGEST_FAULT=sync.claimed=wait:FILE`` creates ``FILE.reached`` and waits there until
+``FILE`` exists (a test acts at a known moment, e.g. sends Ctrl-C, instead of guessing it with
+a sleep). Every point is listed in ``POINTS`` so a test can walk all of them.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import errno
 import os
 import signal
 import threading
+import time
 
 POINTS = (
     "txn.locked",          # lock held, before recovery
@@ -28,6 +31,7 @@ POINTS = (
     "commit.marked",       # the journal is marked committed, not yet removed
     "catalog.before-commit",   # the store is committed; the catalog not yet
     "mirror.fetched",      # a mirror fetched one key into the copy's .s2ingest/mirror/ (not yet published)
+    "sync.claimed",        # sync holds the leases of the products it is about to ingest
 )
 
 _lock = threading.Lock()
@@ -50,4 +54,11 @@ def point(name: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action.startswith("wait:"):
+        release = action[len("wait:"):]
+        with open(release + ".reached", "w"):
+            pass
+        while not os.path.exists(release):  # a signal (Ctrl-C) interrupts the wait
+            time.sleep(0.05)
+        return
     os.kill(os.getpid(), signal.SIGKILL)

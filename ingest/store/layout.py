@@ -22,6 +22,9 @@ GRID_FILE = "grid.json"
 META_DIR = ".s2ingest"  # lock, journal, manifests (not Zarr keys; readable over HTTP)
 TXN_DIR = f"{META_DIR}/txn"
 MANIFEST_DIR = f"{META_DIR}/manifests"
+# the store's identity: {"store_id": random hex}, written by its first commit (a store from
+# before identities gets one with its next commit); not in manifests, so a copy has its own
+ID_FILE = f"{META_DIR}/id.json"
 METADATA_NAMES = (".zmetadata", ".zattrs", ".zarray", ".zgroup")
 VERSION_ATTR = "s2ingest_store_version"  # root attribute: the store-wide version
 GROUP_VERSION_ATTR = "s2ingest_cube_version"  # group attribute: the version that last changed it
@@ -46,6 +49,14 @@ PROVENANCE: dict[str, tuple[int, str]] = {
     "products": (4096, "comma-separated names of the contributing products"),
 }
 TIME_COORDS = ("time", *PROVENANCE)
+
+
+def new_identity() -> bytes:
+    """The bytes of a new store's ``ID_FILE``: a random identity."""
+    import json
+    import uuid
+
+    return json.dumps({"store_id": uuid.uuid4().hex}).encode()
 
 
 def group_path(orbit: int) -> str:

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ingest.errors import GridMismatchError, NotACubeError, StoreError
-from ingest.grid import CubeGrid
+from ingest.grid import CubeGrid, get_grid
 from ingest.store.backends import Backend, backend_for
 from ingest.store.layout import GRID_FILE, META_DIR
 
@@ -28,7 +28,24 @@ def stored_grid(backend: Backend) -> CubeGrid | None:
 def check_grid(stored: CubeGrid, grid: CubeGrid, where: str) -> None:
     if stored.to_dict() != grid.to_dict():
         raise GridMismatchError(f"store {where} has grid {stored.name} {stored.to_dict()}, "
-                                f"not {grid.name}")
+                                f"not {grid.name}; leave out --grid (and the grid setting) to "
+                                "use the store's own")
+
+
+def grid_for(location: str | Path, requested: str | None) -> CubeGrid:
+    """The grid of the cube at ``location``: the store is the authority on its grid.
+
+    An existing store's own ``grid.json`` is used; a grid that was asked for (``--grid``, the
+    ``grid`` setting) must equal it (``GridMismatchError``, one line, before any work). A
+    location with no cube yet gets the requested grid, NL by default.
+    """
+    backend = backend_for(location)
+    stored = stored_grid(backend)
+    if stored is None:
+        return get_grid(requested or "NL")
+    if requested is not None:
+        check_grid(stored, get_grid(requested), backend.url)
+    return stored
 
 
 def check_location(location: str | Path) -> None:

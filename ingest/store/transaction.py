@@ -32,7 +32,9 @@ from ingest.errors import StalePlanError, StoreError, StoreLeaseLostError
 import ingest.store.faults as faults
 from ingest.store.backends import Fence
 from ingest.store.journal import COMMITTED, JOURNAL, STAGE, recover, switch, switch_rank
-from ingest.store.layout import META_DIR, TXN_DIR, VERSION_ATTR, is_metadata, join, manifest_key, metadata_key
+from ingest.store.layout import (
+    ID_FILE, META_DIR, TXN_DIR, VERSION_ATTR, is_metadata, join, manifest_key, metadata_key, new_identity,
+)
 from ingest.store.location import check_grid, stored_grid
 from ingest.store.manifests import Digest, build_manifest, build_snapshot, digest, prune_manifests
 from ingest.store.state import PublishedState
@@ -110,6 +112,8 @@ class Transaction:
                     self.put(key, value)
             else:
                 check_grid(stored, self.store.grid, self.store.url)
+                if self.backend.get(ID_FILE) is None:  # a store from before identities
+                    self.put(ID_FILE, new_identity())  # published with its next commit
         except OSError as exc:
             self._release()
             if isinstance(exc, StoreError):

@@ -251,6 +251,10 @@ class S3Lease(Fence):
     - **fence** (commit point): one more ``If-Match`` re-PUT; a 412 means another writer took
       the lease, and the commit is refused with ``StoreLeaseLostError``.
     - **release**: ``DELETE If-Match`` own ETag (never someone else's lease).
+    - **lost answers**: every write carries a fresh random token in its body; a conditional
+      PUT that fails (412/409) reads the lease back, and when it holds the token of that very
+      write (S3 applied it, its answer was lost, the client's retry failed the condition) the
+      lease is ours, with that object's ETag.
     """
 
     def __init__(self, backend: S3Backend, *, ttl: float = LEASE_SECONDS,
@@ -273,28 +277,44 @@ class S3Lease(Fence):
     def lost(self) -> bool:
         return self._lost
 
-    def _body(self) -> bytes:
+    def _body(self, token: str) -> bytes:
         self._renewals += 1
         return json.dumps({"holder": self.holder, "ttl": self.ttl, "renewal": self._renewals,
-                           "nonce": uuid.uuid4().hex,
-                           "expires": time.time() + self.ttl}).encode()
+                           "nonce": token, "expires": time.time() + self.ttl}).encode()
 
     def _put(self, **cond) -> str | None:
         """PUT the lease with a condition; its new ETag, or None when the condition failed."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         b = self.backend
+        token = uuid.uuid4().hex  # this write's own mark, in its body
         try:
-            r = b.client.put_object(Bucket=b.bucket, Key=b.full(LOCK_KEY), Body=self._body(), **cond)
+            r = b.client.put_object(Bucket=b.bucket, Key=b.full(LOCK_KEY), Body=self._body(token),
+                                    **cond)
         except ClientError as exc:
             # 412: the condition failed; 409: a concurrent conditional write won the race
             if _status(exc) in (409, 412) or _code(exc) in ("PreconditionFailed",
                                                              "ConditionalRequestConflict"):
-                return None
+                return self._own_write(token)
             raise b._fail("lock", LOCK_KEY, exc) from exc
         except BotoCoreError as exc:
             raise b._fail("lock", LOCK_KEY, exc) from exc
         return r["ETag"]
+
+    def _own_write(self, token: str) -> str | None:
+        """The ETag of the lease object when it holds our write ``token``, else None.
+
+        A conditional PUT that S3 applied but whose answer was lost is retried by the client
+        and then fails its own condition (412): the object it finds is our write, not another
+        writer's. Its body's token tells the two apart (DESIGN CHOICE: a fresh random token
+        per write, never reused, so no other writer's body can carry it).
+        """
+        current, body = self._current()
+        if current is not None and body.get("nonce") == token:
+            log.info("the writer lease of %s holds this writer's own write (its answer was lost)",
+                     self.backend.url)
+            return current
+        return None
 
     def _current(self) -> tuple[str | None, dict]:
         """(ETag, body) of the lease object now; (None, {}) when there is none."""
@@ -387,8 +407,8 @@ class S3Lease(Fence):
             try:
                 b.client.delete_object(Bucket=b.bucket, Key=b.full(LOCK_KEY), IfMatch=self.etag)
             except ClientError as exc:
-                if _status(exc) in (409, 412):
-                    return  # no longer ours: leave it
+                if _status(exc) in (404, 409, 412):
+                    return  # no longer ours (or our delete applied and its answer lost): leave it
                 if _status(exc) in (400, 501):  # a server without conditional deletes
                     current, _ = self._current()
                     if current == self.etag:
