@@ -239,36 +239,43 @@ class _BlockReader:
 
 
 def _zone_ids(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(labels, pixel mask, index of each masked pixel's label) of a block of zone labels;
-    None where the block holds no zone (0 or NaN = none)."""
+    """(labels, pixel mask, bin of every pixel of the block) of a block of zone labels: bin i
+    for the pixels of ``labels[i]``, ``len(labels)`` for pixels of no zone (0 or NaN); None
+    where the block holds no zone."""
     zf = np.asarray(z, dtype="float64")
-    mask = np.isfinite(zf) & (zf != 0) if zf.dtype.kind == "f" else zf != 0
-    if z.dtype.kind in "iu":
-        mask = z > 0
+    mask = z > 0 if z.dtype.kind in "iu" else np.isfinite(zf) & (zf != 0)
     if not mask.any():
         return None
     labels, inv = np.unique(zf[mask], return_inverse=True)
-    return labels.astype("int64"), mask, inv.ravel()
+    bins = np.full(zf.size, len(labels), dtype="intp")
+    bins[mask.ravel()] = inv.ravel()
+    return labels.astype("int64"), mask, bins
 
 
 def _block_sums(values: np.ndarray, zid) -> tuple[np.ndarray, np.ndarray]:
-    """Per (time, zone) sum of the valid values and their count: one ``np.bincount`` over
-    every time step (the bins of step t follow those of step t - 1)."""
-    labels, mask, inv = zid
+    """Per (time, zone) sum of the valid values and their count: one ``np.bincount`` per
+    time step over the block's pixels in order (the sums ``groupby`` gives, to the bit)."""
+    labels, _, bins = zid
     k = len(labels)
-    v = values[:, mask]  # (T, pixels in zones), pixel order as in the block
-    ok = ~np.isnan(v)
-    idx = (inv[None, :] + k * np.arange(v.shape[0])[:, None]).ravel()
-    sums = np.bincount(idx, weights=np.where(ok, v, 0).ravel().astype("float64"), minlength=k * v.shape[0])
-    counts = np.bincount(idx[ok.ravel()], minlength=k * v.shape[0])
-    return sums.reshape(v.shape[0], k), counts.reshape(v.shape[0], k)
+    n_t = values.shape[0]
+    v = values.reshape(n_t, -1)
+    bad = np.isnan(v)
+    w = np.where(bad, v.dtype.type(0), v)
+    pixels = np.bincount(bins, minlength=k + 1)[:k]
+    sums, counts = np.empty((n_t, k)), np.empty((n_t, k), dtype="int64")
+    for t in range(n_t):
+        sums[t] = np.bincount(bins, weights=w[t], minlength=k + 1)[:k]
+        # valid = the zone's pixels less its NaN pixels (few: integer counts, no weights)
+        counts[t] = pixels - np.bincount(bins[bad[t]], minlength=k + 1)[:k]
+    return sums, counts
 
 
 def _block_classes(values: np.ndarray, zid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(time index, zone index, class label, count) of every nonzero count in the block."""
-    labels, mask, inv = zid
+    labels, mask, bins = zid
     k = len(labels)
     v = values[:, mask]
+    inv = bins[mask.ravel()]
     ok = np.isfinite(v) & (v != 0)
     classes, cinv = np.unique(v[ok], return_inverse=True)
     n_c = len(classes)
@@ -292,17 +299,31 @@ def _blocks(reader: _BlockReader, zones: xr.DataArray, zone_cells: set | None, g
     most ``time_block`` dates), so memory holds one block at a time."""
     from tqdm.auto import tqdm
 
+    from concurrent.futures import ThreadPoolExecutor
+
     chunks = [c for c in grid.chunks_in_window(window) if zone_cells is None or c in zone_cells]
-    for index in tqdm(chunks, desc=f"{kind} per {zone_name}", unit="chunk", disable=not progress, leave=False):
+    tasks = []  # (zone ids, selection, time slice, whether nothing is stored there)
+    for index in chunks:
         w = grid.chunk_window(index)
         sel = {"y": slice(w.row_off, w.row_off + w.height), "x": slice(w.col_off, w.col_off + w.width)}
         zid = _zone_ids(zones.isel(sel).values)
-        if zid is None:
-            continue
-        labels = zid[0]
-        empty = reader.empty(index)
-        for t0 in range(0, reader.n_t, time_block):
-            t = slice(t0, t0 + time_block)
+        if zid is not None:
+            tasks += [(zid, sel, slice(t0, t0 + time_block), reader.empty(index))
+                      for t0 in range(0, reader.n_t, time_block)]
+    # DESIGN CHOICE: the next block is read (Zarr decodes, mostly outside the GIL) while this
+    # one is counted: at most two blocks in memory
+    with ThreadPoolExecutor(1, thread_name_prefix="stats-read") as pool:
+        def fetch(i):
+            if i >= len(tasks) or tasks[i][3]:
+                return None
+            return pool.submit(reader.read, tasks[i][2], tasks[i][1])
+
+        ahead = fetch(0)
+        for i in tqdm(range(len(tasks)), desc=f"{kind} per {zone_name}", unit="block",
+                      disable=not progress, leave=False):
+            zid, sel, t, empty = tasks[i]
+            current, ahead = ahead, fetch(i + 1)
+            labels = zid[0]
             cols: dict = {}
             if empty:  # no data stored under this chunk: every value is NaN, nothing is read
                 if kind != "mean":
@@ -311,7 +332,7 @@ def _blocks(reader: _BlockReader, zones: xr.DataArray, zone_cells: set | None, g
                 n_step = len(t_vals) if reader.has_time else 1
                 sums, counts = np.zeros(n_step * len(labels)), np.zeros(n_step * len(labels), "int64")
             else:
-                block = reader.read(t, sel)
+                block = current.result()
                 t_vals = block["time"].values if reader.has_time else None
                 values = block.values if reader.has_time else block.values[None]
                 n_step = values.shape[0]
