@@ -96,6 +96,9 @@ def test_cube_stats_mean_ndvi_per_municipality_and_scl_per_parcel(tmp_path):
         .isel(edition=0, y=slice(win.row_off, win.row_off + win.height),
               x=slice(win.col_off, win.col_off + win.width)).values, return_counts=True)[1][1:])
     assert sorted(per.xs(per.index.levels[1][0], level="time").tolist()) == sorted(sizes.tolist())
+    # #20 item 15: a row for every class a zone has on a date, none for a zero count
+    assert (cls["count"] > 0).all()
+    assert not cls.duplicated(["parcel", "time", "class"]).any()
 
     for suffix in (".csv", ".parquet"):
         path = write_table(df, tmp_path / f"ndvi{suffix}")
@@ -128,3 +131,29 @@ def test_stats_cli_writes_parquet(tmp_path):
     df = pd.read_parquet(out)
     assert list(df.columns) == ["municipality", "name", "time", "sum", "count", "mean"]
     assert len(df) == 2 * df.municipality.nunique() and df["mean"].between(0, 1).all()
+
+
+def test_cube_stats_equal_a_groupby_per_chunk_and_skip_what_holds_no_data(tmp_path):
+    """The bincount path gives the sums and counts of xarray's groupby over the same pixels,
+    the zones outside the imagery included (count 0, mean NaN)."""
+    area = (85_000.0, 437_500.0, 90_000.0, 443_750.0)
+    store = tmp_path / "cube.zarr"
+    g, f = synth.municipalities((80_000.0, 437_500.0, 90_000.0, 443_750.0))
+    add_layer(store, "NL", synth.write_vector(tmp_path / "gm.gpkg", g, f), edition=2023, attribute="statcode")
+    synth.imagery_group(store, area, n_times=2)
+    df = cube_stats(store, group="S2/R051", variable="NDVI", layer_group="NL", layer="municipality",
+                    edition=2023, valid_scl=[4, 5])
+    zones = xr.open_zarr(store, group="/NL", consolidated=True).municipality.sel(edition=2023)
+    win = NL_GRID.window_for_bounds(area)
+    sel = {"y": slice(win.row_off, win.row_off + win.height), "x": slice(win.col_off, win.col_off + win.width)}
+    img = xr.open_zarr(store, group="/S2/R051", consolidated=True).isel(sel).load()
+    ndvi = ((img["B08"] - img["B04"]) / (img["B08"] + img["B04"])).where(img["SCL"].isin([4, 5]))
+    z = zones.isel(sel).load()
+    want = zonal_stats(ndvi, z).set_index(["municipality", "time"])
+    got = df.set_index(["municipality", "time"])
+    for key, row in want.iterrows():
+        assert got.loc[key, "count"] == row["count"]
+        assert got.loc[key, "sum"] == pytest.approx(row["sum"], rel=1e-9)
+    outside = set(got.index.get_level_values(0)) - set(want.index.get_level_values(0))
+    assert outside, "the layer reaches beyond the imagery"
+    assert (got.loc[list(outside), "count"] == 0).all() and got.loc[list(outside), "mean"].isna().all()

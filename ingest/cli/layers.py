@@ -110,7 +110,8 @@ def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, bbox_cr
 
     \b
     --stat mean:    zone, [name], time, sum, count, mean
-    --stat classes: zone, time, class, count (e.g. --variable SCL: pixels per scene class)
+    --stat classes: zone, time, class, count (e.g. --variable SCL: pixels per scene class;
+                    a row only where a class occurs in the zone on that date, no zero counts)
     """
     from ingest.layers.stats import check_table_path, cube_stats, write_table
 

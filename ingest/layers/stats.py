@@ -2,9 +2,14 @@
 
 The most common question asked of the cube with the reference layers: mean NDVI per
 municipality per date, SCL class counts per parcel per date (as parcel "chip" services give).
-Computed with xarray ``groupby`` on the published layer, which shares the imagery's x/y exactly.
-The cube-level helper works one spatial chunk (and a few time chunks) at a time and combines
-sums and counts, so memory stays bounded however large the region.
+The in-memory building blocks use xarray ``groupby`` on the published layer, which shares the
+imagery's x/y exactly. The cube-level helper (``cube_stats``, what ``s2ingest stats`` runs)
+works one spatial chunk (and a few time chunks) at a time: the zone labels of the chunk become
+indices, and one ``np.bincount`` per block sums and counts every zone at every date (what
+``groupby`` computed, at the cost of a numpy pass); spatial chunks where the imagery stores
+nothing are not read (their zones get count 0). Partial sums are combined per zone and date,
+so memory stays bounded however large the region. Class counts list only the counts that are
+not zero (#20 item 15: most zone x date x class combinations are empty).
 """
 from __future__ import annotations
 
@@ -90,9 +95,10 @@ def _finish_means(sums: pd.DataFrame, names: dict[int, str] | None) -> pd.DataFr
 
 
 # -- the cube -------------------------------------------------------------------------------------
-def open_layer(store: str | Path, group: str, variable: str, edition: int) -> xr.DataArray:
-    """One edition of a published layer, lazily (dask), with its code table in attrs."""
-    ds = xr.open_zarr(str(store), group="/" + group.strip("/"), consolidated=True)
+def open_layer(store: str | Path, group: str, variable: str, edition: int, chunks="auto") -> xr.DataArray:
+    """One edition of a published layer, lazily (dask; ``chunks=None``: lazily indexed numpy),
+    with its code table in attrs."""
+    ds = xr.open_zarr(str(store), group="/" + group.strip("/"), consolidated=True, chunks=chunks)
     if variable not in ds:
         raise LayerError(f"/{group.strip('/')} has no layer {variable!r} (has {', '.join(map(str, ds.data_vars))})")
     if int(edition) not in ds["edition"].values.tolist():
@@ -135,25 +141,25 @@ def cube_stats(store: str | Path, *, group: str, variable: str, layer_group: str
     grid's CRS unless ``bounds_crs`` names another; ``start``/``end`` (inclusive) are dates
     or times, UTC unless they say otherwise.
     """
-    from ingest.copies.access import grid_bounds, time_slice
+    from ingest.copies.access import grid_bounds
 
     if kind not in ("mean", "classes"):
         raise ConfigError(f"unknown statistic {kind!r}; use mean or classes")
     if bounds is not None:
         bounds = grid_bounds(grid, bounds, bounds_crs)  # checked before anything is read
-    zones = open_layer(store, layer_group, layer, edition)
-    data = open_variable(store, group, variable, valid_scl)
-    if "time" in data.dims and (start is not None or end is not None):
-        data = data.sel(time=time_slice((start, end)))
+    zones = open_layer(store, layer_group, layer, edition, chunks=None)
+    reader = _BlockReader(store, group, variable, valid_scl, start, end, grid)
+    zone_cells = _stored_cells(store, f"{layer_group.strip('/')}/{layer}", zones, grid)
     bounds = bounds or layer_bounds(zones, edition)
     window = grid.window_for_bounds(bounds) if bounds else grid.full_window
     if window is None:
         raise ConfigError(f"bounds {bounds} do not overlap grid {grid.name}")
-    parts = [p for p in _blocks(data, zones, grid, window, kind, time_block, layer, progress) if len(p)]
+    parts = [p for p in _blocks(reader, zones, zone_cells, grid, window, kind, time_block, layer,
+                                progress) if len(p)]
     if not parts:
         return pd.DataFrame()
     # Sum the blocks' partial sums and counts per zone (and date, class), by column names.
-    df = pd.concat([p.reset_index() for p in parts], ignore_index=True)
+    df = pd.concat(parts, ignore_index=True)
     keys = [c for c in df.columns if c not in ("sum", "count")]
     df = df.groupby(keys, sort=True).sum().sort_index()
     if kind == "classes":
@@ -162,27 +168,191 @@ def cube_stats(store: str | Path, *, group: str, variable: str, layer_group: str
     return _finish_means(df, names)
 
 
-def _blocks(data: xr.DataArray, zones: xr.DataArray, grid: CubeGrid, window, kind: str,
-            time_block: int, zone_name: str, progress: bool = False) -> Iterable[pd.DataFrame]:
+def _stored_cells(store, array: str, ds_var: xr.DataArray, grid: CubeGrid) -> set | None:
+    """The spatial chunks (iy, ix) of the grid where ``array`` has any chunk stored; None when
+    that cannot be told (keys not listable, chunks not the grid's, no fill value to read)."""
+    from ingest.store.backends import backend_for
+
+    chunks = ds_var.encoding.get("chunks") or ds_var.encoding.get("preferred_chunks")
+    if isinstance(chunks, dict):
+        chunks = tuple(chunks.get(d) for d in ds_var.dims)
+    if chunks is None or tuple(chunks[-2:]) != tuple(grid.chunk_shape):
+        return None
+    if ds_var.encoding.get("_FillValue") is None and ds_var.attrs.get("_FillValue") is None:
+        return None
+    try:
+        keys, _ = backend_for(str(store)).list_dir(array)
+    except Exception:  # a store that cannot list: read every chunk
+        return None
+    cells = set()
+    for k in keys:
+        parts = k.replace("/", ".").split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts[-2:]):
+            cells.add((int(parts[-2]), int(parts[-1])))
+    return cells
+
+
+class _BlockReader:
+    """The variable's values (float, NaN where masked) one block at a time, read through
+    xarray without dask: the same decoding and arithmetic as ``open_variable`` on a whole
+    array, applied to one block in memory. ``empty(index)``: the block is known to be all
+    NaN without reading (a needed variable has no chunk stored in that spatial chunk)."""
+
+    def __init__(self, store, group: str, variable: str, valid_scl, start, end, grid: CubeGrid):
+        from ingest.copies.access import time_slice
+
+        ds = xr.open_zarr(str(store), group="/" + group.strip("/"), consolidated=True, chunks=None)
+        needed = list(DERIVED.get(variable, (variable,)))
+        if any(v not in ds for v in needed):
+            raise ConfigError(f"/{group.strip('/')} has no variable {variable!r}")
+        if valid_scl:
+            needed.append("SCL")
+        self.cells = {}
+        for v in needed:
+            self.cells[v] = _stored_cells(store, f"{group.strip('/')}/{v}", ds[v], grid)
+        ds = ds[needed]
+        if "time" in ds.dims and (start is not None or end is not None):
+            ds = ds.sel(time=time_slice((start, end)))
+        self.ds, self.variable, self.valid_scl = ds, variable, valid_scl
+        self.has_time = "time" in ds.dims
+        self.n_t = ds.sizes.get("time", 1)
+
+    def empty(self, index) -> bool:
+        return any(c is not None and index not in c for c in self.cells.values())
+
+    def times(self, t: slice) -> np.ndarray:
+        return self.ds["time"].values[t]
+
+    def read(self, t: slice, sel: dict) -> xr.DataArray:
+        blk = self.ds.isel(sel)
+        if self.has_time:
+            blk = blk.isel(time=t)
+        blk = blk.load()
+        if self.variable in DERIVED:
+            a, b = (blk[v] for v in DERIVED[self.variable])
+            out = ((a - b) / (a + b)).rename(self.variable)
+        else:
+            out = blk[self.variable]
+        if self.valid_scl:
+            out = out.where(blk["SCL"].isin(list(self.valid_scl)))
+        return out
+
+
+def _zone_ids(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(labels, pixel mask, bin of every pixel of the block) of a block of zone labels: bin i
+    for the pixels of ``labels[i]``, ``len(labels)`` for pixels of no zone (0 or NaN); None
+    where the block holds no zone."""
+    zf = np.asarray(z, dtype="float64")
+    mask = z > 0 if z.dtype.kind in "iu" else np.isfinite(zf) & (zf != 0)
+    if not mask.any():
+        return None
+    labels, inv = np.unique(zf[mask], return_inverse=True)
+    bins = np.full(zf.size, len(labels), dtype="intp")
+    bins[mask.ravel()] = inv.ravel()
+    return labels.astype("int64"), mask, bins
+
+
+def _block_sums(values: np.ndarray, zid) -> tuple[np.ndarray, np.ndarray]:
+    """Per (time, zone) sum of the valid values and their count: one ``np.bincount`` per
+    time step over the block's pixels in order (the sums ``groupby`` gives, to the bit)."""
+    labels, _, bins = zid
+    k = len(labels)
+    n_t = values.shape[0]
+    v = values.reshape(n_t, -1)
+    bad = np.isnan(v)
+    w = np.where(bad, v.dtype.type(0), v)
+    pixels = np.bincount(bins, minlength=k + 1)[:k]
+    sums, counts = np.empty((n_t, k)), np.empty((n_t, k), dtype="int64")
+    for t in range(n_t):
+        sums[t] = np.bincount(bins, weights=w[t], minlength=k + 1)[:k]
+        # valid = the zone's pixels less its NaN pixels (few: integer counts, no weights)
+        counts[t] = pixels - np.bincount(bins[bad[t]], minlength=k + 1)[:k]
+    return sums, counts
+
+
+def _block_classes(values: np.ndarray, zid) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(time index, zone index, class label, count) of every nonzero count in the block."""
+    labels, mask, bins = zid
+    k = len(labels)
+    v = values[:, mask]
+    inv = bins[mask.ravel()]
+    ok = np.isfinite(v) & (v != 0)
+    classes, cinv = np.unique(v[ok], return_inverse=True)
+    n_c = len(classes)
+    if not n_c:
+        return (np.empty(0, "int64"),) * 3 + (np.empty(0, "int64"),)
+    t_idx = np.broadcast_to(np.arange(v.shape[0])[:, None], v.shape)[ok]
+    z_idx = np.broadcast_to(inv[None, :], v.shape)[ok]
+    flat = (t_idx * k + z_idx) * n_c + cinv.ravel()
+    counts = np.bincount(flat, minlength=v.shape[0] * k * n_c)
+    nz = np.flatnonzero(counts)
+    t_i, rest = np.divmod(nz, k * n_c)
+    z_i, c_i = np.divmod(rest, n_c)
+    return t_i, z_i, np.array([int(c) for c in classes], dtype="int64")[c_i], counts[nz].astype("int64")
+
+
+def _blocks(reader: _BlockReader, zones: xr.DataArray, zone_cells: set | None, grid: CubeGrid,
+            window, kind: str, time_block: int, zone_name: str,
+            progress: bool = False) -> Iterable[pd.DataFrame]:
+    """One table of partial sums and counts (or class counts) per spatial chunk of the grid
+    that holds a zone, in row-major chunk order; one ``np.bincount`` per block (chunk x at
+    most ``time_block`` dates), so memory holds one block at a time."""
     from tqdm.auto import tqdm
 
-    chunks = list(grid.chunks_in_window(window))
-    for index in tqdm(chunks, desc=f"{kind} per {zone_name}", unit="chunk", disable=not progress, leave=False):
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [c for c in grid.chunks_in_window(window) if zone_cells is None or c in zone_cells]
+    tasks = []  # (zone ids, selection, time slice, whether nothing is stored there)
+    for index in chunks:
         w = grid.chunk_window(index)
         sel = {"y": slice(w.row_off, w.row_off + w.height), "x": slice(w.col_off, w.col_off + w.width)}
-        z = zones.isel(sel).load()
-        if not (z.fillna(0) > 0).any():
-            continue
-        n_t = data.sizes.get("time", 1)
-        for t0 in range(0, n_t, time_block):
-            block = data.isel(sel)
-            if "time" in data.dims:
-                block = block.isel(time=slice(t0, t0 + time_block))
-            block = block.load()
-            if kind == "mean":
-                yield zonal_sums(block, z, zone_name)
+        zid = _zone_ids(zones.isel(sel).values)
+        if zid is not None:
+            tasks += [(zid, sel, slice(t0, t0 + time_block), reader.empty(index))
+                      for t0 in range(0, reader.n_t, time_block)]
+    # DESIGN CHOICE: the next block is read (Zarr decodes, mostly outside the GIL) while this
+    # one is counted: at most two blocks in memory
+    with ThreadPoolExecutor(1, thread_name_prefix="stats-read") as pool:
+        def fetch(i):
+            if i >= len(tasks) or tasks[i][3]:
+                return None
+            return pool.submit(reader.read, tasks[i][2], tasks[i][1])
+
+        ahead = fetch(0)
+        for i in tqdm(range(len(tasks)), desc=f"{kind} per {zone_name}", unit="block",
+                      disable=not progress, leave=False):
+            zid, sel, t, empty = tasks[i]
+            current, ahead = ahead, fetch(i + 1)
+            labels = zid[0]
+            cols: dict = {}
+            if empty:  # no data stored under this chunk: every value is NaN, nothing is read
+                if kind != "mean":
+                    continue
+                t_vals = reader.times(t) if reader.has_time else None
+                n_step = len(t_vals) if reader.has_time else 1
+                sums, counts = np.zeros(n_step * len(labels)), np.zeros(n_step * len(labels), "int64")
             else:
-                yield class_counts(block, z, zone_name=zone_name)
+                block = current.result()
+                t_vals = block["time"].values if reader.has_time else None
+                values = block.values if reader.has_time else block.values[None]
+                n_step = values.shape[0]
+                if kind == "mean":
+                    sums, counts = _block_sums(values, zid)
+                else:
+                    t_i, z_i, cls, counts = _block_classes(values, zid)
+            if kind == "mean":
+                cols[zone_name] = np.tile(labels, n_step)
+                if reader.has_time:
+                    cols["time"] = np.repeat(t_vals, len(labels))
+                cols["sum"] = sums.ravel()
+                cols["count"] = counts.ravel().astype("int64")
+            else:
+                cols[zone_name] = labels[z_i]
+                if reader.has_time:
+                    cols["time"] = t_vals[t_i]
+                cols["class"] = cls
+                cols["count"] = counts
+            yield pd.DataFrame(cols)
 
 
 # -- output -------------------------------------------------------------------------------------
