@@ -33,7 +33,7 @@ from typing import Any
 
 from ingest.benchmarks.common import (
     BASELINE, DEFAULT_CACHE, ORBIT, UTC, _fmt, cache_dir_for, datatakes, ensure_products, git_info, input_files,
-    machine_info, median,
+    machine_info,
 )
 from ingest.benchmarks.tasks import chunk_bytes, run_child, summarise
 

@@ -429,7 +429,7 @@ def _zip_safe(safe: Path, dest: Path) -> None:
 def _write_safe(safe: Path, ti: TileInfo, wins: dict[int, Window], params: SceneParams, ids: _Ids,
                 platform: str, baseline: str, start: datetime, gen: datetime, rel: int, absorbit: int) -> None:
     granule = safe / "GRANULE" / ids.granule_dir
-    img, qi = granule / "IMG_DATA", granule / "QI_DATA"
+    qi = granule / "QI_DATA"
     offset = 1000 if baseline >= "04.00" else 0
     image_files: list[str] = []
     kept: dict[int, dict[str, np.ndarray]] = {}

@@ -200,7 +200,7 @@ def product_metadata(info: ProductInfo) -> bytes:
 
     aux = el(root, f"{{{ns}}}Auxiliary_Data_Info")
     gipp = el(aux, "GIPP_List")
-    el(gipp, "GIPP_FILENAME", f"S2__OPER_GIP_L2ACSC_MPC__20220121T000003_V20220125T022000_21000101T000000_B00",
+    el(gipp, "GIPP_FILENAME", "S2__OPER_GIP_L2ACSC_MPC__20220121T000003_V20220125T022000_21000101T000000_B00",
        type="GIP_L2ACSC", version="0001")
     el(aux, "PRODUCTION_DEM_TYPE", "CopernicusDEM90")
     el(aux, "ECMWF_DATA_REF", "S2__OPER_AUX_ECMWFD_ADG__" + info.product_start.strftime("%Y%m%dT000000"))
