@@ -8,6 +8,7 @@ before any work: its rows would otherwise describe products and versions of that
 from __future__ import annotations
 
 from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ingest.errors import CatalogMismatchError
@@ -28,10 +29,13 @@ def record_store(session: Session, store_id: str, location: str | None) -> bool:
     A catalog that already names another store raises ``CatalogMismatchError``."""
     row = recorded_store(session)
     if row is None:
-        session.add(StoreIdentity(store_id=store_id, location=location))
-        session.flush()
-        return True
-    if row.store_id != store_id:
+        try:
+            with session.begin_nested():  # another process may record it at the same moment
+                session.add(StoreIdentity(store_id=store_id, location=location))
+            return True
+        except IntegrityError:
+            row = recorded_store(session)
+    if row is not None and row.store_id != store_id:
         raise CatalogMismatchError(
             f"the catalog belongs to store {row.store_id} ({row.location or 'location unknown'}), "
             f"not to {location or 'this store'} ({store_id})")

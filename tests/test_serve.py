@@ -268,7 +268,7 @@ def server(cube):
     threading.Thread(target=proc.stderr.read, daemon=True).start()
     yield url
     proc.terminate()
-    proc.wait(timeout=20)
+    proc.wait(timeout=120)
 
 
 @pytest.mark.slow

@@ -434,7 +434,7 @@ HOLDER = textwrap.dedent('''
     import sys, time
     from ingest.store import CubeStore
     store = CubeStore.open(sys.argv[1])
-    with store.transaction(timeout=10):
+    with store.transaction(timeout=600):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))
 ''')
@@ -446,15 +446,15 @@ def test_a_second_writer_waits_for_the_lock_then_proceeds(store):
     result = {}
 
     def first():
-        with store.transaction(timeout=5) as tx:
+        with store.transaction(timeout=600) as tx:
             holding.set()
-            release.wait(10)
+            release.wait(600)
             tx.put("a/.zattrs", b"{}")
             result["first"] = tx.commit().version
 
     t = threading.Thread(target=first)
     t.start()
-    assert holding.wait(10)
+    assert holding.wait(600)
     told = []
 
     def waiting(message: str) -> None:  # the second writer says it waits: now the first finishes
@@ -483,13 +483,13 @@ def test_a_second_writer_gives_up_naming_the_holder(store):
         assert time.monotonic() - t0 >= 0.5  # it did wait its timeout (however loaded the machine)
         assert str(path) in str(err.value)
         holder.kill()  # a dead holder's lock is dropped by the kernel
-        holder.wait(10)
-        with store.transaction(timeout=5) as tx:
+        holder.wait(120)
+        with store.transaction(timeout=120) as tx:
             assert tx.base_version == 1
     finally:
         if holder.poll() is None:
             holder.kill()
-            holder.wait(10)
+            holder.wait(120)
 
 
 def test_a_plan_from_another_version_is_stale(store):

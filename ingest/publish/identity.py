@@ -88,8 +88,14 @@ def check_catalog_url(location: str | Path, url: str) -> None:
     path = sqlite_file(url)
     if path is not None and not path.exists():
         return
+    from sqlalchemy.exc import DBAPIError
+
+    from catalog.urls import unreachable
+
     engine = make_engine(url)
     try:
         check_pair(location, engine, adopt=False, catalog_name=f"catalog {display_url(url)}")
+    except DBAPIError as exc:  # cannot connect: the catalog's own one-line error (exit 7)
+        raise unreachable(engine, exc) from exc
     finally:
         engine.dispose()
