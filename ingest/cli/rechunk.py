@@ -18,14 +18,19 @@ from ingest.cli.options import copy_options, progress_option
 @click.option("--zarr-format", type=click.Choice(["2", "3"]), default="2", show_default=True,
               help="Zarr format of the copy.")
 @click.option("--max-mem", default="2GB", show_default=True, metavar="SIZE",
-              help="Most memory one task of the copy may hold (read, intermediate and write chunks).")
+              help="Most memory the copy's values may take at once, all threads together (plus "
+                   "a stated overhead, see README); with --scheduler: what one task may hold.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, metavar="N",
+              help="Local threads copying at once [default: the cores, at most 4]; each holds "
+                   "at most --max-mem / N.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on this dask.distributed scheduler, e.g. tcp://10.0.0.5:8786 "
                    "[default: local threads].")
 @copy_options
 @progress_option
 def command(source: str, destination: str, chunks: str, shards: str | None, zarr_format: str,
-            max_mem: str, scheduler: str | None, selection: dict, progress: bool) -> None:
+            max_mem: str, threads: int | None, scheduler: str | None, selection: dict,
+            progress: bool) -> None:
     """Copy one version of the cube at SRC (path, http(s):// or s3:// URL), or a subset of it,
     to a new local Zarr store DST, rechunked: e.g. --chunks time=-1,y=125,x=100 for fast pixel
     time series, or --zarr-format 3 --chunks time=1 --shards time=5 for cheap single dates.
@@ -38,7 +43,7 @@ def command(source: str, destination: str, chunks: str, shards: str | None, zarr
 
     report = rechunk(source, destination, chunks=chunks, shards=shards,
                      zarr_format=int(zarr_format), max_mem=parse_size(max_mem),
-                     scheduler=scheduler, progress=progress, **selection)
+                     scheduler=scheduler, threads=threads, progress=progress, **selection)
     layout = ",".join(f"{d}={n}" for d, n in report.chunks.items())
     if report.shards:
         layout += " in shards " + ",".join(f"{d}={n}" for d, n in report.shards.items())

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import dask.array
 import numpy as np
 import xarray as xr
 
 from ingest.errors import ConfigError, StoreError
 from ingest.copies.access import fix_grid_mapping, open_cube
+from ingest.copies.chunkcopy import (copy_planned, fit_threads, plan_variables, task_budget,
+                                     threads_for)
 from ingest.copies.plan import RechunkPlan, parse_dims, plan_rechunk
 from ingest.copies.progress import compute_with_progress
 
@@ -98,7 +101,7 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
             version: int | None = None, group: str | None = None, orbit: int | None = None,
             bbox: Sequence[float] | None = None, crs: str | None = None, time_range=None,
             variables: Sequence[str] | None = None, scheduler: str | None = None,
-            progress: bool = False) -> RechunkReport:
+            threads: int | None = None, progress: bool = False) -> RechunkReport:
     """Copy one version (and an optional subset) of ``source`` to ``destination`` rechunked."""
     if zarr_format not in (2, 3):
         raise ConfigError(f"--zarr-format {zarr_format}: 2 or 3")
@@ -128,7 +131,9 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
             outer[d] = size if want == -1 or want >= size else max(n, want // n * n)
     report = RechunkReport(ds.attrs["s2ingest_source"], int(ds.attrs["s2ingest_store_version"]),
                            grp, str(dst), inner, outer, zarr_format)
-    out_vars, encoding = {}, {}
+    planned = scheduler is None  # local threads follow the stored chunks (chunkcopy)
+    n_threads = threads_for(threads)
+    out_vars, encoding, write_chunks = {}, {}, {}
     for name, var in ds.variables.items():
         dims = [str(d) for d in var.dims]
         w_inner = tuple(inner[d] for d in dims)
@@ -138,7 +143,11 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
             plan = plan_rechunk(var.shape, src, w_write, var.dtype.itemsize, max_mem, name=name)
             report.plans[name] = plan
             report.nbytes += var.size * var.dtype.itemsize
-            data = var.data.rechunk(plan.read).rechunk(plan.intermediate).rechunk(plan.write)
+            if planned:  # a placeholder: to_zarr creates the array, chunkcopy fills it
+                write_chunks[name] = w_write
+                data = dask.array.empty(var.shape, dtype=var.dtype, chunks=var.shape)
+            else:
+                data = var.data.rechunk(plan.read).rechunk(plan.intermediate).rechunk(plan.write)
             out_vars[name] = var.copy(data=data)
         encoding[name] = _encoding(var, w_inner if dims else (), w_write if outer and dims else None,
                                    zarr_format)
@@ -159,6 +168,10 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
                       "s2ingest_chunks": ",".join(f"{d}={n}" for d, n in inner.items())})
     if outer:
         out.attrs["s2ingest_shards"] = ",".join(f"{d}={n}" for d, n in outer.items())
+    if planned:  # the coordinates (provenance columns: small) are written by to_zarr itself
+        for name, v in out.variables.items():
+            if name not in out.data_vars:
+                v.load()
     tmp = dst.parent / f".{dst.name}.partial-{uuid.uuid4().hex[:8]}"
     dst.parent.mkdir(parents=True, exist_ok=True)
     # DESIGN CHOICE: written under a hidden temporary name and renamed at the very end: a run
@@ -170,8 +183,16 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
             warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
             delayed = out.to_zarr(tmp, group=grp, mode="w-", consolidated=True,
                                   zarr_format=zarr_format, encoding=encoding, compute=False)
-            compute_with_progress(delayed, progress=progress, scheduler=scheduler,
-                                  desc=f"rechunk {grp}")
+            if planned:
+                largest = max((ds[n].dtype.itemsize * int(np.prod(c)) for n, c in write_chunks.items()),
+                              default=1)
+                n_threads = fit_threads(n_threads, max_mem, largest)
+                copies = plan_variables(ds, write_chunks, task_budget(max_mem, n_threads))
+                copy_planned(copies, tmp, grp, zarr_format, n_threads, progress=progress,
+                             desc=f"rechunk {grp}")
+            else:
+                compute_with_progress(delayed, progress=progress, scheduler=scheduler,
+                                      desc=f"rechunk {grp}")
             _consolidate_root(tmp, zarr_format, out.attrs)
         os.rename(tmp, dst)
     except BaseException:
