@@ -78,6 +78,20 @@ def test_demo_twice_changes_nothing_the_second_time(tmp_path, monkeypatch):
     # every commit of the demo (the cube, its overviews, imagery, layers) is in its catalog
     r = run("verify", "--store", store)
     assert r.exit_code == 0, r.output + r.stderr
+    # the README's parcel examples lie inside the demo's imagery (an empty answer would say why)
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from ingest.serve import create_app
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    examples = set(re.findall(r"`GET /api/[a-z]+\?parcel=(\d+)", readme))
+    assert examples, "no parcel example in the README"
+    client = TestClient(create_app(str(store)))
+    for pid in examples:
+        body = client.get(f"/api/series?parcel={pid}").json()
+        assert "reason" not in body and all(r["count"] > 0 for r in body["series"]), (pid, body)
 
 
 # ------------------------------------------------------------------------------------------
