@@ -12,7 +12,10 @@ from ingest.cli.options import cube_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port; the chosen one is printed).")
-def command(settings, location, host, port) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port (each with its own cache of decoded "
+                   "chunks); about one per core serves concurrent clients in parallel.")
+def command(settings, location, host, port, workers) -> None:
     """Serve the cube at STORE (default --store; a path or http(s) URL) read only: a web
     viewer at /, XYZ tiles at /tiles/{z}/{x}/{y}.png, time series at /api/series, chips at
     /api/chips and the metadata at /api/meta (OpenAPI docs at /docs). Never writes to the store.
@@ -34,6 +37,7 @@ def command(settings, location, host, port) -> None:
     warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
     from ingest.serve import create_app
+    from ingest.serve.app import STORE_ENV
 
     app = create_app(store)  # opens the cube now: a bad STORE fails before listening
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -46,5 +50,15 @@ def command(settings, location, host, port) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     bound = sock.getsockname()[1]
     click.echo(f"serving {store} at http://{host}:{bound}/ (Ctrl-C stops)", err=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    if workers == 1:
+        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    import os
+
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[STORE_ENV] = store  # the worker processes open the same cube
+    config = uvicorn.Config("ingest.serve.app:app_from_env", factory=True, workers=workers,
+                            log_level="warning", access_log=False)
+    Multiprocess(config, sockets=[sock]).run()
