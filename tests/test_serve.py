@@ -385,3 +385,29 @@ def test_an_empty_answer_says_why(client, cube, ds, parcel):
     # an answer with data has no reason
     assert "reason" not in client.get(f"/api/series?parcel={parcel[0]}").json()
     assert "reason" not in client.get(f"/api/chips?parcel={parcel[0]}&format=json").json()
+
+
+def test_serve_with_several_worker_processes(cube):
+    """`serve --workers 2`: processes sharing the port answer tiles like one process does."""
+    import time
+
+    import requests
+
+    proc = subprocess.Popen([S2INGEST, "serve", str(cube), "--port", "0", "--workers", "2"],
+                            env=cli_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        port = int(re.search(r":(\d+)/", proc.stderr.readline()).group(1))
+        meta = None
+        for _ in range(1200):
+            try:
+                meta = requests.get(f"http://127.0.0.1:{port}/api/meta", timeout=30).json()
+                break
+            except requests.RequestException:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        assert meta and GROUP in meta["groups"]
+        png = requests.get(f"http://127.0.0.1:{port}/tiles/0/0/0.png?composite=true_color", timeout=60)
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

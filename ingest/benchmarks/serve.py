@@ -158,22 +158,135 @@ def latency(store: Path, n_tiles: int, n_points: int, echo) -> dict:
     return out
 
 
+def _tile_urls(meta: dict, n: int, seed: int = 1) -> list[str]:
+    """``n`` true-colour tile URLs at zooms 11-14 inside the data (with overviews: each from
+    the level the server picks for its zoom), cycling over the dates."""
+    import morecantile
+
+    g = meta["groups"]["S2/R051"]
+    w, s, e, no = g["data_bounds_wgs84"]
+    tms = morecantile.tms.get("WebMercatorQuad")
+    rng = random.Random(seed)
+    urls = []
+    for k in range(n):
+        z = rng.choice((11, 12, 13, 14))
+        t = tms.tile(rng.uniform(w, e), rng.uniform(s, no), z)
+        urls.append(f"/tiles/{z}/{t.x}/{t.y}.png?composite=true_color&time={k % len(g['times'])}")
+    return urls
+
+
+def _fetch_all(port: int, urls: list[str], clients: int) -> tuple[float, list[float]]:
+    """Wall seconds to fetch every URL with ``clients`` concurrent keep-alive connections,
+    and each request's latency."""
+    import http.client
+    import threading
+
+    lat: list[float] = []
+    lock = threading.Lock()
+    parts = [urls[i::clients] for i in range(clients)]
+
+    def client(mine: list[str]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for u in mine:
+            t0 = time.perf_counter()
+            conn.request("GET", u)
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200 or not body:
+                raise RuntimeError(f"{u}: HTTP {r.status}")
+            with lock:
+                lat.append(time.perf_counter() - t0)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in parts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, lat
+
+
+def throughput(store: Path, n_requests: int, clients: int, workers: int, echo) -> dict:
+    """Tiles per second of ``s2ingest serve --workers N`` (a real server, HTTP on localhost)
+    at 1 client and at ``clients`` clients, over the same tiles, after a warm-up pass."""
+    import os
+    import subprocess
+    import sys
+
+    import requests
+
+    exe = str(Path(sys.executable).with_name("s2ingest"))
+    cmd = [exe, "serve", str(store), "--port", "0", "--workers", str(workers)] if Path(exe).exists() \
+        else [sys.executable, "-m", "ingest.cli.main", "serve", str(store), "--port", "0", "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stderr.readline()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        meta = None
+        for _ in range(600):  # the worker processes open the cube
+            try:
+                meta = requests.get(f"http://127.0.0.1:{port}/api/meta", timeout=30).json()
+                break
+            except requests.RequestException:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the server exited: {proc.stderr.read()[-2000:]}") from None
+                time.sleep(0.1)
+        if meta is None:
+            raise RuntimeError("the server did not answer within a minute")
+        urls = _tile_urls(meta, n_requests)
+        _fetch_all(port, urls, clients)  # warm-up: every worker opens its arrays, caches fill
+        out: dict = {"workers": workers, "requests": len(urls)}
+        for n in (1, clients):
+            wall, lat = _fetch_all(port, urls, n)
+            out[f"clients_{n}"] = {"tiles_per_s": round(len(urls) / wall, 2), **_stats(lat)}
+            echo(f"  {n} client(s): {out[f'clients_{n}']['tiles_per_s']} tiles/s, "
+                 f"p50 {out[f'clients_{n}']['median_ms']} ms, p95 {out[f'clients_{n}']['p95_ms']} ms")
+        out["speedup"] = round(out[f"clients_{clients}"]["tiles_per_s"] / out["clients_1"]["tiles_per_s"], 3)
+        out["goal"] = {"speedup_at_least": 1.5, "p95_ms_at_most": 200}
+        out["loadavg"] = os.getloadavg()
+        return out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="work folder (products and cubes are kept)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tiles", type=int, default=20)
     ap.add_argument("--points", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=160, help="tiles per throughput pass")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=None, help="server processes [default: cores]")
+    ap.add_argument("--only-throughput", action="store_true",
+                    help="skip the publish cost and in-process latency (uses the demo cube of --demo-dir)")
+    ap.add_argument("--demo-dir", type=Path, default=Path("bench-results/demo"))
     ap.add_argument("--out", type=Path, default=Path("bench-results/serve.json"))
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     echo = print
-    echo("overviews: publish cost")
-    report = {"publish": publish_cost(args.dir, args.repeat, echo)}
-    echo(f"  overhead of the overviews at publish: {report['publish']['overviews_publish_overhead']:.1%} "
-         f"wall, {report['publish']['overviews_publish_overhead_cpu']:.1%} CPU")
-    echo("server latency (demo data, full NL grid)")
-    report["latency"] = latency(args.dir / "base-overviews.zarr", args.tiles, args.points, echo)
+    import os
+
+    from ingest.benchmarks.stats import demo_store
+
+    report: dict = {"loadavg_before": os.getloadavg()}
+    if not args.only_throughput:
+        echo("overviews: publish cost")
+        report["publish"] = publish_cost(args.dir, args.repeat, echo)
+        echo(f"  overhead of the overviews at publish: {report['publish']['overviews_publish_overhead']:.1%} "
+             f"wall, {report['publish']['overviews_publish_overhead_cpu']:.1%} CPU")
+        echo("server latency (demo data, full NL grid)")
+        report["latency"] = latency(args.dir / "base-overviews.zarr", args.tiles, args.points, echo)
+    workers = args.workers or len(os.sched_getaffinity(0))
+    echo(f"server throughput: `s2ingest serve --workers {workers}` on the demo cube, 1 and {args.clients} clients")
+    report["throughput"] = throughput(demo_store(args.demo_dir, echo), args.requests, args.clients,
+                                      workers, echo)
+    report["loadavg_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     echo(f"written {args.out}")

@@ -12,7 +12,10 @@ from ingest.cli.options import cube_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port; the chosen one is printed).")
-def command(settings, location, host, port) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port (each with its own cache of decoded "
+                   "chunks); about one per core serves concurrent clients in parallel.")
+def command(settings, location, host, port, workers) -> None:
     """Serve the cube at STORE (default --store; a path or http(s) URL) read only: a web
     viewer at /, XYZ tiles at /tiles/{z}/{x}/{y}.png, time series at /api/series, chips at
     /api/chips and the metadata at /api/meta (OpenAPI docs at /docs). Never writes to the store.
@@ -34,6 +37,7 @@ def command(settings, location, host, port) -> None:
     warnings.filterwarnings("ignore", message="Dataset has no geotransform")
 
     from ingest.serve import create_app
+    from ingest.serve.app import STORE_ENV
 
     app = create_app(store)  # opens the cube now: a bad STORE fails before listening
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -49,6 +53,16 @@ def command(settings, location, host, port) -> None:
     from ingest.serve.limits import MAX_HEAD_BYTES, LimitedH11Protocol
 
     # a too-long URL gets a JSON 414 (from the app, or from the protocol beyond what it buffers)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, http=LimitedH11Protocol,
-                            h11_max_incomplete_event_size=MAX_HEAD_BYTES)
-    uvicorn.Server(config).run(sockets=[sock])
+    limits = dict(http=LimitedH11Protocol, h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+    if workers == 1:
+        config = uvicorn.Config(app, log_level="warning", access_log=False, **limits)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    import os
+
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[STORE_ENV] = store  # the worker processes open the same cube
+    config = uvicorn.Config("ingest.serve.app:app_from_env", factory=True, workers=workers,
+                            log_level="warning", access_log=False, **limits)
+    Multiprocess(config, sockets=[sock]).run()

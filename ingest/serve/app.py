@@ -19,6 +19,17 @@ from ingest.serve.tiles import TILESIZE, TMS, check_tile, empty_png, tile_png
 
 PNG = "image/png"
 MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)
+STORE_ENV = "S2INGEST_SERVE_STORE"  # the cube a worker process of `serve --workers N` opens
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of ``s2ingest serve --workers N`` (uvicorn's factory)."""
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    return create_app(os.environ[STORE_ENV])
 
 
 def create_app(location: str) -> FastAPI:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -28,6 +30,8 @@ from ingest.variables import SCL_CLASSES, VARIABLES
 MAX_TILE_PIXELS = 1024 * 1024  # source pixels one tile may read (per band)
 MAX_AREA_PIXELS = 1_000_000  # pixels of one polygon / parcel series or chip (100 km² at 10 m)
 MAX_CHIP_DATES = 60
+CHUNK_CACHE_BYTES = 256 * 2**20  # decoded chunks kept per server process (least recently used go)
+REFRESH_SECONDS = 1.0  # how often a request checks for a newly published version
 CLEAR_SCL = (4, 5, 6, 7, 11)  # vegetation, not vegetated, water, unclassified, snow
 MERCATOR_RES0 = 2 * math.pi * 6378137 / 256  # m per pixel at zoom 0 (equator)
 
@@ -72,14 +76,30 @@ class CubeReader:
         self._datasets: dict[str, xr.Dataset] = {}
         self._version = None
         self._parcels: dict | None = None
+        self._checked = -math.inf
+        self._levels: dict[str, list[Level]] = {}
+        self._times: dict[str, list[datetime]] = {}
+        self._arrays: dict[str, object] = {}
+        self._chunks = ChunkCache(CHUNK_CACHE_BYTES)
 
     # -- what is published ---------------------------------------------------------------
     def refresh(self) -> None:
-        """Forget opened datasets when the store published a new version (cheap check)."""
+        """Forget opened datasets, levels, times and decoded chunks when the store published
+        a new version. DESIGN CHOICE: checked at most every ``REFRESH_SECONDS`` (the check
+        reads the root's consolidated metadata, more than a cached tile costs), so a new
+        version is served within that time."""
+        now = time.monotonic()
+        if now - self._checked < REFRESH_SECONDS:
+            return
         v = self.store.version()
         with self._lock:
+            self._checked = now
             if v != self._version:
                 self._datasets.clear()
+                self._levels.clear()
+                self._times.clear()
+                self._arrays.clear()
+                self._chunks.clear()
                 self._parcels = None
                 self._version = v
                 self.__dict__.pop("groups", None)
@@ -113,12 +133,49 @@ class CubeReader:
         return ds
 
     def levels(self, group: str) -> list[Level]:
-        meta = self.store.consolidated(group) or {}
-        return [Level(1, group)] + [Level(f, f"{group}/overviews/{f}") for f in levels_of(meta)]
+        out = self._levels.get(group)
+        if out is None:
+            meta = self.store.consolidated(group) or {}
+            out = [Level(1, group)] + [Level(f, f"{group}/overviews/{f}") for f in levels_of(meta)]
+            with self._lock:
+                self._levels[group] = out
+        return out
 
     def times(self, group: str) -> list[datetime]:
-        return [pd.Timestamp(t).to_pydatetime().replace(tzinfo=timezone.utc)
-                for t in self.dataset(group)["time"].values]
+        out = self._times.get(group)
+        if out is None:
+            out = [pd.Timestamp(t).to_pydatetime().replace(tzinfo=timezone.utc)
+                   for t in self.dataset(group)["time"].values]
+            with self._lock:
+                self._times[group] = out
+        return out
+
+    def window(self, path: str, var: str, t: int, rows: slice, cols: slice) -> np.ndarray:
+        """The stored integers of ``var`` at time step ``t`` over a window of the array at
+        ``path``, assembled from decoded chunks kept in an LRU cache (a tile and its
+        neighbours read the same level chunks)."""
+        import zarr
+
+        key = f"{path}/{var}"
+        arr = self._arrays.get(key)
+        if arr is None:
+            arr = zarr.open_array(self.location, path=key, mode="r")
+            with self._lock:
+                self._arrays[key] = arr
+        ct, cy, cx = arr.chunks
+        out = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype=arr.dtype)
+        for iy in range(rows.start // cy, (rows.stop - 1) // cy + 1):
+            for ix in range(cols.start // cx, (cols.stop - 1) // cx + 1):
+                ck = (key, t // ct, iy, ix)
+                chunk = self._chunks.get(ck)
+                if chunk is None:
+                    chunk = arr[t // ct * ct:(t // ct + 1) * ct, iy * cy:(iy + 1) * cy, ix * cx:(ix + 1) * cx]
+                    self._chunks.put(ck, chunk)
+                r0, r1 = max(rows.start, iy * cy), min(rows.stop, (iy + 1) * cy)
+                c0, c1 = max(cols.start, ix * cx), min(cols.stop, (ix + 1) * cx)
+                out[r0 - rows.start:r1 - rows.start, c0 - cols.start:c1 - cols.start] = \
+                    chunk[t % ct, r0 - iy * cy:r1 - iy * cy, c0 - ix * cx:c1 - ix * cx]
+        return out
 
     def time_index(self, group: str, time: str | None) -> int:
         times = self.times(group)
@@ -364,6 +421,38 @@ class CubeReader:
         with self._lock:
             self._parcels = result
         return result
+
+
+class ChunkCache:
+    """Decoded chunks, least recently used dropped first beyond ``limit`` bytes (thread-safe)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.nbytes = limit, 0
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value: np.ndarray) -> None:
+        value.setflags(write=False)
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.nbytes += value.nbytes
+            while self.nbytes > self.limit and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self.nbytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
 
 
 def check_variable(var: str):

@@ -13,10 +13,12 @@ import math
 import morecantile
 import numpy as np
 import xarray as xr
+from functools import lru_cache
+
+from rasterio.enums import Resampling
+from rasterio.transform import from_bounds
 from rio_tiler.colormap import cmap as colormaps
-from rio_tiler.errors import TileOutsideBounds
-from rio_tiler.io.xarray import XarrayReader
-from rio_tiler.utils import render
+from rio_tiler.utils import normalize_bounds, render
 
 from ingest.variables import VARIABLES
 from ingest.serve.reader import COMPOSITES, MAX_TILE_PIXELS, CubeReader, RequestError, check_variable
@@ -105,23 +107,20 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
         raise RequestError(f"tile {z}/{x}/{y} would read {(r1 - r0) * (c1 - c0)} pixels at level "
                            f"{level.factor}; zoom in (or build overviews: s2ingest overviews)")
     fills = [VARIABLES[b].fill_value for b in bands]
-    window = {"time": t, "y": slice(r0, r1), "x": slice(c0, c1)}
     planes = []
     for b, f in zip(bands, fills):
-        raw = ds[b].isel(window).values
+        raw = reader.window(level.path, b, t, slice(r0, r1), slice(c0, c1))
         plane = raw.astype("float32")
         plane[raw == f] = np.nan
         planes.append(plane)
     da = xr.DataArray(np.stack(planes), dims=("band", "y", "x"),
                       coords={"band": np.arange(1, len(bands) + 1),
                               "y": ds["y"].values[r0:r1], "x": ds["x"].values[c0:c1]})
-    da = da.rio.write_crs(reader.grid.crs).rio.write_nodata(np.nan)
-    try:
-        with XarrayReader(da) as r:
-            img = r.tile(x, y, z, tilesize=TILESIZE, reproject_method="nearest", nodata=np.nan)
-    except TileOutsideBounds:
+    da = da.rio.write_crs(_crs(reader.grid.crs)).rio.write_nodata(np.nan)
+    arr = warp_tile(da, x, y, z, reader.grid.crs)
+    if arr is None:
         return empty_png(), level.factor
-    data = np.ma.filled(img.array.astype("float64"), np.nan)
+    data = np.ma.filled(arr.astype("float64"), np.nan)
     scales = [VARIABLES[b].scale_factor or 1.0 for b in bands]
     phys = np.stack([d * s for d, s in zip(data, scales)])
     valid = ~np.isnan(phys).any(axis=0)
@@ -140,6 +139,47 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
     rgba[..., 3] = np.where(valid, rgba[..., 3], 0)
     png = render(np.moveaxis(rgba[..., :3], -1, 0).astype("uint8"), mask=rgba[..., 3], img_format="PNG")
     return png, level.factor
+
+
+@lru_cache(maxsize=8)
+def _crs(crs: str):
+    from rasterio.crs import CRS
+
+    return CRS.from_user_input(crs)
+
+
+@lru_cache(maxsize=8)
+def _from_mercator(crs: str):
+    """One PROJ transformer per server process (creating one costs tens of milliseconds)."""
+    from pyproj import Transformer
+
+    return Transformer.from_crs(TMS.rasterio_crs.to_wkt(), _crs(crs).to_wkt(), always_xy=True)
+
+
+def warp_tile(da: xr.DataArray, x: int, y: int, z: int, crs: str) -> np.ma.MaskedArray | None:
+    """The 256 x 256 Web Mercator tile z/x/y of ``da`` (band, y, x; CRS ``crs``, NaN nodata),
+    nearest neighbour; None where the tile misses ``da``.
+
+    DESIGN CHOICE: the steps of rio-tiler's ``XarrayReader.tile`` (tile_exists, clip_box,
+    rio.reproject onto the tile's bounds), without its three GDAL transformer set-ups per tile:
+    the tile's bounds go to the grid's CRS through one cached PROJ transformer (the same
+    operation, the same densified bounds to the bit as GDAL's ``transform_bounds``), and the
+    default-resolution transform rio-tiler computes is not used for a tile of fixed size.
+    Same pixels, same PNG."""
+    bbox = tuple(TMS.xy_bounds(morecantile.Tile(x, y, z)))
+    grid_bbox = _from_mercator(crs).transform_bounds(*bbox, densify_pts=21)
+    if all(np.isfinite(grid_bbox)):
+        tb, db = normalize_bounds(grid_bbox), normalize_bounds(tuple(da.rio.bounds()))
+        if not (tb[0] < db[2] and tb[2] > db[0] and tb[3] > db[1] and tb[1] < db[3]):
+            return None
+    da = da.rio.clip_box(*grid_bbox, auto_expand=True)
+    w, s, e, n = bbox
+    da = da.rio.reproject(TMS.rasterio_crs, shape=(TILESIZE, TILESIZE),
+                          transform=from_bounds(w, s, e, n, TILESIZE, TILESIZE),
+                          resampling=Resampling.nearest, nodata=np.nan)
+    arr = da.to_masked_array()
+    arr.mask |= arr.data == da.rio.nodata
+    return arr
 
 
 def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
