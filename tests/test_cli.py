@@ -114,10 +114,10 @@ def test_every_command_has_help():
 
     r = run("--help")
     assert r.exit_code == 0 and "--store and --db" in r.output
-    names = list(cli.commands)
+    names = cli.list_commands(None)
     assert {"init", "sync", "status", "synth", "db"} <= set(names)
     for name in names:
-        cmd = cli.commands[name]
+        cmd = cli.get_command(None, name)
         subs = [[name, sub] for sub in getattr(cmd, "commands", {})] or [[name]]
         for args in [[name]] + subs:
             r = run(*args, "--help")
