@@ -329,6 +329,9 @@ class Transaction:
                              f"cannot publish the older version {version}")
         faults.point("stage.metadata")
         self.update_attrs("", {VERSION_ATTR: version})
+        from ingest.store.stac import stage_collection  # pystac on the commit path only
+
+        stage_collection(self, version)  # the version's STAC Collection, in its manifest
         for group_key, doc in self._consolidated().items():
             raw = dumps(doc)
             if raw != self.backend.get(group_key):
