@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from ingest.grid import CubeGrid
 from ingest.variables import VARIABLES
 from ingest.store.layout import GRID_FILE, MANIFEST_DIR, join, manifest_key
-from ingest.store.zarrdocs import read_array
+from ingest.store.zarrdocs import ArrayMeta, dumps, read_array
 
 COLLECTION_KEY = "stac/collection.json"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
@@ -150,8 +150,8 @@ def groups_of(view) -> tuple[list[str], list[str]]:
 
 
 def build_collection(view, grid: CubeGrid, version: int) -> dict:
-    """The Collection (a dict) of what ``view`` (a ``Transaction``: what it would publish)
-    holds at store version ``version``."""
+    """The Collection (a dict) of what ``view`` (a ``ConsolidatedView`` of a transaction, or a
+    ``Transaction`` itself: what it would publish) holds at store version ``version``."""
     import pystac
 
     imagery, layers = groups_of(view)
@@ -221,9 +221,44 @@ def _parse(iso: str) -> datetime:
     return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
 
 
+class ConsolidatedView:
+    """The tree as the root's consolidated metadata (``.zmetadata``) of a transaction lists it:
+    every group and array document in one read (the commit has just staged it), chunks through
+    the transaction."""
+
+    def __init__(self, tx) -> None:
+        self._tx = tx
+        self._docs: dict[str, dict] = (tx.get_json(".zmetadata") or {}).get("metadata", {})
+
+    def is_group(self, path: str) -> bool:
+        return join(path, ".zgroup") in self._docs
+
+    def is_array(self, path: str) -> bool:
+        return join(path, ".zarray") in self._docs
+
+    def attrs(self, path: str) -> dict:
+        return self._docs.get(join(path, ".zattrs"), {})
+
+    def array(self, path: str) -> ArrayMeta:
+        return ArrayMeta.parse(dumps(self._docs[join(path, ".zarray")]), path)
+
+    def children(self, path: str) -> list[str]:
+        prefix = f"{path.strip('/')}/" if path.strip("/") else ""
+        names = set()
+        for key in self._docs:
+            rest = key[len(prefix):].split("/") if key.startswith(prefix) else []
+            if len(rest) == 2 and rest[1] in (".zarray", ".zgroup"):
+                names.add(rest[0])
+        return sorted(names)
+
+    def get(self, key: str) -> bytes | None:
+        return self._tx.get(key)
+
+
 def stage_collection(tx, version: int) -> None:
-    """Stage ``stac/collection.json`` of ``version`` in ``tx`` (called by ``Transaction.commit``)."""
-    doc = build_collection(tx, tx.store.grid, version)
+    """Stage ``stac/collection.json`` of ``version`` in ``tx``: called by ``Transaction.commit``
+    once the consolidated metadata is staged (no other read of the store but the time axis)."""
+    doc = build_collection(ConsolidatedView(tx), tx.store.grid, version)
     tx.put(COLLECTION_KEY, (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode())
 
 

@@ -329,13 +329,14 @@ class Transaction:
                              f"cannot publish the older version {version}")
         faults.point("stage.metadata")
         self.update_attrs("", {VERSION_ATTR: version})
-        from ingest.store.stac import stage_collection  # pystac on the commit path only
-
-        stage_collection(self, version)  # the version's STAC Collection, in its manifest
         for group_key, doc in self._consolidated().items():
             raw = dumps(doc)
             if raw != self.backend.get(group_key):
                 self.put(group_key, raw)
+        if source is None:  # a copy publishes its source's Collection as it copied it
+            from ingest.store.stac import stage_collection  # pystac on the commit path only
+
+            stage_collection(self, version)  # the version's STAC Collection, in its manifest
         with self._mutex:
             ops = dict(self._ops)
         manifest = build_manifest(self.backend, self.base_version, version, ops)
