@@ -76,7 +76,7 @@ def _sqlite_setup(engine: Engine, in_memory: bool) -> None:
 
 
 def make_engine(url: str | URL | Path, *, echo: bool = False, **kwargs: Any) -> Engine:
-    """An engine for a catalog URL (SQLite: WAL, foreign keys, busy timeout; PostgreSQL: psycopg2)."""
+    """An engine for a catalog URL (SQLite: WAL, foreign keys, busy timeout; PostgreSQL: psycopg 3)."""
     u = normalize_url(url)
     if u.get_backend_name() == "sqlite":
         in_memory = u.database in (None, "", ":memory:")
@@ -98,7 +98,7 @@ def make_engine(url: str | URL | Path, *, echo: bool = False, **kwargs: Any) -> 
             return create_engine(u, echo=echo, **kwargs)
         except ModuleNotFoundError as exc:
             raise CatalogError(
-                f"no PostgreSQL driver ({exc.name}): install s2ingest[postgres] (psycopg2-binary)"
+                f"no PostgreSQL driver ({exc.name}): install s2ingest[postgres] (psycopg[binary])"
             ) from exc
     raise ConfigError(f"unsupported catalog database {display_url(u)}: use SQLite or PostgreSQL")
 

@@ -11,10 +11,12 @@ from ingest.errors import CatalogError, ConfigError
 
 
 def normalize_url(url: str | URL | Path) -> URL:
-    """A SQLAlchemy URL; a bare path means SQLite, ``postgresql://`` means psycopg2.
+    """A SQLAlchemy URL; a bare path means SQLite, ``postgresql://`` means psycopg 3.
 
-    DESIGN CHOICE: SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3, which we do not
-    depend on; psycopg2-binary is our ``postgres`` extra, so we pin the driver here.
+    DESIGN CHOICE: psycopg 3 (``psycopg[binary]``, the ``postgres`` extra) is the PostgreSQL
+    driver; plain ``postgresql://`` and ``postgres://`` URLs (and ``postgresql+psycopg2://``
+    ones from older configurations) are pinned to ``postgresql+psycopg`` here, whichever
+    default the installed SQLAlchemy has.
     """
     if isinstance(url, Path) or (isinstance(url, str) and "://" not in url and url not in ("", ":memory:")):
         return URL.create("sqlite", database=str(Path(url).expanduser().resolve()))
@@ -22,8 +24,8 @@ def normalize_url(url: str | URL | Path) -> URL:
         u = make_url(url) if not isinstance(url, URL) else url
     except ArgumentError as exc:
         raise ConfigError(f"not a database URL: {url!r} ({exc})") from None
-    if u.drivername in ("postgresql", "postgres"):
-        u = u.set(drivername="postgresql+psycopg2")
+    if u.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+psycopg")
     return u
 
 

@@ -13,12 +13,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property, lru_cache
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from affine import Affine
-from pyproj.transformer import TransformerGroup
-from rasterio.windows import Window
+
+if TYPE_CHECKING:
+    from rasterio.windows import Window
 
 from ingest.errors import ConfigError, GridMismatchError
 
@@ -73,6 +74,8 @@ class CubeGrid:
 
     @property
     def full_window(self) -> Window:
+        from rasterio.windows import Window  # rasterio on first use: the CLI starts without it
+
         return Window(0, 0, self.shape[1], self.shape[0])
 
     def window_bounds(self, window: Window) -> Bounds:
@@ -98,6 +101,8 @@ class CubeGrid:
         row1 = min(self.shape[0], math.ceil((gt - bottom) / self.resolution))
         if col1 <= col0 or row1 <= row0:
             return None
+        from rasterio.windows import Window
+
         return Window(col0, row0, col1 - col0, row1 - row0)
 
     # -- chunks ---------------------------------------------------------------------------
@@ -117,6 +122,8 @@ class CubeGrid:
         cy, cx = self.chunk_shape
         ny, nx = self.shape
         row0, col0 = iy * cy, ix * cx
+        from rasterio.windows import Window
+
         return Window(col0, row0, min(cx, nx - col0), min(cy, ny - row0))
 
     def chunks_in_window(self, window: Window) -> Iterator[ChunkIndex]:
@@ -176,6 +183,8 @@ def pinned_operation(src_crs: str, dst_crs: str) -> str:
     UTM/WGS 84 -> RD New: the EPSG:4833 Helmert, ~0.15 m from RDNAPTRANS2018, < 2 % of a
     pixel), so every machine warps identically.
     """
+    from pyproj.transformer import TransformerGroup
+
     group = TransformerGroup(src_crs, dst_crs, always_xy=True)
     for transformer in group.transformers:
         definition = transformer.to_proj4()

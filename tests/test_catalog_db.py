@@ -32,9 +32,10 @@ def test_default_url_is_beside_the_store(tmp_path):
         db.default_url_for_store("s3://bucket/nl.zarr")
 
 
-def test_normalize_url_pins_psycopg2_and_accepts_paths(tmp_path):
-    assert db.normalize_url("postgresql://u@h/d").drivername == "postgresql+psycopg2"
-    assert db.normalize_url("postgres://u@h/d").drivername == "postgresql+psycopg2"
+def test_normalize_url_pins_psycopg3_and_accepts_paths(tmp_path):
+    assert db.normalize_url("postgresql://u@h/d").drivername == "postgresql+psycopg"
+    assert db.normalize_url("postgres://u@h/d").drivername == "postgresql+psycopg"
+    assert db.normalize_url("postgresql+psycopg2://u@h/d").drivername == "postgresql+psycopg"
     u = db.normalize_url(tmp_path / "c.sqlite")
     assert u.drivername == "sqlite" and u.database == str(tmp_path / "c.sqlite")
     assert "secret" not in db.display_url("postgresql://u:secret@h/d")

@@ -114,10 +114,10 @@ def test_every_command_has_help():
 
     r = run("--help")
     assert r.exit_code == 0 and "--store and --db" in r.output
-    names = list(cli.commands)
+    names = cli.list_commands(None)
     assert {"init", "sync", "status", "synth", "db"} <= set(names)
     for name in names:
-        cmd = cli.commands[name]
+        cmd = cli.get_command(None, name)
         subs = [[name, sub] for sub in getattr(cmd, "commands", {})] or [[name]]
         for args in [[name]] + subs:
             r = run(*args, "--help")
@@ -202,14 +202,13 @@ def test_s2ingest_toml_in_the_working_directory_is_read(tmp_path, products):
 
 
 def _pg_admin():
-    psycopg2 = pytest.importorskip("psycopg2")
+    psycopg = pytest.importorskip("psycopg")
     base = os.environ.get("S2INGEST_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
     server = base.rsplit("/", 1)[0]
     try:
-        conn = psycopg2.connect(server + "/postgres", connect_timeout=3)
-    except psycopg2.OperationalError as exc:
+        conn = psycopg.connect(server + "/postgres", connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable at {server}: {exc}")
-    conn.autocommit = True
     return conn, server
 
 

@@ -95,7 +95,7 @@ def test_commands_exist_with_the_options_used(compose):
     from ingest.cli.main import cli
 
     (argv,) = shell_commands(compose["services"]["sync"], "s2ingest")
-    command = cli.commands[argv[1]]
+    command = cli.get_command(None, argv[1])
     known = {o for p in command.params for o in p.opts + p.secondary_opts}
     used = {a for a in argv[2:] if a.startswith("--")}
     assert used - known <= PENDING_OPTIONS, used - known

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STACK = ("zarr", "xarray", "numcodecs", "dask")
+STACK = ("zarr", "xarray", "numcodecs", "dask", "numpy")
 
 
 @pytest.mark.slow

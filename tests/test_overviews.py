@@ -139,7 +139,7 @@ def test_overviews_command_builds_levels_that_equal_a_hand_coarsening(cube_with_
     assert [e["asset"] for e in layout] == [str(f) for f in factors]
     assert factors[-1] == 128  # NL: 34375 x 30000 -> 269 x 235
     assert layout[1]["derived_from"] == "2" and layout[1]["transform"]["scale"] == [2.0, 2.0]
-    assert layout[0]["proj:transform"] == [20.0, 0.0, 0.0, 0.0, -20.0, 643750.0]
+    assert layout[0]["spatial:transform"] == [20.0, 0.0, 0.0, 0.0, -20.0, 643750.0]
     assert any(c["name"] == "multiscales" for c in attrs["zarr_conventions"])
     assert_levels_equal_coarsening(store)
     # the levels are part of the version: the manifest lists their keys

@@ -27,6 +27,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "serve": ("ingest.benchmarks.serve", []),
     "eopf": ("ingest.benchmarks.eopf", []),
     "synth": ("ingest.benchmarks.synth", []),
+    "startup": ("ingest.benchmarks.startup", []),
 }
 
 

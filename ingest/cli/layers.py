@@ -11,12 +11,15 @@ from pathlib import Path
 import click
 
 from ingest.errors import ConfigError
-from ingest.store.location import grid_for
-from ingest.layers import list_layers
-from ingest.layers.codes import GROUPS
 from ingest.cli.options import (
-    bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
+    LazyChoice, bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
 )
+
+
+def _groups() -> tuple[str, ...]:
+    from ingest.layers.codes import GROUPS
+
+    return tuple(GROUPS)
 
 
 @click.group("layers")
@@ -33,7 +36,7 @@ def layers() -> None:
 
 @layers.command("add")
 @cube_options
-@click.option("--group", type=click.Choice(GROUPS), required=True, help="Layer group.")
+@click.option("--group", type=LazyChoice(_groups), required=True, help="Layer group.")
 @click.option("--edition", type=int, required=True, help="Edition / reference year, e.g. 2023.")
 @click.option("--attribute", default=None,
               help="Field with the codes: statcode (CBS), BG2015 (BBG), gewascode (BRP). "
@@ -49,6 +52,7 @@ def layers() -> None:
 def add(settings, group, edition, attribute, variable, name_attribute, force, progress, file) -> None:
     """Rasterise vector FILE (GeoPackage, Shapefile, GeoJSON; any CRS) into GROUP, in one
     commit recorded in the catalog."""
+    from ingest.store.location import grid_for
     from ingest.publish.commits import publish_layer
 
     records = publish_layer(settings.store, group, file, catalog=commit_catalog(settings), edition=edition,
@@ -69,6 +73,8 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, pr
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_(settings, as_json: bool) -> None:
     """Published layers: group, variable, edition, source and checksum."""
+    from ingest.layers import list_layers
+
     for row in list_layers(settings.store):
         if as_json:
             click.echo(json.dumps(row, sort_keys=True))
@@ -113,6 +119,7 @@ def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, bbox_cr
     --stat classes: zone, time, class, count (e.g. --variable SCL: pixels per scene class;
                     a row only where a class occurs in the zone on that date, no zero counts)
     """
+    from ingest.store.location import grid_for
     from ingest.layers.stats import check_table_path, cube_stats, write_table
 
     check_table_path(out)  # a bad --out fails now, not after the computation

@@ -1,6 +1,13 @@
-"""Entry point of ``s2ingest``: the only place that maps errors to exit codes (``ingest.cli.exits``)."""
+"""Entry point of ``s2ingest``: the only place that maps errors to exit codes (``ingest.cli.exits``).
+
+DESIGN CHOICE: commands are loaded on first use (click's "lazy group"): ``COMMANDS`` names the
+module of each, and a command module imports the heavy libraries (numpy, xarray, zarr, rasterio,
+dask, ...) inside its function only, so ``s2ingest --help``, ``status`` and ``verify`` start
+without them (tests/test_cli_startup.py checks it; ``make bench`` measures it).
+"""
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import warnings
@@ -12,8 +19,43 @@ from ingest.cli.exits import EXIT_INTERRUPTED, exit_code_for
 from ingest.errors import S2IngestError
 
 
+# command name -> "module:attribute", in the order ``--help`` lists them
+COMMANDS: dict[str, str] = {
+    "init": "ingest.cli.init:command",
+    "sync": "ingest.cli.sync:command",
+    "status": "ingest.cli.status:command",
+    "verify": "ingest.cli.verify:command",
+    "mirror": "ingest.cli.mirror:command",
+    "rechunk": "ingest.cli.rechunk:command",
+    "export": "ingest.cli.export:command",
+    "quality": "ingest.cli.quality:command",
+    "report": "ingest.cli.report:command",
+    "overviews": "ingest.cli.overviews:command",
+    "serve": "ingest.cli.serve:command",
+    "retry": "ingest.cli.retry:command",
+    "synth": "ingest.cli.synth:command",
+    "demo": "ingest.cli.demo:command",
+    "db": "ingest.cli.db:command",
+    "layers": "ingest.cli.layers:layers",
+    "stats": "ingest.cli.layers:stats",
+}
+
+
 class S2Group(click.Group):
-    """Turns s2ingest errors into one clear line on stderr and a documented exit code."""
+    """Turns s2ingest errors into one clear line on stderr and a documented exit code; loads
+    each command's module the first time the command is asked for (``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            module, _, attr = COMMANDS[name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            if command.name != name:
+                raise RuntimeError(f"{COMMANDS[name]} is the command {command.name!r}, not {name!r}")
+            self.add_command(command, name)
+        return self.commands.get(name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -51,19 +93,3 @@ def cli(verbose: int, quiet: int) -> None:
     level = logging.WARNING - 10 * verbose + 10 * quiet
     logging.basicConfig(level=max(logging.DEBUG, min(level, logging.CRITICAL)),
                         format="%(levelname)s %(name)s: %(message)s")
-
-
-def _register() -> None:
-    from ingest.cli import (
-        db, demo, export, init, layers, mirror, overviews, quality, rechunk, report, retry, serve,
-        status, sync, synth, verify,
-    )
-
-    for module in (init, sync, status, verify, mirror, rechunk, export, quality, report, overviews,
-                   serve, retry, synth, demo, db):
-        cli.add_command(module.command)
-    cli.add_command(layers.layers)
-    cli.add_command(layers.stats)
-
-
-_register()

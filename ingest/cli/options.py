@@ -28,6 +28,26 @@ from ingest.errors import ConfigError
 UTC = timezone.utc
 
 
+class LazyChoice(click.Choice):
+    """A ``click.Choice`` whose choices are loaded when first needed (parsing the option or
+    showing its help), so a command module can be imported without the library that lists them."""
+
+    def __init__(self, load: Callable[[], tuple[str, ...]], case_sensitive: bool = True) -> None:
+        self._load = load
+        self._loaded: tuple[str, ...] | None = None
+        super().__init__((), case_sensitive=case_sensitive)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._loaded is None:
+            self._loaded = tuple(self._load())
+        return self._loaded
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns the (empty) placeholder
+        pass
+
+
 # -- the cube ----------------------------------------------------------------------------------
 def cube_options(func: Callable) -> Callable:
     """Add --store, --db, --s3-endpoint and --config; pass the merged ``Settings`` as ``settings``.

@@ -15,6 +15,9 @@ import numpy as np
 from ingest.grid import CubeGrid
 from ingest.overviews.aggregate import reduction
 from ingest.store import Transaction, join
+from ingest.store.geozarr import (
+    MULTISCALES, PROJ, SPATIAL, conventions, multiscales_layout, raster_group_attrs, spatial_attrs,
+)
 from ingest.store.zarrdocs import ArrayMeta
 from ingest.variables import VARIABLES
 
@@ -22,12 +25,6 @@ OVERVIEWS = "overviews"
 
 
 SMALLEST = 512  # the last level's larger side is at most this many pixels
-
-
-MULTISCALES_UUID = "d35379db-88df-4056-af3a-620245f8e347"
-
-
-GEO_PROJ_UUID = "f17cb550-5864-4468-aeb7-f3180cfb622f"
 
 
 ChunkId = tuple[int, int, int]  # native: (time chunk, row, column); levels: (step, row, column)
@@ -74,53 +71,27 @@ def has_overviews(tx_or_store, group: str) -> bool:
 
 
 def multiscales_attrs(grid: CubeGrid) -> dict:
-    """The multiscale group's attributes: zarr-conventions ``multiscales`` (v0.1.0) composed
-    with ``geo-proj`` (``proj:*``) as the convention's README shows for geospatial data."""
-    layout = []
-    prev = None
-    for f in level_factors(grid.shape):
-        entry = {"asset": str(f),
-                 "transform": {"scale": [2.0, 2.0] if prev else [float(f), float(f)],
-                               "translation": [0.0, 0.0]},
-                 "resampling_method": "average",
-                 "proj:transform": _affine6(grid, f),
-                 "proj:shape": list(level_shape(grid.shape, f)),
-                 "s2ingest:factor": f}
-        if prev is not None:
-            entry["derived_from"] = str(prev)
-        else:
-            # Relative paths cannot point at the parent group: the first level says in words
-            # (and with its absolute scale) that it derives from the native group "..".
-            entry["s2ingest:derived_from_native"] = True
-        layout.append(entry)
-        prev = f
-    left, bottom, right, top = grid.bounds
+    """The multiscale group's attributes: the zarr-conventions ``multiscales`` layout of the
+    levels composed with ``proj:`` and ``spatial:`` (``ingest.store.geozarr``)."""
+    layout = multiscales_layout(grid, level_factors(grid.shape))
+    for entry in layout:
+        entry["s2ingest:factor"] = int(entry["asset"])
+    # Relative paths cannot point at the parent group: the first level says in words (and
+    # with its absolute scale) that it derives from the native group "..".
+    layout[0]["s2ingest:derived_from_native"] = True
     return {
-        "zarr_conventions_version": "0.1.0",
-        "zarr_conventions": [
-            {"uuid": MULTISCALES_UUID, "name": "multiscales",
-             "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v0.1.0/schema.json",
-             "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v0.1.0/README.md",
-             "description": "Multiscale layout of zarr datasets"},
-            {"uuid": GEO_PROJ_UUID, "name": "geo-proj",
-             "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v0.1.0/schema.json",
-             "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v0.1.0/README.md",
-             "description": "Coordinate reference system information for geospatial data"},
-        ],
+        **conventions(MULTISCALES, PROJ, SPATIAL),
         "multiscales": {"layout": layout, "resampling_method": "average",
                         "s2ingest:resampling": {v: reduction(s) for v, s in VARIABLES.items()}},
-        "proj:code": grid.crs,
-        "proj:spatial_dimensions": ["y", "x"],
-        "proj:transform": _affine6(grid, 1),
-        "proj:bbox": [left, bottom, right, top],
+        **spatial_attrs(grid),
         "title": "overviews (multiscale levels) of the parent group",
     }
 
 
-def _affine6(grid: CubeGrid, f: int) -> list[float]:
-    left, _, _, top = grid.bounds
-    r = grid.resolution * f
-    return [r, 0.0, left, 0.0, -r, top]
+def level_attrs(grid: CubeGrid, f: int) -> dict:
+    """The attributes of level group ``f``: CF title and factor, ``proj:``/``spatial:`` of the level."""
+    return {"title": f"overview level {f} ({grid.resolution * f:g} m)", "s2ingest_overview_factor": f,
+            **raster_group_attrs(grid, f)}
 
 
 def stage_level_chunk(tx: Transaction, meta: ArrayMeta, key: str, chunk: np.ndarray) -> None:

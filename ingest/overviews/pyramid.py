@@ -28,14 +28,15 @@ from tqdm.auto import tqdm
 from ingest.errors import StoreError
 from ingest.grid import CubeGrid
 from ingest.store import Transaction, join
+from ingest.store.geozarr import imagery_group_attrs
 from ingest.store.imagery import write_1d
 from ingest.store.layout import COMPRESSOR, COORD_CHUNK, cf_grid_mapping, variable_attrs
 from ingest.store.zarrdocs import read_array
 from ingest.variables import VARIABLES
 from ingest.overviews.aggregate import halve, reduction
 from ingest.overviews.levels import (
-    ChunkId, LevelsComputed, has_overviews, level_chunks, level_factors, level_path, level_shape,
-    level_transform, multiscales_attrs, overviews_path, stage_level_chunk,
+    ChunkId, LevelsComputed, has_overviews, level_attrs, level_chunks, level_factors, level_path,
+    level_shape, level_transform, multiscales_attrs, overviews_path, stage_level_chunk,
 )
 
 log = logging.getLogger(__name__)
@@ -71,15 +72,20 @@ def create_levels(tx: Transaction, grid: CubeGrid, group: str) -> None:
         tx.create_group(overviews_path(group), attrs)
     elif tx.attrs(overviews_path(group)) != attrs:  # the same layout: left as it is, byte for byte
         tx.put_json(join(overviews_path(group), ".zattrs"), attrs)
+    factors = level_factors(grid.shape)
+    group_attrs = {**tx.attrs(group), **imagery_group_attrs(grid, factors)}
+    if tx.attrs(group) != group_attrs:  # the imagery group's multiscales names the levels
+        tx.put_json(join(group, ".zattrs"), group_attrs)
     time_attrs = tx.attrs(join(group, "time"))
-    for f in level_factors(grid.shape):
+    for f in factors:
         path = level_path(group, f)
         ny, nx = level_shape(grid.shape, f)
         r = grid.resolution * f
         left, _, _, top = grid.bounds
         if not tx.is_group(path):
-            tx.create_group(path, {"title": f"overview level {f} ({r:g} m)",
-                                   "s2ingest_overview_factor": f})
+            tx.create_group(path, level_attrs(grid, f))
+        elif tx.attrs(path) != level_attrs(grid, f):
+            tx.put_json(join(path, ".zattrs"), level_attrs(grid, f))
         mapping = cf_grid_mapping(grid)
         mapping["GeoTransform"] = " ".join(str(v) for v in level_transform(grid, f))
         tx.create_array(join(path, "x"), shape=(nx,), chunks=(nx,), dtype="f8", fill_value=None,

@@ -33,6 +33,7 @@ import numpy as np
 from ingest.errors import StoreError
 from ingest.grid import CubeGrid
 from ingest.store import Transaction, join
+from ingest.store.geozarr import dggs_attrs
 from ingest.store.imagery import write_1d
 from ingest.store.layout import COMPRESSOR, COORD_CHUNK, TIME_UNITS
 from ingest.store.zarrdocs import ArrayMeta, read_array
@@ -81,6 +82,7 @@ def _create(tx: Transaction, grid: CubeGrid, q: str, index: CellIndex) -> None:
         RESOLUTION_ATTR: index.resolution, FORMAT_ATTR: 1, "scl_classes": classes,
         "valid_definition": "SCL != 0",
         "cell_assignment": "a pixel belongs to the H3 cell holding its centre (DESIGN.md, quality)",
+        **dggs_attrs(index.resolution),  # the zarr-conventions DGGS description (xdggs reads it)
     })
     n = len(index)
     tx.create_array(join(q, "cell"), shape=(n,), chunks=(max(n, 1),), dtype="<u8", fill_value=None,

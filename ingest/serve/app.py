@@ -15,6 +15,7 @@ from ingest.errors import S2IngestError
 import ingest.serve.chips as chips_mod
 from ingest.serve.limits import url_too_long
 from ingest.serve.reader import MAX_AREA_PIXELS, CubeReader, RequestError
+from ingest.serve.stac import COLLECTION_KEY, key_media_type, read_key, stac_for_http
 from ingest.serve.tiles import TILESIZE, TMS, check_tile, empty_png, tile_png
 
 PNG = "image/png"
@@ -59,6 +60,19 @@ def create_app(location: str) -> FastAPI:
         return FileResponse(str(static / "index.html"))
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/stac/collection.json")
+    def stac_collection(request: Request):
+        """The cube's STAC Collection (store key ``stac/collection.json``) with a self link and
+        its hrefs made absolute under ``/store/``, where the groups it describes are served."""
+        doc = stac_for_http(reader.store.read(COLLECTION_KEY), str(request.base_url))
+        return JSONResponse(doc, headers={"Cache-Control": "no-cache"})
+
+    @app.api_route("/store/{key:path}", methods=["GET", "HEAD"])
+    def store_key(key: str):
+        """One key of the store as stored (Zarr over HTTP, read only): 404 when absent."""
+        return Response(read_key(reader.store, key), media_type=key_media_type(key),
+                        headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/meta")
     def meta():

@@ -15,6 +15,7 @@ from ingest.store.layout import (
     COMPRESSOR, COORD_CHUNK, GROUP_VERSION_ATTR, PROVENANCE, TIME_UNITS, cf_grid_mapping, join,
     variable_attrs,
 )
+from ingest.store.geozarr import raster_group_attrs
 from ingest.store.state import to_ms
 from ingest.store.transaction import Transaction
 from ingest.store.zarrdocs import encode_1d
@@ -34,7 +35,8 @@ def ensure_imagery_group(tx: Transaction, grid: CubeGrid, group: str,
         if not tx.is_group(parent):
             tx.create_group(parent)
     tx.create_group(group, {"title": f"Sentinel-2 L2A, relative orbit {group.rsplit('R', 1)[-1]}",
-                            "Conventions": "CF-1.8", GROUP_VERSION_ATTR: 0})
+                            "Conventions": "CF-1.8", GROUP_VERSION_ATTR: 0,
+                            **raster_group_attrs(grid)})  # GeoZarr beside CF (store.geozarr)
     ny, nx = grid.shape
     tx.create_array(join(group, "x"), shape=(nx,), chunks=(nx,), dtype="f8", fill_value=None,
                     compressor=COMPRESSOR, data=grid.x, attrs={

@@ -337,6 +337,10 @@ class Transaction:
             raw = dumps(doc)
             if raw != self.backend.get(group_key):
                 self.put(group_key, raw)
+        if source is None:  # a copy publishes its source's Collection as it copied it
+            from ingest.store.stac import stage_collection  # pystac on the commit path only
+
+            stage_collection(self, version)  # the version's STAC Collection, in its manifest
         with self._mutex:
             ops = dict(self._ops)
         manifest = build_manifest(self.backend, self.base_version, version, ops)

@@ -1,0 +1,51 @@
+"""The command line starts without the heavy libraries (issue 21): commands are loaded on first
+use (``ingest.cli.main.COMMANDS``) and import numpy, xarray, zarr, rasterio, dask, ... inside
+their functions. Checked on the modules a fresh interpreter has loaded, not on a timing (the
+time and memory are measured by ``python -m ingest.benchmarks.startup``)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("numpy", "pandas", "xarray", "zarr", "numcodecs", "rasterio", "pyproj", "dask", "distributed",
+         "cv2", "sqlalchemy", "alembic", "matplotlib", "pyarrow", "h3", "fastapi", "uvicorn", "boto3",
+         "rio_tiler", "morecantile", "rioxarray", "shapely", "pyogrio", "netCDF4", "requests", "tqdm",
+         "pystac", "affine", "sentinelsat", "psycopg", "psycopg2")
+
+PROBE = """
+import json, sys
+from ingest.cli.main import cli
+try:
+    cli.main(args=sys.argv[1:], prog_name="s2ingest", standalone_mode=False)
+except SystemExit:
+    pass
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def loaded_by(*argv: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["verify", "--help"],
+                                  ["sync", "--help"], ["--version"]])
+def test_help_imports_no_heavy_library(argv):
+    heavy = loaded_by(*argv) & set(HEAVY)
+    assert not heavy, f"s2ingest {' '.join(argv)} imported {sorted(heavy)}"
+
+
+def test_every_registered_command_loads_and_is_listed():
+    from ingest.cli.main import COMMANDS, cli
+
+    assert cli.list_commands(None) == list(COMMANDS)
+    for name in COMMANDS:
+        assert cli.get_command(None, name).name == name
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "ingest.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("Usage: s2ingest")
