@@ -25,6 +25,9 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "copies": ("ingest.benchmarks.copies", []),
     "mirror": ("ingest.benchmarks.mirror", []),
     "serve": ("ingest.benchmarks.serve", []),
+    "stats": ("ingest.benchmarks.stats", []),
+    "rechunk": ("ingest.benchmarks.rechunk", []),
+    "overviews": ("ingest.benchmarks.overviews", []),
     "eopf": ("ingest.benchmarks.eopf", []),
 }
 
