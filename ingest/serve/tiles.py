@@ -1,7 +1,8 @@
 """XYZ tiles (Web Mercator) of one variable or an RGB composite, rendered to PNG.
 
-DESIGN CHOICE: rio-tiler's ``XarrayReader`` (the reader titiler-xarray is built on) does the
-Web Mercator tile maths and the reprojection of a lazily opened xarray DataArray; we choose the
+DESIGN CHOICE: the steps of rio-tiler's ``XarrayReader.tile`` (the reader titiler-xarray is
+built on; ``warp_tile``: the same bounds, clip and rioxarray reprojection, with one cached PROJ
+transformer instead of three GDAL set-ups per tile) do the Web Mercator tile maths; we choose the
 overview level ourselves (``CubeReader.level_for_zoom``), so a zoomed-out tile reads a few
 hundred level pixels instead of millions of native ones, and we refuse a tile that would read
 more than ``MAX_TILE_PIXELS`` (a cube without overviews at a low zoom).
