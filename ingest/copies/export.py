@@ -248,6 +248,10 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
     for name in out.data_vars:
         out[name].attrs.pop("_CRS", None)  # GDAL-Zarr's attribute; netCDF has grid_mapping
         out[name].attrs["grid_mapping"] = "spatial_ref"
+    # the GeoZarr conventions describe the Zarr nodes (nested objects netCDF attributes cannot
+    # hold); the netCDF file has CF's grid mapping instead
+    out.attrs = {k: v for k, v in out.attrs.items()
+                 if k not in ("zarr_conventions", "multiscales", "dggs") and not k.startswith(("proj:", "spatial:"))}
     out.attrs["Conventions"] = "CF-1.8"
     try:
         out.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=encoding)
