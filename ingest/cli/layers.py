@@ -15,7 +15,8 @@ from ingest.grid import get_grid
 from ingest.layers import list_layers
 from ingest.layers.codes import GROUPS
 from ingest.cli.options import (
-    bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
+    bbox_options, commit_catalog, complete_unfinished, cube_options, orbit_option, progress_option,
+    time_option,
 )
 
 
@@ -51,6 +52,7 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, pr
     commit recorded in the catalog."""
     from ingest.publish.commits import publish_layer
 
+    complete_unfinished(settings.store)
     records = publish_layer(settings.store, group, file, catalog=commit_catalog(settings), edition=edition,
                             attribute=attribute, variable=variable, force=force,
                             grid=get_grid(settings.grid), name_attribute=name_attribute, progress=progress)

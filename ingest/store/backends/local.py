@@ -6,7 +6,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ingest import holders
 from ingest.errors import StoreBusyError
@@ -57,6 +57,33 @@ class LocalBackend(Backend):
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as f:
             f.write(data)
+
+    def stream(self, key: str, *, deadline: float | None = None,
+               block: int = 8 << 20) -> Iterator[bytes] | None:
+        try:
+            f = open(self.path(key), "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return self._blocks(f, block)
+
+    @staticmethod
+    def _blocks(f, block: int) -> Iterator[bytes]:
+        with f:
+            while data := f.read(block):
+                yield data
+
+    def write_new_from(self, key: str, blocks: Iterable[bytes]) -> None:
+        """Written in place (nobody reads it yet); an error while the blocks are read
+        removes what was written."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(target, "wb") as f:
+                for data in blocks:
+                    f.write(data)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
