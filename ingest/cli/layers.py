@@ -11,13 +11,34 @@ from pathlib import Path
 import click
 
 from ingest.errors import ConfigError
-from ingest.grid import get_grid
-from ingest.layers import list_layers
-from ingest.layers.codes import GROUPS
 from ingest.cli.options import (
     bbox_options, commit_catalog, complete_unfinished, cube_options, orbit_option, progress_option,
     time_option,
 )
+
+
+class _LayerGroups(click.Choice):
+    """The layer groups, looked up when an option is checked or help is shown: the CLI starts
+    without importing the layers stack (GDAL, pandas) for every other command."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self):
+        from ingest.layers.codes import GROUPS
+
+        return tuple(GROUPS)
+
+    @choices.setter
+    def choices(self, _value) -> None:
+        pass
+
+
+def _grid(name):
+    from ingest.grid import get_grid
+
+    return get_grid(name)
 
 
 @click.group("layers")
@@ -34,7 +55,7 @@ def layers() -> None:
 
 @layers.command("add")
 @cube_options
-@click.option("--group", type=click.Choice(GROUPS), required=True, help="Layer group.")
+@click.option("--group", type=_LayerGroups(), required=True, help="Layer group.")
 @click.option("--edition", type=int, required=True, help="Edition / reference year, e.g. 2023.")
 @click.option("--attribute", default=None,
               help="Field with the codes: statcode (CBS), BG2015 (BBG), gewascode (BRP). "
@@ -55,7 +76,7 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, pr
     complete_unfinished(settings.store)
     records = publish_layer(settings.store, group, file, catalog=commit_catalog(settings), edition=edition,
                             attribute=attribute, variable=variable, force=force,
-                            grid=get_grid(settings.grid), name_attribute=name_attribute, progress=progress)
+                            grid=_grid(settings.grid), name_attribute=name_attribute, progress=progress)
     for r in records:
         if r.unchanged:
             click.echo(f"/{r.group}/{r.variable} edition {r.edition} is already published from "
@@ -71,6 +92,8 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, pr
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_(settings, as_json: bool) -> None:
     """Published layers: group, variable, edition, source and checksum."""
+    from ingest.layers import list_layers
+
     for row in list_layers(settings.store):
         if as_json:
             click.echo(json.dumps(row, sort_keys=True))
@@ -125,6 +148,6 @@ def stats(settings, by, edition, variable, kind, orbit, valid_scl, bbox, bbox_cr
     df = cube_stats(settings.store, group=f"S2/R{orbit:03d}", variable=variable,
                     layer_group=layer_group, layer=layer, edition=edition, kind=kind,
                     bounds=bbox, bounds_crs=bbox_crs, start=start, end=end,
-                    valid_scl=_ints(valid_scl), grid=get_grid(settings.grid), progress=progress)
+                    valid_scl=_ints(valid_scl), grid=_grid(settings.grid), progress=progress)
     write_table(df, out)
     click.echo(f"wrote {len(df)} rows to {out}")

@@ -82,7 +82,7 @@ class Fetcher:
     def get(self, key: str, size: int, sha: str) -> bytes:
         """The bytes of ``key`` as the version's manifest names them (small keys)."""
         out: list[bytes] = []
-        self.fetch(key, size, sha, lambda blocks: out.extend(blocks))
+        self.fetch(key, size, sha, lambda blocks: out.extend(bytes(b) for b in blocks))
         return b"".join(out)
 
     def fetch(self, key: str, size: int, sha: str, write: Callable[[Iterator[bytes]], None]) -> None:

@@ -259,7 +259,9 @@ def _compare(dst: CubeStore, plan: CopyPlan, have: dict[str, dict], quick: bool,
     """Keys of the plan the copy does not hold right (checked in the copy itself: its manifest
     may say a key is right while the file was damaged since; a key whose file is the one the
     last run verified is trusted)."""
-    trusted = _trusted(dst) if have else {}
+    if not have:  # a first copy: nothing to compare with
+        return list(plan.keys)
+    trusted = _trusted(dst)
 
     def check(item) -> tuple[str, str]:
         key, entry = item

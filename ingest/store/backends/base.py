@@ -120,7 +120,8 @@ class Backend(ABC):
                block: int = 8 << 20) -> Iterator[bytes] | None:
         """The bytes of ``key`` in blocks of at most ``block`` bytes (None: no such key);
         ``deadline`` (``time.monotonic()``) bounds the whole transfer where the backend can
-        stall (HTTP). Close the iterator to stop early."""
+        stall (HTTP). A block may be a view of a buffer the next block reuses: consume it
+        (write, hash, copy) before asking for the next. Close the iterator to stop early."""
         data = self.get(key)
         if data is None:
             return None
@@ -128,7 +129,7 @@ class Backend(ABC):
 
     def write_new_from(self, key: str, blocks: Iterable[bytes]) -> None:
         """``write_new`` from blocks (an error while they are read leaves no key behind)."""
-        self.write_new(key, b"".join(blocks))
+        self.write_new(key, b"".join(bytes(b) for b in blocks))
 
     def size(self, key: str) -> int | None:
         """The size of ``key`` in bytes, None where no such key exists."""

@@ -60,8 +60,10 @@ class LocalBackend(Backend):
 
     def stream(self, key: str, *, deadline: float | None = None,
                block: int = 8 << 20) -> Iterator[bytes] | None:
+        """The file in blocks read into one reused buffer (no allocation per block): each
+        block is valid until the next one is asked for."""
         try:
-            f = open(self.path(key), "rb")
+            f = open(self.path(key), "rb", buffering=0)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         return self._blocks(f, block)
@@ -69,8 +71,10 @@ class LocalBackend(Backend):
     @staticmethod
     def _blocks(f, block: int) -> Iterator[bytes]:
         with f:
-            while data := f.read(block):
-                yield data
+            size = os.fstat(f.fileno()).st_size
+            buf = memoryview(bytearray(max(1, min(block, size + 1))))
+            while n := f.readinto(buf):
+                yield buf[:n]  # type: ignore[misc]
 
     def write_new_from(self, key: str, blocks: Iterable[bytes]) -> None:
         """Written in place (nobody reads it yet); an error while the blocks are read
