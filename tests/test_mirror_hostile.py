@@ -278,3 +278,24 @@ def test_a_commit_killed_mid_switch_is_never_served_half_done_and_writers_comple
     r = run("overviews", "--store", str(copy), "--no-progress")
     assert "completed the unfinished commit" in r.stderr, r.stderr
     assert CubeStore.open(copy).switching() is None
+
+
+def test_reference_layers_do_not_make_an_empty_time_range_hold_data():
+    """The demo cube holds layers (edition, y, x) beside the imagery: a --time range without
+    imagery is still empty, while a bbox over layer chunks alone holds data."""
+    from datetime import datetime, timezone
+
+    from ingest.copies.mirror import _refuse_empty
+    from ingest.copies.subset import CopyPlan, FromSource, Selection
+    from ingest.errors import EmptySelectionError
+    from ingest.grid import NL_GRID
+
+    docs = {"NL/BRP/parcel/.zattrs": json.dumps({"_ARRAY_DIMENSIONS": ["edition", "y", "x"]}).encode(),
+            "S2/R051/B04/.zattrs": json.dumps({"_ARRAY_DIMENSIONS": ["time", "y", "x"]}).encode()}
+    plan = CopyPlan(3, NL_GRID, {"NL/BRP/parcel/0.1.2": FromSource("NL/BRP/parcel/0.1.2", 10, "0" * 64)})
+    t = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(EmptySelectionError, match="holds no data in --time 2030-01-01/2030-01-01"):
+        _refuse_empty(plan, Selection(time=(t, t)), "cube", docs)
+    _refuse_empty(plan, Selection(bbox=(0, 0, 1, 1)), "cube", docs)  # layer chunks: data
+    plan.keys["S2/R051/B04/0.1.2"] = FromSource("S2/R051/B04/0.1.2", 10, "0" * 64)
+    _refuse_empty(plan, Selection(time=(t, t)), "cube", docs)

@@ -136,7 +136,7 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
         return read_array(meta, get)
 
     plan = plan_copy(version, keys, docs, src.grid, selection, small_array, source_url=src.url)
-    _refuse_empty(plan, selection, src.url)
+    _refuse_empty(plan, selection, src.url, docs)
     dst = CubeStore.for_writing(copy, plan.grid)
     _check_is_copy(dst, src, force)
     dst.make_location()  # an interrupted first copy keeps its downloads for the rerun
@@ -170,12 +170,21 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
     return report
 
 
-def _refuse_empty(plan: CopyPlan, selection: Selection, url: str) -> None:
+def _refuse_empty(plan: CopyPlan, selection: Selection, url: str, docs: dict[str, bytes]) -> None:
     """A time range or bbox that holds no data chunk of the version: an error, not an empty copy."""
     if selection.time is None and selection.bbox is None:
         return
-    if any(isinstance(e, FromSource) and e.key.rsplit("/", 1)[-1].count(".") == 2
-           for e in plan.keys.values()):
+    dims: dict[str, tuple] = {}
+
+    def holds_data(key: str) -> bool:  # a chunk of a gridded array (of a time series with --time)
+        path = key.rsplit("/", 1)[0]
+        if path not in dims:
+            attrs = json.loads(docs.get(join(path, ".zattrs"), b"{}"))
+            dims[path] = tuple(attrs.get("_ARRAY_DIMENSIONS", ()))
+        d = dims[path]
+        return {"y", "x"} <= set(d) and ("time" in d or selection.time is None)
+
+    if any(isinstance(e, FromSource) and holds_data(e.key) for e in plan.keys.values()):
         return
     what = " and ".join(
         w for w, on in ((f"--time {'/'.join(t.date().isoformat() if t else '' for t in selection.time or ())}",
