@@ -311,10 +311,12 @@ def _fetch(dst: CubeStore, fetcher: Fetcher, plan: CopyPlan, todo: list[str], jo
     done = 0
     lock = threading.Lock()
 
+    resuming = dst.local_path is None or (dst.local_path / FETCHED).is_dir()
+
     def one(item) -> tuple[int, bool]:
         key, entry = item
         staged = f"{FETCHED}/{key}"
-        if dst.size(staged) == entry.size:
+        if resuming and dst.size(staged) == entry.size:
             old = dst.read(staged)
             if old is not None and hashlib.sha256(old).hexdigest() == entry.sha256:
                 return entry.size, True

@@ -130,6 +130,18 @@ class LocalBackend(Backend):
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path(src), target)
 
+    def move_if_present(self, src: str, dst: str) -> bool:
+        """``move`` when ``src`` exists (one rename, no separate check)."""
+        target = self.path(dst)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(self.path(src), target)
+        except FileNotFoundError:
+            if self.path(src).exists():
+                raise
+            return False
+        return True
+
     def sync(self, key: str) -> None:
         p = self.path(key)
         for target in (p, p.parent):
