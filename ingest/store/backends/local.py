@@ -132,10 +132,8 @@ class LocalBackend(Backend):
 
     def move_if_present(self, src: str, dst: str) -> bool:
         """``move`` when ``src`` exists (one rename, no separate check)."""
-        target = self.path(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(self.path(src), target)
+            self.move(src, dst)
         except FileNotFoundError:
             if self.path(src).exists():
                 raise
