@@ -27,6 +27,10 @@ class UnknownVariableError(ConfigError, KeyError):
         return str(self.args[0]) if self.args else "unknown variable"
 
 
+class EmptySelectionError(ConfigError):
+    """A time range or bbox that holds no data of the cube (the answer would be empty)."""
+
+
 class ProductError(S2IngestError):
     """A product that cannot be ingested. Permanent: the catalog marks it rejected."""
 
@@ -65,6 +69,10 @@ class GridMismatchError(S2IngestError, ValueError):
 
 class StoreError(S2IngestError, OSError):
     """The Zarr store cannot be read or written (permissions, full disk, corruption)."""
+
+
+class TransferTimeoutError(StoreError):
+    """A key of a remote store did not arrive within its time (a stalled or trickling server)."""
 
 
 class StoreBusyError(StoreError):

@@ -12,7 +12,8 @@ import click
 
 from ingest.errors import ConfigError
 from ingest.cli.options import (
-    LazyChoice, bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
+    LazyChoice, bbox_options, commit_catalog, complete_unfinished, cube_options, orbit_option,
+    progress_option, time_option,
 )
 
 
@@ -55,6 +56,7 @@ def add(settings, group, edition, attribute, variable, name_attribute, force, pr
     from ingest.store.location import grid_for
     from ingest.publish.commits import publish_layer
 
+    complete_unfinished(settings.store)
     records = publish_layer(settings.store, group, file, catalog=commit_catalog(settings), edition=edition,
                             attribute=attribute, variable=variable, force=force,
                             grid=grid_for(settings.store, settings.grid), name_attribute=name_attribute, progress=progress)

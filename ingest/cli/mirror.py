@@ -64,11 +64,15 @@ class _Progress:
 @click.option("--force", is_flag=True, help="Replace a cube at DST that is not a copy.")
 @click.option("--lock-timeout", type=click.FloatRange(0), default=3600, show_default=True,
               help="Seconds to wait for another writer of DST.")
+@click.option("--transfer-timeout", type=click.FloatRange(0, min_open=True), default=600,
+              show_default=True, metavar="SECONDS",
+              help="Give up (exit 6) when one key takes longer than this to arrive, retries "
+                   "included: a stalled or too slow source.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @progress_option
 @s3_endpoint_option
 def command(source: str, copy: str, selection, version, jobs, retries, quick, force,
-            lock_timeout, as_json, progress) -> None:
+            lock_timeout, transfer_timeout, as_json, progress) -> None:
     """Make DST a copy of exactly one published version of the cube at SRC.
 
     SRC is a local path, an s3:// URL or the http(s):// URL of a cube on any static web
@@ -88,7 +92,8 @@ def command(source: str, copy: str, selection, version, jobs, retries, quick, fo
     try:
         report = mirror(source, copy, selection=selection, version=version, jobs=jobs,
                         retries=retries, quick=quick, force=force, lock_timeout=lock_timeout,
-                        progress=bar, on_wait=lambda msg: click.echo(msg, err=True))
+                        transfer_timeout=transfer_timeout, progress=bar,
+                        on_wait=lambda msg: click.echo(msg, err=True))
     finally:
         bar.close()
     if as_json:

@@ -112,6 +112,21 @@ def commit_catalog(settings: Settings):
     return settings.db_url
 
 
+def complete_unfinished(location) -> None:
+    """Finish a commit a crashed writer left half switched in the cube at ``location``, before
+    a command that writes plans anything from it (nothing to do for a new or clean store)."""
+    from ingest.errors import NotACubeError
+    from ingest.store import CubeStore
+
+    try:
+        store = CubeStore.open(str(location))
+    except NotACubeError:
+        return
+    if store.switching() is not None and store.complete_unfinished():
+        click.echo(f"completed the unfinished commit in {store.url}; readers see version "
+                   f"{store.version()}", err=True)
+
+
 def orbit_option(func: Callable) -> Callable:
     return click.option("--orbit", type=click.IntRange(1, 143), default=None,
                         help="Relative orbit of the cube (group /S2/R{orbit:03d}) [default 51].")(func)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ingest.cli.options import commit_catalog, cube_options, orbit_option, progress_option
+from ingest.cli.options import (
+    commit_catalog, complete_unfinished, cube_options, orbit_option, progress_option,
+)
 
 
 @click.command("overviews")
@@ -21,6 +23,7 @@ def command(settings, orbit, progress, threads) -> None:
     """
     from ingest.publish.commits import publish_overviews
 
+    complete_unfinished(settings.store)
     for p in publish_overviews(settings.store, orbit=orbit, catalog=commit_catalog(settings),
                                progress=progress, threads=threads):
         if p.changed:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from ingest.cli.options import (
-    bbox_options, commit_catalog, cube_options, orbit_option, progress_option, time_option,
+    bbox_options, commit_catalog, complete_unfinished, cube_options, orbit_option, progress_option,
+    time_option,
 )
 
 
@@ -86,6 +87,7 @@ def rebuild(settings, orbit, h3_resolution, progress) -> None:
         bar.total = total
         bar.update(done - bar.n)
 
+    complete_unfinished(settings.store)
     try:
         p = publish_quality(settings.store, group, catalog=commit_catalog(settings),
                             resolution=h3_resolution, progress=tick)

@@ -9,12 +9,14 @@ variables. Nothing is read beyond metadata and coordinates until the caller comp
 from __future__ import annotations
 
 import re
+import time
+import warnings
 from typing import Iterable, Sequence
 
 import pandas as pd
 import xarray as xr
 
-from ingest.errors import ConfigError, UnknownVariableError
+from ingest.errors import ConfigError, EmptySelectionError, UnknownVariableError
 from ingest.grid import CubeGrid
 from ingest.store import CubeStore
 from ingest.store.layout import VERSION_ATTR, group_path
@@ -150,19 +152,86 @@ def open_cube(store, bbox: Sequence[float] | None = None, crs: str | None = None
     grid) is below / valid share at least that, as ``s2ingest quality`` selects them from the
     quality group (``ingest.quality.select``; no imagery is read to choose).
     """
+    if version is None:
+        warn_if_switching(CubeStore.open(str(store)))
     view = VersionStore(str(store), version)
     grp = choose_group(view, group, orbit)
     grid = view.grid
     ds = xr.open_zarr(view, group=grp, consolidated=True, chunks={} if chunks is None else chunks,
                       mask_and_scale=mask_and_scale)
+    where = f"version {view.version} of {view.url}/{grp}"
+    times = ds.time.values if "time" in ds.dims else None
     ds = select(ds, grid, bbox=bbox, crs=crs, time_range=time_range, variables=variables,
-                where=f"version {view.version} of {view.url}/{grp}")
+                where=where)
+    refuse_empty(ds, view, grp, grid, times, bbox=bbox, crs=crs, time_range=time_range, where=where)
     if max_cloud is not None or min_valid is not None:
         ds = _clear_dates(ds, store, grp, max_cloud, min_valid, aoi, aoi_crs, bbox, crs)
     ds.attrs[VERSION_ATTR] = view.version
     ds.attrs["s2ingest_source"] = view.url
     ds.attrs["s2ingest_group"] = grp
     return ds
+
+
+def refuse_empty(ds: xr.Dataset, view: VersionStore, group: str, grid: CubeGrid, times, *,
+                 bbox, crs, time_range, where: str) -> None:
+    """``EmptySelectionError`` when a time range holds no time step of the group, or a bbox
+    no stored chunk of it (the version's manifest names every chunk that holds data)."""
+    if time_range is not None and "time" in ds.dims and ds.sizes["time"] == 0:
+        raise EmptySelectionError(f"{where}: no time step in {describe_time_range(time_range)}; "
+                                  f"the cube holds {_time_extent(times)}")
+    if bbox is None or grid is None:
+        return
+    window = grid.window_for_bounds(grid_bounds(grid, bbox, crs))
+    cy, cx = grid.chunk_shape
+    r0, c0 = int(window.row_off), int(window.col_off)
+    r1, c1 = r0 + int(window.height) - 1, c0 + int(window.width) - 1
+    rows, cols = range(r0 // cy, r1 // cy + 1), range(c0 // cx, c1 // cx + 1)
+    prefix = f"{group}/"
+    for key in view.keys:
+        if not key.startswith(prefix) or key.count("/") != prefix.count("/") + 1:
+            continue
+        index = key.rsplit("/", 1)[1].split(".")
+        if len(index) == 3 and index[1].isdigit() and index[2].isdigit() \
+                and int(index[1]) in rows and int(index[2]) in cols:
+            return
+    raise EmptySelectionError(f"{where}: no data in bbox {list(bbox)}{f' ({crs})' if crs else ''}; "
+                              "the cube holds no imagery there")
+
+
+def _time_extent(times) -> str:
+    """``N time steps from A to B``, for messages."""
+    if times is None or not len(times):
+        return "no time step at all"
+    return f"{len(times)} time steps from {str(times[0])[:10]} to {str(times[-1])[:10]}"
+
+
+class SwitchingWarning(UserWarning):
+    """The cube's last commit is not finished: its keys are (or were left) half switched."""
+
+
+SWITCH_WAIT = 3.0  # seconds a reader waits for a live writer to finish its switch
+
+
+def warn_if_switching(cube: CubeStore, wait: float = SWITCH_WAIT) -> int | None:
+    """The version whose commit ``cube`` is still switching after ``wait`` seconds (a writer
+    killed mid-switch left it), with a ``SwitchingWarning``; None when there is none.
+
+    DESIGN CHOICE: a reader never completes a commit itself (readers write nothing, and may
+    not be allowed to): it reads the version the root metadata still names, the last complete
+    one, whose chunks are checked against its manifest, so a chunk the unfinished commit
+    already replaced raises ``VersionGoneError`` instead of mixing two versions. Any command
+    that writes the cube completes the commit first (`s2ingest sync`, a rerun of `mirror`).
+    """
+    deadline = time.monotonic() + wait
+    while (pending := cube.switching()) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pending is not None:
+        warnings.warn(
+            f"{cube.url}: the commit of version {pending} was interrupted while its keys were "
+            f"switched; reading version {cube.version()}, the last complete one (chunks that "
+            "commit already replaced cannot be read); `s2ingest sync` (or rerunning the mirror "
+            "of a copy) completes it", SwitchingWarning, stacklevel=3)
+    return pending
 
 
 def _clear_dates(ds: xr.Dataset, store, group: str, max_cloud, min_valid, aoi, aoi_crs, bbox,

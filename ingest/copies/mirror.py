@@ -26,17 +26,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-from ingest.errors import ConfigError, NotACubeError, StoreError
+from ingest.errors import ConfigError, EmptySelectionError, NotACubeError, StoreError
 from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, digest, faults
 from ingest.store.layout import META_DIR, is_metadata, join
 from ingest.store.zarrdocs import ArrayMeta, read_array
+from ingest.copies.checks import SourceMovedOn, refuse_places, source_bookkeeping
+from ingest.copies.fetch import DEFAULT_TRANSFER_TIMEOUT, Fetcher, SourceMoved
 from ingest.copies.subset import CopyPlan, FromSource, Rewritten, Selection, plan_copy
 
 log = logging.getLogger(__name__)
@@ -44,18 +46,10 @@ log = logging.getLogger(__name__)
 MIRROR_DIR = f"{META_DIR}/mirror"
 FETCHED = f"{MIRROR_DIR}/fetched"  # downloads kept across interrupted runs
 STATE = f"{MIRROR_DIR}/source.json"  # what this copy is a copy of
+TRUSTED = f"{MIRROR_DIR}/verified.json"  # key -> size, mtime, inode, sha256 when last verified
 DEFAULT_JOBS = 8
 DEFAULT_RETRIES = 4
 MAX_MOVES = 5  # times a copy follows the source to a newer version before giving up
-
-
-class SourceMoved(Exception):
-    """The source published a newer version that changed a key of the one being copied."""
-
-    def __init__(self, key: str, newer: int) -> None:
-        super().__init__(key)
-        self.key = key
-        self.newer = newer
 
 
 @dataclass
@@ -81,13 +75,16 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 def mirror(source: str, copy: str, *, selection: Selection = Selection(), version: int | None = None,
            jobs: int = DEFAULT_JOBS, retries: int = DEFAULT_RETRIES, quick: bool = False,
            force: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+           transfer_timeout: float = DEFAULT_TRANSFER_TIMEOUT,
            progress: Progress | None = None, on_wait: Callable[[str], None] | None = None) -> MirrorReport:
     """Make ``copy`` a copy of one published version of ``source`` (default: its newest)."""
     t0 = time.perf_counter()
     if jobs < 1:
         raise ConfigError("--jobs must be at least 1")
+    if not transfer_timeout > 0:
+        raise ConfigError("--transfer-timeout must be more than 0 seconds")
     src = CubeStore.open(source)
-    _refuse_same(src, copy)
+    refuse_places(src.url, copy)
     moved: list[int] = []
     while True:
         target = version if version is not None else src.version()
@@ -96,7 +93,14 @@ def mirror(source: str, copy: str, *, selection: Selection = Selection(), versio
         try:
             report = _mirror_version(src, copy, target, selection, jobs=jobs, retries=retries,
                                      quick=quick, force=force, lock_timeout=lock_timeout,
-                                     progress=progress, on_wait=on_wait)
+                                     transfer_timeout=transfer_timeout, progress=progress, on_wait=on_wait)
+        except OSError as exc:  # a full disk, a folder we may not write: one line, exit 6
+            if isinstance(exc, StoreError):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise StoreError(f"cannot write the copy {copy}: {exc.strerror or exc}{where}; readers "
+                             "still see its last complete version; free the space (or fix the "
+                             "cause) and rerun to resume, what was fetched is kept") from exc
         except SourceMoved as moved_exc:
             if version is not None:
                 raise StoreError(
@@ -114,81 +118,14 @@ def mirror(source: str, copy: str, *, selection: Selection = Selection(), versio
         return report
 
 
-def _refuse_same(src: CubeStore, copy: str) -> None:
-    if "://" in copy or "://" in src.url:
-        if copy.rstrip("/") == src.url.rstrip("/"):
-            raise ConfigError("the copy must not be the source")
-        return
-    if Path(copy).resolve() == Path(src.url).resolve():
-        raise ConfigError("the copy must not be the source")
-
-
-def _source_docs(src: CubeStore, version: int, keys: dict[str, dict]) -> dict[str, bytes]:
-    """The metadata documents of ``version``: its snapshot, or (for a store written before
-    snapshots, while that version is the newest) the documents themselves, checked."""
-    try:
-        return src.metadata_snapshot(version)
-    except StoreError:
-        if src.version() != version:
-            raise
-    docs = {}
-    for key, entry in keys.items():
-        if is_metadata(key):
-            raw = src.read(key)
-            if raw is None or hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-                raise SourceMoved(key, src.version())
-            docs[key] = raw
-    return docs
-
-
-class _Fetcher:
-    """Reads source keys in parallel threads (one reader per thread), checked, with retries."""
-
-    def __init__(self, src: CubeStore, version: int, retries: int) -> None:
-        self.src = src
-        self.version = version
-        self.retries = retries
-        self._local = threading.local()
-
-    def reader(self) -> Callable[[str], bytes | None]:
-        read = getattr(self._local, "read", None)
-        if read is None:
-            read = self._local.read = self.src.key_reader()
-        return read
-
-    def get(self, key: str, size: int, sha: str) -> bytes:
-        """The bytes of ``key`` as the version's manifest names them."""
-        delay = 0.2
-        for attempt in range(self.retries + 1):
-            try:
-                data = self.reader()(key)
-            except StoreError as exc:
-                if attempt == self.retries:
-                    raise StoreError(f"cannot read {self.src.url}/{key} after {attempt + 1} tries: {exc}") from exc
-                data = False
-            if data is not False:
-                if data is not None and len(data) == size and hashlib.sha256(data).hexdigest() == sha:
-                    return data
-                newer = self.src.version()
-                if newer != self.version:
-                    raise SourceMoved(key, newer)
-                if attempt == self.retries:
-                    what = "missing" if data is None else f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]}…"
-                    raise StoreError(f"{self.src.url}/{key} does not match the manifest of version "
-                                     f"{self.version} ({what}; expected {size} bytes, sha256 {sha[:12]}…); "
-                                     "the source is damaged (`s2ingest verify --deep` there)")
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
-
-
 def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selection, *, jobs: int,
                     retries: int, quick: bool, force: bool, lock_timeout: float,
-                    progress: Progress | None, on_wait) -> MirrorReport:
-    manifest = src.manifest(version)
-    keys: dict[str, dict] = manifest["keys"]
-    docs = _source_docs(src, version, keys)
-    fetcher = _Fetcher(src, version, retries)
+                    transfer_timeout: float, progress: Progress | None, on_wait) -> MirrorReport:
+    try:
+        keys, docs = source_bookkeeping(src, version)
+    except SourceMovedOn as exc:
+        raise SourceMoved(exc.key, exc.newer) from None
+    fetcher = Fetcher(src, version, retries, transfer_timeout)
 
     def small_array(path: str):
         meta = ArrayMeta(json.loads(docs[join(path, ".zarray")]))
@@ -199,6 +136,7 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
         return read_array(meta, get)
 
     plan = plan_copy(version, keys, docs, src.grid, selection, small_array, source_url=src.url)
+    _refuse_empty(plan, selection, src.url, docs)
     dst = CubeStore.for_writing(copy, plan.grid)
     _check_is_copy(dst, src, force)
     dst.make_location()  # an interrupted first copy keeps its downloads for the rerun
@@ -208,7 +146,8 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
             raise StoreError(f"the copy {dst.url} is at version {tx.base_version}, newer than "
                              f"version {version} of the source; mirror into a new folder")
         have = _copy_manifest(dst, tx.base_version)
-        todo = _compare(dst, plan, have, quick, jobs, report)
+        size_only: set[str] = set()  # kept by --quick on their size alone: not verified
+        todo = _compare(dst, plan, have, quick, jobs, report, size_only)
         _fetch(dst, fetcher, plan, todo, jobs, report, progress)
         for key in todo:
             entry = plan.keys[key]
@@ -226,8 +165,34 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
         report.changed = bool(todo or gone or tx.base_version != version)
         if report.changed:
             tx.commit(version=version, source=source_doc)
+        _record_verified(dst, plan, size_only)
     dst.delete_private(FETCHED)
     return report
+
+
+def _refuse_empty(plan: CopyPlan, selection: Selection, url: str, docs: dict[str, bytes]) -> None:
+    """A time range or bbox that holds no data chunk of the version: an error, not an empty copy."""
+    if selection.time is None and selection.bbox is None:
+        return
+    dims: dict[str, tuple] = {}
+
+    def holds_data(key: str) -> bool:  # a chunk of a gridded array (of a time series with --time)
+        path = key.rsplit("/", 1)[0]
+        if path not in dims:
+            attrs = json.loads(docs.get(join(path, ".zattrs"), b"{}"))
+            dims[path] = tuple(attrs.get("_ARRAY_DIMENSIONS", ()))
+        d = dims[path]
+        return {"y", "x"} <= set(d) and ("time" in d or selection.time is None)
+
+    if any(isinstance(e, FromSource) and holds_data(e.key) for e in plan.keys.values()):
+        return
+    what = " and ".join(
+        w for w, on in ((f"--time {'/'.join(t.date().isoformat() if t else '' for t in selection.time or ())}",
+                         selection.time is not None),
+                        (f"--bbox {','.join(f'{v:g}' for v in selection.bbox or ())}",
+                         selection.bbox is not None)) if on)
+    raise EmptySelectionError(f"version {plan.version} of {url} holds no data in {what}; "
+                              "nothing was copied (`s2ingest status` shows its dates)")
 
 
 def copy_of(store: CubeStore) -> dict | None:
@@ -254,26 +219,80 @@ def _copy_manifest(dst: CubeStore, version: int) -> dict[str, dict]:
         return dst.full_listing()
 
 
+def _file_stat(dst: CubeStore, key: str) -> list[int] | None:
+    """(size, mtime in ns, inode) of a key of a copy on this machine; None elsewhere."""
+    root = dst.local_path
+    if root is None:
+        return None
+    try:
+        st = os.stat(root / key)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _record_verified(dst: CubeStore, plan: CopyPlan, size_only: set[str]) -> None:
+    """Remember, per key of a copy on this machine, the file it was verified as (size, mtime,
+    inode) with its sha256: a rerun trusts a key whose file is still that one.
+
+    DESIGN CHOICE: as rsync and make do, an unchanged file (same size, modification time and
+    inode) is not read again: a rerun of a large copy costs a stat per key, not a read of every
+    byte. Whatever rewrites a file changes its time; `s2ingest verify --deep` still reads
+    every byte of the copy against its manifest.
+    """
+    if dst.local_path is None:
+        return
+    record = {}
+    for key, entry in plan.keys.items():
+        st = _file_stat(dst, key)
+        if st is None or key in size_only:
+            continue
+        if isinstance(entry, FromSource):  # hashed while it was copied, or by _compare
+            record[key] = [*st, entry.sha256]
+        elif dst.read(key) == entry.data:  # small documents: checked as they are now
+            record[key] = [*st, digest(entry.data)[1]]
+    dst.write_private(TRUSTED, json.dumps(record, separators=(",", ":")).encode())
+
+
+def _trusted(dst: CubeStore) -> dict[str, list]:
+    raw = dst.read(TRUSTED) if dst.local_path is not None else None
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _compare(dst: CubeStore, plan: CopyPlan, have: dict[str, dict], quick: bool, jobs: int,
-             report: MirrorReport) -> list[str]:
+             report: MirrorReport, size_only: set[str]) -> list[str]:
     """Keys of the plan the copy does not hold right (checked in the copy itself: its manifest
-    may say a key is right while the file was damaged since)."""
+    may say a key is right while the file was damaged since; a key whose file is the one the
+    last run verified is trusted)."""
+    if not have:  # a first copy: nothing to compare with
+        return list(plan.keys)
+    trusted = _trusted(dst)
+
     def check(item) -> tuple[str, str]:
         key, entry = item
         want = (entry.size, entry.sha256) if isinstance(entry, FromSource) else digest(entry.data)
         listed = have.get(key)
         if listed is None or listed["sha256"] != want[1]:
             return key, "new"
+        known = trusted.get(key)
+        if known is not None and known[3:] == [want[1]] and _file_stat(dst, key) == known[:3]:
+            return key, "kept"
         if quick:
-            return key, "kept" if dst.size(key) == want[0] else "repair"
+            return key, "sized" if dst.size(key) == want[0] else "repair"
         data = dst.read(key)
         return key, "kept" if data is not None and digest(data) == want else "repair"
 
-    todo = []
+    todo: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for key, verdict in pool.map(check, plan.keys.items()):
-            if verdict == "kept":
+            if verdict in ("kept", "sized"):
                 report.kept += 1
+                if verdict == "sized":
+                    size_only.add(key)
             else:
                 if verdict == "repair":
                     report.repaired += 1
@@ -283,7 +302,7 @@ def _compare(dst: CubeStore, plan: CopyPlan, have: dict[str, dict], quick: bool,
     return todo
 
 
-def _fetch(dst: CubeStore, fetcher: _Fetcher, plan: CopyPlan, todo: list[str], jobs: int,
+def _fetch(dst: CubeStore, fetcher: Fetcher, plan: CopyPlan, todo: list[str], jobs: int,
            report: MirrorReport, progress: Progress | None) -> None:
     """Every key of ``todo`` that comes from the source, under ``FETCHED`` of the copy (kept
     where an earlier, interrupted run left it with the right bytes)."""
@@ -292,15 +311,17 @@ def _fetch(dst: CubeStore, fetcher: _Fetcher, plan: CopyPlan, todo: list[str], j
     done = 0
     lock = threading.Lock()
 
+    resuming = dst.local_path is None or (dst.local_path / FETCHED).is_dir()
+
     def one(item) -> tuple[int, bool]:
         key, entry = item
         staged = f"{FETCHED}/{key}"
-        if dst.size(staged) == entry.size:
+        if resuming and dst.size(staged) == entry.size:
             old = dst.read(staged)
             if old is not None and hashlib.sha256(old).hexdigest() == entry.sha256:
                 return entry.size, True
-        data = fetcher.get(entry.key, entry.size, entry.sha256)
-        dst.write_private(staged, data)
+        fetcher.fetch(entry.key, entry.size, entry.sha256,
+                      lambda blocks: dst.write_private_from(staged, blocks))
         faults.point("mirror.fetched")
         return entry.size, False
 
@@ -321,6 +342,7 @@ def _fetch(dst: CubeStore, fetcher: _Fetcher, plan: CopyPlan, todo: list[str], j
                 if progress:
                     progress(done, total)
         except BaseException:
+            fetcher.cancel()
             for fut in futures:
                 fut.cancel()
             raise

@@ -2,6 +2,7 @@
 parameters. ``create_app(store)`` is what ``s2ingest serve`` runs under uvicorn."""
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from importlib import resources
@@ -19,6 +20,7 @@ from ingest.serve.stac import COLLECTION_KEY, key_media_type, read_key, stac_for
 from ingest.serve.tiles import TILESIZE, TMS, check_tile, empty_png, tile_png
 
 PNG = "image/png"
+SWITCH_WAIT = 2.0  # seconds a request waits for a commit's switch to end
 MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)
 STORE_ENV = "S2INGEST_SERVE_STORE"  # the cube a worker process of `serve --workers N` opens
 
@@ -52,6 +54,22 @@ def create_app(location: str) -> FastAPI:
         too_long = url_too_long(request.url.path, request.url.query)
         if too_long:  # checked first: nothing is parsed or read for it
             return JSONResponse({"error": too_long}, status_code=414)
+        # DESIGN CHOICE: never serve from a half-switched store: while a commit's keys are
+        # being switched (milliseconds, or until a writer completes a commit a crash left
+        # unfinished) data requests wait up to SWITCH_WAIT s, then get 503 saying so.
+        path = request.url.path
+        if path != "/" and not path.startswith("/static"):
+            for _ in range(int(SWITCH_WAIT / 0.1)):
+                if reader.store.switching() is None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pending = reader.store.switching()
+                if pending is not None:
+                    return JSONResponse(
+                        {"error": f"{location}: the commit of version {pending} is not finished "
+                                  "(its keys are half switched); retry later; `s2ingest sync` "
+                                  "completes it"}, status_code=503, headers={"Retry-After": "30"})
         reader.refresh()  # a new published version replaces the cached datasets
         return await call_next(request)
 

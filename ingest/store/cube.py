@@ -19,7 +19,7 @@ import json
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from ingest import __version__
 from ingest.errors import NotACubeError, StoreBusyError, StoreError
 from ingest.grid import CubeGrid
 from ingest.store.backends import Backend, Fence, backend_for
-from ingest.store.journal import JOURNAL, recover
+from ingest.store.journal import COMMITTED, JOURNAL, recover
 from ingest.store.layout import (
     GRID_FILE, ID_FILE, MANIFEST_DIR, META_DIR, STORE_FORMAT, TXN_DIR, join, manifest_key,
     metadata_key, new_identity, version_of_key,
@@ -177,6 +177,16 @@ class CubeStore:
         session is not shared between threads)."""
         return backend_for(self.url).get
 
+    def key_streamer(self) -> Callable[..., Iterator[bytes] | None]:
+        """``stream(key, deadline=..., block=...)`` on connections of its own (one per thread
+        of a parallel copy): a key in blocks, the whole transfer bounded by ``deadline``."""
+        return backend_for(self.url).stream
+
+    @property
+    def local_path(self) -> Path | None:
+        """The folder of this cube on this machine's file system; None elsewhere."""
+        return self.backend.local_path
+
     def full_listing(self) -> dict[str, dict]:
         """Size and sha256 of every key outside ``.s2ingest/``, read and hashed now."""
         return full_listing(self.backend)
@@ -186,6 +196,11 @@ class CubeStore:
         """Write a tool's private ``key`` under ``.s2ingest/`` (not the store's own keys: the
         lock, transactions, manifests). Written in place: whoever reads it back checks it."""
         self.backend.write_new(self._private(key), data)
+
+    def write_private_from(self, key: str, blocks: Iterable[bytes]) -> None:
+        """``write_private`` from blocks; an error raised while they are read (a transfer
+        refused half way) leaves no key behind."""
+        self.backend.write_new_from(self._private(key), blocks)
 
     def delete_private(self, prefix: str) -> None:
         """Remove every private key of a tool below ``prefix`` (under ``.s2ingest/``)."""
@@ -289,6 +304,18 @@ class CubeStore:
     def has_unfinished_commit(self) -> bool:
         """True if a writer left a journal or staging area (the next transaction recovers it)."""
         return self.backend.get(JOURNAL) is not None or self.backend.has_prefix(TXN_DIR)
+
+    def switching(self) -> int | None:
+        """The version whose commit is between its journal and its end (its keys are being
+        switched, or a crashed writer left them half switched): readers of the plain Zarr
+        view may see a mix of two versions until a writer completes it. None otherwise."""
+        raw = self.backend.get(JOURNAL)
+        if raw is None or self.backend.get(COMMITTED) is not None:
+            return None
+        try:
+            return int(json.loads(raw).get("version", 0)) or None
+        except (ValueError, TypeError, AttributeError):
+            return -1
 
     def complete_unfinished(self) -> str | None:
         """Finish (or discard the staging of) a commit a crashed writer left, under the lock;

@@ -28,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 class Fence:
@@ -115,6 +115,21 @@ class Backend(ABC):
     def write_new(self, key: str, data: bytes) -> None:
         """Write a key that nobody reads yet (the staging area)."""
         self.put(key, data)
+
+    def stream(self, key: str, *, deadline: float | None = None,
+               block: int = 8 << 20) -> Iterator[bytes] | None:
+        """The bytes of ``key`` in blocks of at most ``block`` bytes (None: no such key);
+        ``deadline`` (``time.monotonic()``) bounds the whole transfer where the backend can
+        stall (HTTP). A block may be a view of a buffer the next block reuses: consume it
+        (write, hash, copy) before asking for the next. Close the iterator to stop early."""
+        data = self.get(key)
+        if data is None:
+            return None
+        return (data[i:i + block] for i in range(0, max(len(data), 1), block) if data[i:i + block])
+
+    def write_new_from(self, key: str, blocks: Iterable[bytes]) -> None:
+        """``write_new`` from blocks (an error while they are read leaves no key behind)."""
+        self.write_new(key, b"".join(bytes(b) for b in blocks))
 
     def size(self, key: str) -> int | None:
         """The size of ``key`` in bytes, None where no such key exists."""

@@ -6,7 +6,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ingest import holders
 from ingest.errors import StoreBusyError
@@ -58,6 +58,37 @@ class LocalBackend(Backend):
         with open(target, "wb") as f:
             f.write(data)
 
+    def stream(self, key: str, *, deadline: float | None = None,
+               block: int = 8 << 20) -> Iterator[bytes] | None:
+        """The file in blocks read into one reused buffer (no allocation per block): each
+        block is valid until the next one is asked for."""
+        try:
+            f = open(self.path(key), "rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return self._blocks(f, block)
+
+    @staticmethod
+    def _blocks(f, block: int) -> Iterator[bytes]:
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            buf = memoryview(bytearray(max(1, min(block, size + 1))))
+            while n := f.readinto(buf):
+                yield buf[:n]  # type: ignore[misc]
+
+    def write_new_from(self, key: str, blocks: Iterable[bytes]) -> None:
+        """Written in place (nobody reads it yet); an error while the blocks are read
+        removes what was written."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(target, "wb") as f:
+                for data in blocks:
+                    f.write(data)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
@@ -98,6 +129,16 @@ class LocalBackend(Backend):
         target = self.path(dst)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path(src), target)
+
+    def move_if_present(self, src: str, dst: str) -> bool:
+        """``move`` when ``src`` exists (one rename, no separate check)."""
+        try:
+            self.move(src, dst)
+        except FileNotFoundError:
+            if self.path(src).exists():
+                raise
+            return False
+        return True
 
     def sync(self, key: str) -> None:
         p = self.path(key)
