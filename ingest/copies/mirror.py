@@ -35,7 +35,7 @@ from typing import Callable
 
 from ingest.errors import ConfigError, EmptySelectionError, NotACubeError, StoreError
 from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, digest, faults
-from ingest.store.layout import META_DIR, is_metadata, join
+from ingest.store.layout import META_DIR, join
 from ingest.store.zarrdocs import ArrayMeta, read_array
 from ingest.copies.checks import SourceMovedOn, refuse_places, source_bookkeeping
 from ingest.copies.fetch import DEFAULT_TRANSFER_TIMEOUT, Fetcher, SourceMoved
