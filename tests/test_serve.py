@@ -271,6 +271,18 @@ def server(cube):
     proc.wait(timeout=120)
 
 
+def _poll(read, ok, *, limit: float = 120.0, every: float = 0.5):
+    """``read()`` again until ``ok(value)`` or ``limit`` seconds passed; the last value."""
+    import time
+
+    end = time.monotonic() + limit
+    value = read()
+    while not ok(value) and time.monotonic() < end:
+        time.sleep(every)
+        value = read()
+    return value
+
+
 @pytest.mark.slow
 def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chromium, server, ds, parcel,
                                                                             tmp_path):
@@ -284,12 +296,14 @@ def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chrom
         page.goto(server)
         page.wait_for_function("window.viewer && window.viewer.ready && window.viewer.tilesLoaded > 2",
                                timeout=60_000)
-        page.wait_for_timeout(1500)
-        shot = page.screenshot(path=str(tmp_path / "viewer.png"))
-        rgba = _png_rgba(shot)
-        map_part = rgba[:3, :, 330:]  # right of the side panel
         background = np.array([0xdd, 0xdd, 0xee]).reshape(3, 1, 1)
-        imagery = (np.abs(map_part.astype(int) - background).sum(axis=0) > 30).mean()
+
+        def imagery_share() -> float:
+            map_part = _png_rgba(page.screenshot(path=str(tmp_path / "viewer.png")))[:3, :, 330:]
+            return float((np.abs(map_part.astype(int) - background).sum(axis=0) > 30).mean())
+
+        # no fixed waits: poll (a loaded machine draws late, never wrongly)
+        imagery = _poll(imagery_share, lambda v: v > 0.05)
         assert imagery > 0.05, f"only {imagery:.1%} of the map shows imagery"
         # parcel outlines (a reference layer) drawn over the imagery
         def yellow() -> int:
@@ -298,8 +312,7 @@ def test_viewer_in_chromium_shows_imagery_moves_in_time_and_draws_a_series(chrom
 
         before = yellow()
         page.select_option("#outlines", "NL/BRP/parcel")
-        page.wait_for_timeout(2500)
-        assert yellow() > before + 200, "no parcel outlines drawn"
+        assert _poll(yellow, lambda v: v > before + 200) > before + 200, "no parcel outlines drawn"
         # the slider changes the date (and the tiles asked for)
         first = page.inner_text("#date")
         page.eval_on_selector("#time", "el => { el.value = 0; el.dispatchEvent(new Event('input')); }")
