@@ -56,7 +56,7 @@ def cli(verbose: int, quiet: int) -> None:
 def _register() -> None:
     from ingest.cli import (
         db, demo, export, init, layers, mirror, overviews, quality, rechunk, report, retry, serve,
-        status, sync, synth, verify,
+        status, sync, synth, verify, versions,
     )
 
     for module in (init, sync, status, verify, mirror, rechunk, export, quality, report, overviews,
@@ -64,6 +64,8 @@ def _register() -> None:
         cli.add_command(module.command)
     cli.add_command(layers.layers)
     cli.add_command(layers.stats)
+    cli.add_command(versions.versions)
+    cli.add_command(versions.upgrade)
 
 
 _register()
