@@ -79,3 +79,188 @@ def test_an_object_that_does_not_match_its_name_is_refused():
         VersionIndex.load(objects.get, 1).record("a/0.0")
     with pytest.raises(codec.CorruptError, match="differs"):
         VersionIndex.load(objects.get, 1, expect_sha="0" * 64)
+
+
+# -- through the store ----------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from datetime import timedelta  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from conftest import cli_env  # noqa: E402
+from ingest.grid import CubeGrid  # noqa: E402
+from ingest.store import COMPRESSOR, CubeStore, LocalBackend  # noqa: E402
+from ingest.store.verify import verify_store  # noqa: E402
+from ingest.store.zarr_view import VersionStore  # noqa: E402
+from ingest.testing.httpserve import serve  # noqa: E402
+
+GRID = CubeGrid("t", "EPSG:28992", 10, (0, 300000, 40, 300040))
+ARRAYS = ("a", "b", "c")
+
+
+def _bookkeeping_files(path: Path) -> dict[str, int]:
+    out = {}
+    for sub in ("pieces", "lists", "meta", "roots", "manifests"):
+        d = path / ".s2ingest" / sub
+        if d.is_dir():
+            out.update({f"{sub}/{e.name}": e.stat().st_size for e in os.scandir(d)})
+    return out
+
+
+def _cube(path: Path, time_chunks: int) -> CubeStore:
+    """Arrays g/a, g/b, g/c of (time, y, x) with chunks (2, 2, 2): 4 chunks per time chunk."""
+    store, _ = CubeStore.create(path, GRID)
+    with store.transaction() as tx:
+        tx.create_group("g")
+        for name in ARRAYS:
+            data = (np.arange(time_chunks * 2 * 16, dtype="u2").reshape(time_chunks * 2, 4, 4) % 251) + 1
+            tx.create_array(f"g/{name}", shape=data.shape, chunks=(2, 2, 2), dtype="u2", fill_value=0,
+                            compressor=COMPRESSOR, attrs={"_ARRAY_DIMENSIONS": ["time", "y", "x"]}, data=data)
+        tx.commit()
+    return store
+
+
+def _rewrite(store: CubeStore, t: int, value: int) -> int:
+    """Rewrite time chunk ``t`` of every array with ``value``; the new version."""
+    with store.transaction() as tx:
+        for name in ARRAYS:
+            meta = tx.array(f"g/{name}")
+            for j in range(2):
+                for i in range(2):
+                    tx.put(f"g/{name}/{t}.{j}.{i}", meta.encode(np.full((2, 2, 2), value, "u2")))
+        return tx.commit().version
+
+
+def test_a_commit_writes_bookkeeping_in_proportion_to_its_change(tmp_path):
+    small, big = _cube(tmp_path / "small.zarr", 2), _cube(tmp_path / "big.zarr", 60)
+    written = {}
+    for name, store in (("small", small), ("big", big)):
+        path = store.backend.root
+        before = _bookkeeping_files(path)
+        t_last = store.manifest()["keys"]["g/a/.zarray"] and json.loads(store.read("g/a/.zarray"))["shape"][0] // 2 - 1
+        _rewrite(store, t_last, 7)
+        after = _bookkeeping_files(path)
+        written[name] = sum(size for k, size in after.items() if before.get(k) != size)
+        total = sum(after.values())
+        if name == "big":
+            assert written[name] < total / 5, (written, total)
+    # the big cube has 30 times the keys; what a one-chunk commit writes grows by its lists only
+    assert written["big"] < 2.5 * written["small"], written
+
+
+def test_chunk_listings_in_a_commit_never_list_the_backend(tmp_path, monkeypatch):
+    store = _cube(tmp_path / "cube.zarr", 3)
+    real_list_dir, real_list = LocalBackend.list_dir, LocalBackend.list
+
+    def no_array_listing(self, prefix=""):
+        if (self.root / prefix / ".zarray").exists():
+            raise AssertionError(f"listed the chunks of {prefix}")
+        return real_list_dir(self, prefix)
+
+    def no_full_listing(self, prefix=""):
+        if not prefix.startswith(".s2ingest"):
+            raise AssertionError(f"listed {prefix!r}")
+        return real_list(self, prefix)
+
+    monkeypatch.setattr(LocalBackend, "list_dir", no_array_listing)
+    monkeypatch.setattr(LocalBackend, "list", no_full_listing)
+    with store.transaction() as tx:
+        assert tx.chunk_keys("g/a") == sorted(f"{t}.{j}.{i}" for t in range(3) for j in range(2) for i in range(2))
+        tx.delete("g/a/2.1.1")
+        assert "2.1.1" not in tx.chunk_keys("g/a")
+        assert tx.changes_anything()
+        tx.commit()
+    assert "g/a/2.1.1" not in store.manifest()["keys"]
+
+
+def _read(view: VersionStore, name: str = "a") -> np.ndarray:
+    return xr.open_zarr(view, group="g", consolidated=True)[name].values
+
+
+def test_a_pinned_version_reads_the_same_after_later_commits_rewrote_its_chunks(tmp_path):
+    store = _cube(tmp_path / "cube.zarr", 3)
+    v1 = store.version()
+    expected = _read(VersionStore(str(store.backend.root), v1))
+    held = xr.open_zarr(VersionStore(str(store.backend.root), v1), group="g", consolidated=True)
+    _rewrite(store, 1, 99)  # an insertion or supersede rewrites published chunks
+    with store.transaction() as tx:
+        tx.delete("g/b/0.0.0")
+        tx.commit()
+    _rewrite(store, 1, 100)
+    for name in ARRAYS:
+        np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v1), name),
+                                      expected if name == "a" else _read(VersionStore(str(store.backend.root), v1), name))
+    np.testing.assert_array_equal(held["a"].values, expected)  # opened before, read after
+    assert (_read(VersionStore(str(store.backend.root)))[2:4] == 100).all()
+    with serve(store.backend.root.parent) as server:
+        url = f"{server.url}/cube.zarr"
+        np.testing.assert_array_equal(_read(VersionStore(url, v1)), expected)
+    assert verify_store(store, deep=True) == []
+
+
+def _flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("kind", ["roots", "lists", "pieces", "meta", "old-root"])
+def test_a_flipped_byte_in_any_bookkeeping_file_is_found_over_http(tmp_path, kind):
+    store = _cube(tmp_path / "cube.zarr", 2)
+    _rewrite(store, 1, 5)
+    path = store.backend.root
+    if kind == "roots":
+        victim = path / ".s2ingest/roots" / f"v{store.version():08d}.json"
+    elif kind == "old-root":
+        victim = path / ".s2ingest/roots" / f"v{store.version() - 1:08d}.json"
+    else:
+        idx = store.index()
+        if kind == "lists":
+            h = idx.root["arrays"]["g/a"]
+        elif kind == "pieces":
+            h = idx.array_list("g/a")[1]
+        else:
+            h = idx.root["metadata"]
+        victim = path / ".s2ingest" / kind / h
+    with serve(path.parent) as server:
+        remote = CubeStore.open(f"{server.url}/cube.zarr")
+        assert verify_store(remote, deep=True) == []
+        _flip(victim)
+        problems = verify_store(remote, deep=True)
+    assert problems, kind
+    name = victim.name if kind not in ("roots", "old-root") else f"v{int(victim.stem[1:]):08d}"
+    assert any(name in p for p in problems), problems
+
+
+def test_expire_keeps_the_retained_versions_readable_and_waits_for_the_grace(tmp_path):
+    store = _cube(tmp_path / "cube.zarr", 2)
+    path = store.backend.root
+    seen = {store.version(): _read(VersionStore(str(path)))}
+    for value in (11, 12, 13, 14):
+        v = _rewrite(store, 1, value)
+        seen[v] = _read(VersionStore(str(path)))
+    objects = path / ".s2ingest/objects"
+    n_objects = len(list(objects.iterdir()))
+    assert n_objects >= 4  # every rewrite kept the (distinct) bytes it overwrote
+    report = store.expire_versions(keep=2, grace=timedelta(days=1))
+    assert report.expired == [] and report.waiting  # out of retention, inside the grace period
+    assert len(list(objects.iterdir())) == n_objects
+    report = store.expire_versions(keep=2, grace=timedelta(0))
+    vs = sorted(seen)
+    assert report.expired == list(range(1, vs[-2])) and store.manifest_versions() == vs[-2:]
+    # only the bytes the oldest retained version still needs are left
+    assert len(list(objects.iterdir())) == 1  # the 12 identical chunks of the version before
+    for v in vs[-2:]:
+        np.testing.assert_array_equal(_read(VersionStore(str(path), v)), seen[v])
+    with pytest.raises(Exception, match="no bookkeeping of version"):
+        VersionStore(str(path), vs[0])
+    assert verify_store(store, deep=True) == []
+    left = _bookkeeping_files(path)
+    assert not any(k.startswith("roots/") and int(k[7:15]) < vs[-2] for k in left)

@@ -26,6 +26,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "mirror": ("ingest.benchmarks.mirror", []),
     "serve": ("ingest.benchmarks.serve", []),
     "eopf": ("ingest.benchmarks.eopf", []),
+    "scale": ("ingest.benchmarks.scale", []),
 }
 
 
