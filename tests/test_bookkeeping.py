@@ -264,3 +264,83 @@ def test_expire_keeps_the_retained_versions_readable_and_waits_for_the_grace(tmp
     assert verify_store(store, deep=True) == []
     left = _bookkeeping_files(path)
     assert not any(k.startswith("roots/") and int(k[7:15]) < vs[-2] for k in left)
+
+
+def _as_format_1(store: CubeStore) -> None:
+    """Turn a cube into what an earlier release left: one format 1 manifest and metadata
+    snapshot per version, no pieces, lists or roots, no root hash in the root attributes."""
+    from ingest.store.bookkeeping.codec import ROOT_ATTR
+    from ingest.store.zarrdocs import dumps
+
+    path = store.backend.root
+    v = store.version()
+    attrs = json.loads((path / ".zattrs").read_text())
+    attrs.pop(ROOT_ATTR)
+    zmeta = json.loads((path / ".zmetadata").read_text())
+    zmeta["metadata"][".zattrs"] = attrs
+    (path / ".zattrs").write_bytes(dumps(attrs))
+    (path / ".zmetadata").write_bytes(dumps(zmeta))
+    idx = store.index(v)
+    keys = {k: {"size": s, "sha256": h} for k, (s, h) in idx.items()}
+    docs = idx.snapshot()
+    for k in codec.POINTER_KEYS:
+        raw = (path / k).read_bytes()
+        keys[k] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        docs[k] = raw
+    for sub in ("pieces", "lists", "meta", "roots", "objects"):
+        shutil.rmtree(path / ".s2ingest" / sub, ignore_errors=True)
+    (path / ".s2ingest/manifests").mkdir(parents=True)
+    (path / f".s2ingest/manifests/v{v:08d}.json").write_text(json.dumps(
+        {"format": 1, "version": v, "parent": v - 1, "created": "2026-01-01T00:00:00+00:00",
+         "keys": dict(sorted(keys.items())), "changes": {}}))
+    (path / f".s2ingest/manifests/v{v:08d}.meta.json").write_text(json.dumps(
+        {"format": 1, "version": v, "documents": {k: d.decode() for k, d in sorted(docs.items())}}))
+
+
+def _upgrade_in_subprocess(path: Path, fault: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(f"""
+        from ingest.store import CubeStore
+        CubeStore.open({str(path)!r}).upgrade(timeout=10)
+    """)
+    return subprocess.run([sys.executable, "-c", code], env=cli_env(S2INGEST_FAULT=fault),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("fault", ["bookkeeping.written", "journal.written", "switch.root-zmetadata"])
+def test_the_upgrade_of_a_format_1_cube_survives_a_kill(tmp_path, fault):
+    from ingest.store.bookkeeping.index import VersionIndex
+    from ingest.store.versions import FlatIndex
+
+    store = _cube(tmp_path / "cube.zarr", 2)
+    v = store.version()
+    expected = _read(VersionStore(str(store.backend.root), v))
+    _as_format_1(store)
+    assert isinstance(store.index(), FlatIndex) and store.root_sha() is None
+    np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v)), expected)
+    assert verify_store(store, deep=True) == []
+    r = _upgrade_in_subprocess(store.backend.root, fault)
+    assert r.returncode == -9, r.stderr
+    np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v)), expected)
+    store.complete_unfinished()
+    upgraded = store.upgrade() if isinstance(store.index(), FlatIndex) else False
+    assert upgraded == (fault == "bookkeeping.written")
+    assert isinstance(store.index(), VersionIndex) and store.version() == v
+    assert not store.upgrade()
+    np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v)), expected)
+    assert verify_store(store, deep=True) == []
+    # a format 1 version stays readable after later commits rewrote its chunks
+    _rewrite(store, 0, 42)
+    np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v)), expected)
+
+
+def test_a_format_1_cube_upgrades_on_its_next_commit(tmp_path):
+    from ingest.store.bookkeeping.index import VersionIndex
+
+    store = _cube(tmp_path / "cube.zarr", 2)
+    v = store.version()
+    expected = _read(VersionStore(str(store.backend.root), v))
+    _as_format_1(store)
+    _rewrite(store, 1, 9)
+    assert isinstance(store.index(), VersionIndex) and store.manifest_versions() == [v, v + 1]
+    np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v)), expected)
+    assert verify_store(store, deep=True) == []
