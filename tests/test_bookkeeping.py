@@ -344,3 +344,37 @@ def test_a_format_1_cube_upgrades_on_its_next_commit(tmp_path):
     assert isinstance(store.index(), VersionIndex) and store.manifest_versions() == [v, v + 1]
     np.testing.assert_array_equal(_read(VersionStore(str(store.backend.root), v)), expected)
     assert verify_store(store, deep=True) == []
+
+
+def test_serve_exposes_each_retained_version_as_a_plain_zarr_url(tmp_path):
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from ingest.serve.app import create_app
+
+    store = _cube(tmp_path / "cube.zarr", 2)
+    v = store.version()
+    expected = _read(VersionStore(str(store.backend.root), v))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(str(store.backend.root)), host="127.0.0.1",
+                                           port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/versions/{v}"
+        held = xr.open_zarr(url, group="/g", consolidated=True)
+        _rewrite(store, 1, 77)  # a later commit rewrites what the open dataset reads
+        np.testing.assert_array_equal(held["a"].values, expected)
+        np.testing.assert_array_equal(xr.open_zarr(url, group="g", consolidated=True)["a"].values, expected)
+        now = xr.open_zarr(f"http://127.0.0.1:{port}/versions/{v + 1}", group="g", consolidated=True)
+        assert (now["a"].values[2:4] == 77).all()
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -15,6 +15,7 @@ from ingest.errors import S2IngestError
 import ingest.serve.chips as chips_mod
 from ingest.serve.reader import MAX_AREA_PIXELS, CubeReader, RequestError
 from ingest.serve.tiles import TILESIZE, TMS, empty_png, tile_png
+from ingest.serve.versions import add_version_routes
 
 PNG = "image/png"
 MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)
@@ -44,6 +45,7 @@ def create_app(location: str) -> FastAPI:
         return FileResponse(str(static / "index.html"))
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    add_version_routes(app, str(location))
 
     @app.get("/api/meta")
     def meta():
