@@ -378,3 +378,35 @@ def test_serve_exposes_each_retained_version_as_a_plain_zarr_url(tmp_path):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_mirror_rerun_fetches_bookkeeping_in_proportion_to_the_change(tmp_path, monkeypatch):
+    from ingest.copies.mirror import mirror
+    from ingest.store.backends.http import HTTPBackend
+
+    store = _cube(tmp_path / "src" / "cube.zarr", 30)
+    fetched = {"n": 0}
+    real_get = HTTPBackend.get
+
+    def get(self, key):
+        raw = real_get(self, key)
+        if key.startswith(".s2ingest/") and raw is not None:
+            fetched["n"] += len(raw)
+            fetched.setdefault("keys", []).append((key, len(raw)))
+        return raw
+
+    monkeypatch.setattr(HTTPBackend, "get", get)
+    with serve(tmp_path / "src") as server:
+        url = f"{server.url}/cube.zarr"
+        mirror(url, str(tmp_path / "copy.zarr"))
+        first = {k for k, _ in fetched["keys"] if k.startswith(".s2ingest/pieces/")}
+        _rewrite(store, 29, 3)  # one time chunk changes at the source
+        fetched["keys"] = []
+        mirror(url, str(tmp_path / "copy.zarr"))
+        rerun = {k for k, _ in fetched["keys"] if k.startswith(".s2ingest/pieces/")}
+    assert CubeStore.open(tmp_path / "copy.zarr").version() == store.version()
+    np.testing.assert_array_equal(_read(VersionStore(str(tmp_path / "copy.zarr"))),
+                                  _read(VersionStore(str(store.backend.root))))
+    # the first run read every (distinct) piece, one per time chunk at least; the rerun the changed ones
+    # (and the commit's change list), whatever the size of the cube
+    assert len(first) >= 30 and len(rerun) <= 4, (len(rerun), len(first))

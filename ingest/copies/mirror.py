@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingest.errors import ConfigError, NotACubeError, StoreError
+from ingest.store.bookkeeping.index import LazyKeys, SharedKeys, VersionIndex
 from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, digest, faults
 from ingest.store.layout import META_DIR, is_metadata, join
 from ingest.store.zarrdocs import ArrayMeta, read_array
@@ -185,8 +186,7 @@ class _Fetcher:
 def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selection, *, jobs: int,
                     retries: int, quick: bool, force: bool, lock_timeout: float,
                     progress: Progress | None, on_wait) -> MirrorReport:
-    manifest = src.manifest(version)
-    keys: dict[str, dict] = manifest["keys"]
+    keys = _source_keys(src, version, copy)
     docs = _source_docs(src, version, keys)
     fetcher = _Fetcher(src, version, retries)
 
@@ -228,6 +228,23 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
             tx.commit(version=version, source=source_doc)
     dst.delete_private(FETCHED)
     return report
+
+
+def _source_keys(src: CubeStore, version: int, copy: str):
+    """The keys of ``version`` of the source (key -> size, sha256). DESIGN CHOICE: where the
+    copy already holds a list or piece of the same hash (a whole copy of an earlier version
+    shares every unchanged piece), it is read from the copy, so a rerun fetches bookkeeping
+    in proportion to what changed at the source."""
+    index = src.index(version)
+    if not isinstance(index, VersionIndex):
+        return src.manifest(version)["keys"]
+    try:
+        local = CubeStore.open(copy).index()
+    except (StoreError, NotACubeError, OSError):  # no copy yet, or one without bookkeeping
+        local = None
+    if not isinstance(local, VersionIndex):
+        return LazyKeys(index)
+    return SharedKeys(index, local)
 
 
 def copy_of(store: CubeStore) -> dict | None:

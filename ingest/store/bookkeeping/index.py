@@ -168,3 +168,52 @@ class LazyKeys(Mapping):
 
     def __len__(self) -> int:
         return self.index.n_keys
+
+
+class SharedKeys(LazyKeys):
+    """The keys of ``index`` (a remote version), reading every list and piece that ``local``
+    (another store's version, e.g. a copy) holds under the same hash from ``local`` instead:
+    a mirror rerun fetches only the bookkeeping that differs (DESIGN.md §5)."""
+
+    def __init__(self, index: VersionIndex, local: VersionIndex) -> None:
+        super().__init__(index)
+        self.local = local
+        self._local_lists = {h: a for a, h in local.root["arrays"].items()}
+
+    def _piece(self, array: str, pid: int) -> dict[str, Record]:
+        if self.index.root["arrays"].get(array) in self._local_lists:
+            return self.local.piece_records(array, pid)
+        h = self.index.array_list(array).get(pid)
+        if h is None:
+            return {}
+        if self.local.array_list(array).get(pid) == h:
+            return self.local.piece(h)
+        return self.index.piece(h)
+
+    def __getitem__(self, key: str) -> dict:
+        array, name = split_key(key)
+        rec = None if is_pointer(key) else self._piece(array, piece_id(name)).get(name)
+        if rec is None:
+            raise KeyError(key)
+        return {"size": rec[0], "sha256": rec[1]}
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]  # type: ignore[index]
+            return True
+        except KeyError:
+            return False
+
+    def items(self):  # type: ignore[override]
+        for array in self.index.arrays():
+            prefix = f"{array}/" if array else ""
+            if self.index.root["arrays"][array] in self._local_lists:
+                pids = sorted(self.local.array_list(array))
+            else:
+                pids = sorted(self.index.array_list(array))
+            for pid in pids:
+                for name, rec in sorted(self._piece(array, pid).items()):
+                    yield prefix + name, {"size": rec[0], "sha256": rec[1]}
+
+    def __iter__(self):
+        return (k for k, _ in self.items())
