@@ -110,14 +110,20 @@ def check_manifest(store: CubeStore, *, deep: bool, workers: int = 8,
         yield f"version {version}: {exc}"
         return
     if store.supports_listing:
+        # DESIGN CHOICE: a listing comes array by array: the names of one array at a time
+        current, names = None, set()
         for key in store.backend.list(""):
             if key.startswith(META_DIR + "/") or is_pointer(key):
                 continue
-            try:
-                known = index.record(key) is not None
-            except CorruptError as exc:
-                yield f"version {version}: {exc}"
-                return
+            array, _, name = key.rpartition("/")
+            if array != current:
+                current = array
+                try:
+                    names = set(index.names(array)) if isinstance(index, VersionIndex) else None
+                except CorruptError as exc:
+                    yield f"version {version}: {exc}"
+                    return
+            known = name in names if names is not None else index.record(key) is not None
             if not known:
                 yield f"{key}: in the store but not in the manifest of version {version}"
 
