@@ -173,6 +173,7 @@ def test_chunk_listings_in_a_commit_never_list_the_backend(tmp_path, monkeypatch
     monkeypatch.setattr(LocalBackend, "list", no_full_listing)
     with store.transaction() as tx:
         assert tx.chunk_keys("g/a") == sorted(f"{t}.{j}.{i}" for t in range(3) for j in range(2) for i in range(2))
+        assert tx.chunk_keys("g/a", lambda k: k == 1) == [f"1.{j}.{i}" for j in range(2) for i in range(2)]
         tx.delete("g/a/2.1.1")
         assert "2.1.1" not in tx.chunk_keys("g/a")
         assert tx.changes_anything()

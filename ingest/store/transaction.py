@@ -24,7 +24,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -32,7 +32,8 @@ from ingest.errors import StalePlanError, StoreError, StoreLeaseLostError
 import ingest.store.faults as faults
 from ingest.store.backends import Fence
 from ingest.store.journal import COMMITTED, JOURNAL, STAGE, recover, switch, switch_rank
-from ingest.store.bookkeeping.codec import ROOT_ATTR, is_pointer, root_key
+from ingest.store.bookkeeping.codec import ROOT_ATTR, is_pointer, piece_id, root_key
+from ingest.store.bookkeeping.index import VersionIndex
 from ingest.store.layout import META_DIR, TXN_DIR, VERSION_ATTR, is_metadata, join
 from ingest.store.location import check_grid, stored_grid
 from ingest.store.manifests import Digest, digest
@@ -217,23 +218,32 @@ class Transaction:
                            if self.base_version > 0 else None) or False
         return self._index or None
 
-    def chunk_keys(self, path: str) -> list[str]:
-        """Chunk names of an array as this transaction would publish it.
+    def chunk_keys(self, path: str, first: Callable[[int], bool] | None = None) -> list[str]:
+        """Chunk names of an array as this transaction would publish it; ``first``: only those
+        whose first chunk index (the time chunk) it accepts.
 
-        DESIGN CHOICE: read from the base version's bookkeeping (the pieces of that array),
-        never by listing the backend (a LIST per 1,000 keys on S3); a store without
-        bookkeeping (first commit) is listed."""
+        DESIGN CHOICE: read from the base version's bookkeeping (the pieces of that array,
+        only those of the time chunks asked for), never by listing the backend (a LIST per
+        1,000 keys on S3); a store without bookkeeping (first commit) is listed."""
         index = self.base_index()
-        if index is not None:
+        if isinstance(index, VersionIndex):
+            lst = index.array_list(path.strip("/"))
+            names = {n for pid, h in lst.items() if pid >= 0 and (first is None or first(pid))
+                     for n in index.piece(h)}
+        elif index is not None:
             names = set(index.chunk_names(path.strip("/")))
         else:
             keys, _ = self.backend.list_dir(path)
             names = {k for k in keys if not k.startswith(".")}
+        if first is not None:
+            names = {n for n in names if first(piece_id(n))}
         prefix = f"{path.strip('/')}/"
         with self._mutex:
             for k, op in self._ops.items():
                 if k.startswith(prefix) and "/" not in k[len(prefix):] and not is_metadata(k):
                     name = k[len(prefix):]
+                    if first is not None and not first(piece_id(name)):
+                        continue
                     if op is None:
                         names.discard(name)
                     else:
