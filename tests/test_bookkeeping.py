@@ -411,3 +411,18 @@ def test_a_mirror_rerun_fetches_bookkeeping_in_proportion_to_the_change(tmp_path
     # the first run read every (distinct) piece, one per time chunk at least; the rerun the changed ones
     # (and the commit's change list), whatever the size of the cube
     assert len(first) >= 30 and len(rerun) <= 4, (len(rerun), len(first))
+
+
+def test_a_retained_version_is_mirrored_after_later_commits_rewrote_it(tmp_path):
+    from ingest.copies.mirror import mirror
+
+    store = _cube(tmp_path / "src" / "cube.zarr", 2)
+    v = store.version()
+    expected = _read(VersionStore(str(store.backend.root), v))
+    _rewrite(store, 0, 61)
+    with serve(tmp_path / "src") as server:
+        mirror(f"{server.url}/cube.zarr", str(tmp_path / "copy.zarr"), version=v)
+    copy = CubeStore.open(tmp_path / "copy.zarr")
+    assert copy.version() == v
+    np.testing.assert_array_equal(_read(VersionStore(str(tmp_path / "copy.zarr"))), expected)
+    assert verify_store(copy, deep=True) == []
