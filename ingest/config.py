@@ -13,6 +13,10 @@ Several cubes can live side by side: each is a ``--store`` path with its own cat
     SCL = "nearest"
     [hub]
     name = "cdse"
+    [versions]            # retention (`s2ingest versions expire`)
+    keep = 20
+    max_age_days = 30
+    grace_hours = 1
 
 It is found at ``--config FILE``, ``$S2INGEST_CONFIG``, ``./s2ingest.toml`` or
 ``~/.config/s2ingest/config.toml`` (first one that exists).
@@ -42,6 +46,7 @@ class Settings:
     hub: dict[str, Any] = field(default_factory=dict)
     threads: int = 2
     s3_endpoint: str | None = None  # S3-compatible server (None: AWS or AWS_ENDPOINT_URL[_S3])
+    versions: dict[str, Any] = field(default_factory=dict)  # retention: keep, max_age_days, grace_hours
 
     @property
     def db_url(self) -> str:
@@ -94,6 +99,12 @@ def _from_mapping(base: Settings, values: Mapping[str, Any], origin: str) -> Set
                 changes[key] = str(value)
             elif key == "grid":
                 changes[key] = str(value)
+            elif key == "versions":
+                allowed = {"keep", "max_age_days", "grace_hours"}
+                unknown = set(dict(value)) - allowed
+                if unknown:
+                    raise ConfigError(f"{origin}: unknown [versions] setting(s) {sorted(unknown)}")
+                changes[key] = {**base.versions, **{k: float(v) for k, v in dict(value).items()}}
             elif key in ("resampling", "hub"):
                 changes[key] = {**getattr(base, key), **dict(value)}
             else:

@@ -16,6 +16,7 @@ import xarray as xr
 
 from conftest import cli_env
 from hub_fixtures import GROUP, T1, make_products, run, store_snapshot, sync_args  # noqa: F401
+from ingest.store.bookkeeping.codec import POINTER_KEYS, strip_pointer
 from ingest.grid import CubeGrid
 from ingest.publish.plan import SlotWrite
 from ingest.variables import VARIABLES
@@ -76,10 +77,13 @@ def same_cube(a: Path, b: Path) -> None:
         assert (na != VARIABLES[var].fill_value).any()
         np.testing.assert_array_equal(na, nb, err_msg=var)
     sa, sb = store_snapshot(a), store_snapshot(b)
-    # manifests differ in their creation time, identities are each store's own
-    manifests = {k for k in sa if k.startswith(".s2ingest/manifests/")} | {".s2ingest/id.json"}
-    assert {k: v for k, v in sa.items() if k not in manifests} == \
-        {k: v for k, v in sb.items() if k not in manifests}
+    # the roots record when they were made, and the root documents name the root
+    differ = {k for k in sa | sb if k.startswith((".s2ingest/manifests/", ".s2ingest/roots/"))} | POINTER_KEYS
+    differ |= {".s2ingest/id.json"}  # each store's own identity
+    assert {k: v for k, v in sa.items() if k not in differ} == \
+        {k: v for k, v in sb.items() if k not in differ}
+    assert strip_pointer({k: (a / k).read_bytes() for k in POINTER_KEYS}) == \
+        strip_pointer({k: (b / k).read_bytes() for k in POINTER_KEYS})
 
 
 def test_workers_build_the_same_cube_as_one_process(batches, single, tmp_path):

@@ -71,7 +71,7 @@ def test_every_commit_writes_the_collection_of_its_version(cube):
     entry = manifest["keys"][COLLECTION_KEY]
     assert (entry["size"], entry["sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest())
     links = {ln["href"] for ln in doc["links"] if ln["rel"] == "describedby"}
-    manifest_href = f"../.s2ingest/manifests/v{version:08d}.json"
+    manifest_href = f"../.s2ingest/roots/v{version:08d}.json"
     assert manifest_href in links and (cube / "stac" / manifest_href).resolve().is_file()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+from datetime import timedelta
 import http.server
 import json
 import os
@@ -32,6 +33,7 @@ from ingest.store import (
     COMPRESSOR, MANIFEST_HISTORY, CubeStore, LocalBackend, chunk_key, manifest_key, read_published,
 )
 from ingest.store import transaction as transaction_mod
+from ingest.store.bookkeeping.codec import POINTER_KEYS, ROOT_ATTR, root_key, strip_pointer
 from ingest.store.manifests import full_listing
 from ingest.store.verify import verify_store
 from ingest.variables import VARIABLES
@@ -56,8 +58,11 @@ def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def contents(path: Path, *, meta: bool = False) -> dict[str, bytes]:
-    """Bytes of every file under ``path`` (outside ``.s2ingest/`` unless ``meta``)."""
-    return {k: v for k, (v, _) in snapshot(path).items() if meta or not k.startswith(".s2ingest/")}
+    """Bytes of every file under ``path`` (outside ``.s2ingest/`` unless ``meta``); the root
+    documents without the root hash unless ``meta`` (it names the version's bookkeeping,
+    which records when it was made, so two runs differ there)."""
+    out = {k: v for k, (v, _) in snapshot(path).items() if meta or not k.startswith(".s2ingest/")}
+    return out if meta else strip_pointer(out)
 
 
 def new_store(path: Path, grid: CubeGrid = GRID) -> CubeStore:
@@ -396,7 +401,7 @@ def test_a_crash_before_the_journal_changes_nothing(tmp_path, point):
     before = contents(path, meta=True)
     r = step_in_subprocess(path, 2, fault=point)
     assert r.returncode == -9, r.stderr
-    assert contents(path) == {k: v for k, v in before.items() if not k.startswith(".s2ingest/")}
+    assert contents(path) == strip_pointer({k: v for k, v in before.items() if not k.startswith(".s2ingest/")})
     store = CubeStore.open(path, GRID)
     with store.transaction(timeout=10) as tx:
         assert tx.base_version == 1
@@ -503,24 +508,27 @@ def test_a_plan_from_another_version_is_stale(store):
 
 # -- versions and manifests ------------------------------------------------------------------
 def _check_manifest(path: Path, store: CubeStore, version: int, before: dict[str, bytes]) -> dict:
-    m = json.loads((path / ".s2ingest/manifests" / f"v{version:08d}.json").read_text())
-    assert f".s2ingest/manifests/v{version:08d}.json" == manifest_key(version)
+    root_raw = (path / ".s2ingest/roots" / f"v{version:08d}.json").read_bytes()
+    assert hashlib.sha256(root_raw).hexdigest() == store.root_sha() == store.manifest_sha256(version)
+    m = store.manifest(version)
     after = contents(path)
     assert m["version"] == version and m["parent"] == version - 1
-    assert m["keys"] == {k: {"size": len(v), "sha256": hashlib.sha256(v).hexdigest()}
-                         for k, v in after.items()}
-    assert m["keys"] == full_listing(store.backend)
-    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    keys = dict(m["keys"].items())
+    assert keys == {k: {"size": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+                    for k, v in after.items() if k not in POINTER_KEYS}
+    assert keys == {k: v for k, v in full_listing(store.backend).items() if k not in POINTER_KEYS}
+    assert len(m["keys"]) == len(keys)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} - POINTER_KEYS
     assert changed <= set(m["changes"]), sorted(changed - set(m["changes"]))
     for key, entry in m["changes"].items():
         if entry is None:
             assert key not in after, key
         else:
-            assert entry == m["keys"][key], key
+            assert entry == keys[key], key
     return m
 
 
-def test_every_commit_bumps_the_version_and_writes_a_manifest(tmp_path):
+def test_every_commit_bumps_the_version_and_writes_its_bookkeeping(tmp_path):
     path = tmp_path / "cube.zarr"
     store = CubeStore.for_writing(path, GRID)
     for v in (1, 2, 3, 6):
@@ -531,11 +539,11 @@ def test_every_commit_bumps_the_version_and_writes_a_manifest(tmp_path):
         m = _check_manifest(path, store, version, before)
         assert report.n_keys == len(m["keys"])
         assert report.manifest_sha256 == hashlib.sha256(
-            (path / manifest_key(version)).read_bytes()).hexdigest() == store.manifest_sha256(version)
-        assert store.manifest() == m
+            (path / root_key(version)).read_bytes()).hexdigest() == store.manifest_sha256(version)
         assert f"S2/R051/B04/{(v - 1) // 5}.0.0" in m["changes"]
         root = json.loads((path / ".zmetadata").read_text())["metadata"]
         assert root[".zattrs"]["s2ingest_store_version"] == version
+        assert root[".zattrs"][ROOT_ATTR] == report.manifest_sha256
     assert store.version() == 4
     # a deletion is a change named with None
     before = contents(path)
@@ -551,7 +559,7 @@ def test_every_commit_bumps_the_version_and_writes_a_manifest(tmp_path):
     _check_manifest(path, store, 6, before)
 
 
-def test_only_the_last_manifests_are_kept(tmp_path):
+def test_versions_are_kept_until_expired(tmp_path):
     path = tmp_path / "cube.zarr"
     store = new_store(path, CubeGrid("t", "EPSG:28992", 10, (0, 300000, 50, 300050)))
     n = MANIFEST_HISTORY + 3
@@ -560,16 +568,15 @@ def test_only_the_last_manifests_are_kept(tmp_path):
             tx.put(f"k/{i % 4}", str(i).encode())
             assert tx.commit().version == i
     assert store.version() == n
+    assert store.manifest_versions() == list(range(1, n + 1))
+    report = store.expire_versions(keep=MANIFEST_HISTORY, grace=timedelta(0))
+    assert report.expired == [1, 2, 3]
     assert store.manifest_versions() == list(range(n - MANIFEST_HISTORY + 1, n + 1))
-    with pytest.raises(StoreError, match="no manifest of version 1"):
+    with pytest.raises(StoreError, match="no bookkeeping of version 1"):
         store.manifest(1)
     assert store.manifest(n)["parent"] == n - 1
     assert verify_store(store, deep=True) == []
-    # the metadata snapshots go with their manifests
-    names = sorted(p.name for p in (path / ".s2ingest" / "manifests").iterdir())
-    assert names == sorted([f"v{v:08d}.json" for v in store.manifest_versions()]
-                           + [f"v{v:08d}.meta.json" for v in store.manifest_versions()])
-    with pytest.raises(StoreError, match="version 1 is no longer kept"):
+    with pytest.raises(StoreError, match="no bookkeeping of version 1"):
         store.metadata_snapshot(1)
 
 
@@ -588,8 +595,11 @@ def test_metadata_snapshot_is_each_version_as_published(tmp_path):
     for version, files in seen.items():
         docs = store.metadata_snapshot(version)
         keys = store.manifest(version)["keys"]
-        assert set(docs) == {k for k in keys if k.rsplit("/", 1)[-1].startswith((".z"))}
+        assert set(docs) == {k for k in keys if k.rsplit("/", 1)[-1].startswith((".z"))} | POINTER_KEYS
         for key, raw in docs.items():
+            if key in POINTER_KEYS:  # the root documents name the root: kept without that name
+                assert raw == strip_pointer(files)[key]
+                continue
             assert hashlib.sha256(raw).hexdigest() == keys[key]["sha256"], key
             assert raw == files[key]
 
@@ -742,9 +752,8 @@ def test_verify_works_read_only_over_http(store, serve):
         CubeStore.open(f"{serve(path.parent)}/missing.zarr")
 
 
-def test_manifests_of_a_crashed_commit_are_pruned_later(tmp_path):
-    """A writer killed after its switch but before pruning leaves one manifest too many; the
-    next commit prunes it (every manifest older than the last MANIFEST_HISTORY)."""
+def test_a_crashed_commit_is_completed_and_expires_like_any(tmp_path):
+    """A writer killed after its switch leaves its version complete; expiring counts it."""
     path = tmp_path / "cube.zarr"
     store = new_store(path, CubeGrid("t", "EPSG:28992", 10, (0, 300000, 50, 300050)))
     for i in range(2, MANIFEST_HISTORY + 2):
@@ -766,7 +775,9 @@ def test_manifests_of_a_crashed_commit_are_pruned_later(tmp_path):
     with store.transaction() as tx:
         tx.put("k/2", b"next")
         assert tx.commit().version == n + 1
+    store.expire_versions(keep=MANIFEST_HISTORY, grace=timedelta(0))
     assert store.manifest_versions() == list(range(n + 2 - MANIFEST_HISTORY, n + 2))
+    assert verify_store(store, deep=True) == []
 
 
 # -- end to end: ingests of the session's synthetic products ---------------------------------

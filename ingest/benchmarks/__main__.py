@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "eopf": ("ingest.benchmarks.eopf", []),
     "synth": ("ingest.benchmarks.synth", []),
     "startup": ("ingest.benchmarks.startup", []),
+    "scale": ("ingest.benchmarks.scale", []),
 }
 
 

@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "db": "ingest.cli.db:command",
     "layers": "ingest.cli.layers:layers",
     "stats": "ingest.cli.layers:stats",
+    "versions": "ingest.cli.versions:versions",
+    "upgrade": "ingest.cli.versions:upgrade",
 }
 
 

@@ -27,14 +27,18 @@ _IMAGERY = re.compile(r"S2/R\d{3}")
 
 
 def list_versions(store: str) -> list[dict]:
-    """Every version whose manifest the store keeps, oldest first: version, created, parent,
-    number of keys and number of keys that version changed."""
+    """Every version the store keeps, oldest first: version, created, parent, number of keys
+    and number of keys that version changed (read from the versions' roots only)."""
     cube = CubeStore.open(str(store))
     out = []
     for v in cube.manifest_versions():
-        m = cube.manifest(v)
-        out.append({"version": v, "created": m.get("created"), "parent": m.get("parent"),
-                    "keys": len(m.get("keys", {})), "changed": len(m.get("changes", {}))})
+        r = cube.version_root(v)
+        if r is None:
+            continue
+        ch = r.get("changes") or {}
+        out.append({"version": v, "created": r.get("created"), "parent": r.get("parent"),
+                    "keys": int(r.get("n_keys", 0)),
+                    "changed": int(ch.get("n_put", 0)) + int(ch.get("n_delete", 0))})
     return out
 
 
@@ -145,7 +149,8 @@ def open_cube(store, bbox: Sequence[float] | None = None, crs: str | None = None
     ``bbox`` (left, bottom, right, top) is in the grid CRS (RD New) unless ``crs`` names
     another (e.g. ``"EPSG:4326"`` for lon/lat); it is expanded to whole pixels. ``time_range``
     is (start, end), inclusive, either may be None. ``version`` defaults to the one readers see
-    now; a chunk a later version rewrote raises ``VersionGoneError`` when read.
+    now; a chunk a later version rewrote is read from the bytes the store kept for the
+    versions it retains (DESIGN.md §5).
 
     ``max_cloud`` / ``min_valid`` (percent) keep only the dates whose area-weighted cloud
     fraction over ``aoi`` (a shapely geometry in ``aoi_crs``; default: the bbox, else the whole

@@ -16,9 +16,11 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ingest.errors import ConfigError, StoreError
+from ingest.store.bookkeeping.codec import root_key
 from ingest.store.layout import META_DIR, is_metadata, manifest_key, metadata_key
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -39,7 +41,7 @@ def _damaged(src, key: str, why: str) -> StoreError:
 
 
 def _check_keys(keys) -> None:
-    if not isinstance(keys, dict):
+    if not isinstance(keys, Mapping):
         raise ValueError("its 'keys' is not a mapping")
     for key, entry in keys.items():
         parts = key.split("/") if isinstance(key, str) else [""]
@@ -50,14 +52,16 @@ def _check_keys(keys) -> None:
             raise ValueError(f"entry {key!r} has no valid size and sha256")
 
 
-def source_bookkeeping(src, version: int) -> tuple[dict[str, dict], dict[str, bytes]]:
-    """(manifest keys, metadata documents) of ``version`` at ``src``, checked."""
-    where = manifest_key(version)
+def source_bookkeeping(src, version: int, keys: Mapping | None = None
+                       ) -> tuple[Mapping[str, dict], dict[str, bytes]]:
+    """(manifest keys, metadata documents) of ``version`` at ``src``, checked; ``keys``: the
+    version's keys as the caller reads them (e.g. sharing the pieces a copy already holds)."""
+    where = root_key(version) if src.version_root(version) is not None else manifest_key(version)
     try:
         manifest = src.manifest(version)
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
-        keys = manifest["keys"]
+        keys = manifest["keys"] if keys is None else keys
         _check_keys(keys)
         changes = manifest.get("changes", {})
         _check_keys({k: e for k, e in changes.items() if e is not None})

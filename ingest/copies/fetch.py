@@ -15,6 +15,7 @@ import time
 from typing import Callable, Iterator
 
 from ingest.errors import StoreError, TransferTimeoutError
+from ingest.store.bookkeeping.codec import object_key
 
 DEFAULT_TRANSFER_TIMEOUT = 600.0  # seconds one key may take at most, retries included
 BLOCK = 8 << 20  # bytes read (and hashed, and written) at once
@@ -111,6 +112,8 @@ class Fetcher:
                                      f"{exc}") from exc
             if time.monotonic() >= deadline:
                 raise self._too_slow(key)
+            if problem is not None and self._kept(key, size, sha, deadline, write):
+                return  # rewritten since: the bytes the source kept for the version
             if problem is not None:
                 newer = self.src.version()
                 if newer != self.version:
@@ -122,6 +125,19 @@ class Fetcher:
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+    def _kept(self, key: str, size: int, sha: str, deadline: float,
+              write: Callable[[Iterator[bytes]], None]) -> bool:
+        """Pass the bytes the source kept under ``.s2ingest/objects/`` for ``sha`` (a key that
+        a later commit rewrote, DESIGN.md §5); False when it kept none that match."""
+        blocks = self._streamer()(object_key(sha), deadline=deadline, block=self.block)
+        if blocks is None:
+            return False
+        try:
+            write(self._checked(blocks, size, sha))
+        except _Mismatch:
+            return False
+        return True
 
     def _too_slow(self, key: str) -> TransferTimeoutError:
         return TransferTimeoutError(

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ingest.errors import ConfigError, EmptySelectionError, NotACubeError, StoreError
+from ingest.store.bookkeeping.index import LazyKeys, SharedKeys, VersionIndex
 from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, digest, faults
 from ingest.store.layout import META_DIR, join
 from ingest.store.zarrdocs import ArrayMeta, read_array
@@ -122,7 +123,7 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
                     retries: int, quick: bool, force: bool, lock_timeout: float,
                     transfer_timeout: float, progress: Progress | None, on_wait) -> MirrorReport:
     try:
-        keys, docs = source_bookkeeping(src, version)
+        keys, docs = source_bookkeeping(src, version, keys=_source_keys(src, version, copy))
     except SourceMovedOn as exc:
         raise SourceMoved(exc.key, exc.newer) from None
     fetcher = Fetcher(src, version, retries, transfer_timeout)
@@ -193,6 +194,23 @@ def _refuse_empty(plan: CopyPlan, selection: Selection, url: str, docs: dict[str
                          selection.bbox is not None)) if on)
     raise EmptySelectionError(f"version {plan.version} of {url} holds no data in {what}; "
                               "nothing was copied (`s2ingest status` shows its dates)")
+
+
+def _source_keys(src: CubeStore, version: int, copy: str):
+    """The keys of ``version`` of the source (key -> size, sha256). DESIGN CHOICE: where the
+    copy already holds a list or piece of the same hash (a whole copy of an earlier version
+    shares every unchanged piece), it is read from the copy, so a rerun fetches bookkeeping
+    in proportion to what changed at the source."""
+    index = src.index(version)
+    if not isinstance(index, VersionIndex):
+        return src.manifest(version)["keys"]
+    try:
+        local = CubeStore.open(copy).index()
+    except (StoreError, NotACubeError, OSError):  # no copy yet, or one without bookkeeping
+        local = None
+    if not isinstance(local, VersionIndex):
+        return LazyKeys(index)
+    return SharedKeys(index, local)
 
 
 def copy_of(store: CubeStore) -> dict | None:

@@ -29,6 +29,7 @@ from catalog import (
 from ingest.errors import StoreError
 from ingest.publish.identity import adopt_in
 from ingest.store import CommitReport, CubeStore, manifest_key
+from ingest.store.bookkeeping.codec import root_key
 from ingest.store.layout import GROUP_VERSION_ATTR, is_metadata
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def record_in(session: Session, store: CubeStore, commit: CommitReport | int, *,
                        "n_changes": sum(1 for k in m["changes"] if not is_metadata(k))}
         record_publish(session, group=group, version=version, product_ids=list(product_ids),
                        worker=worker or "unknown", n_chunks_written=written, time_steps=time_steps,
-                       manifest_path=manifest_key(version) if m is not None else None, manifest=summary)
+                       manifest_path=_bookkeeping_path(m, version), manifest=summary)
     if m is not None:
         record_summary(session, store, version, group, worker=worker, manifest=m)
     for r in layers:
@@ -157,6 +158,13 @@ def _manifest(store: CubeStore, version: int) -> dict | None:
         return store.manifest(version)
     except StoreError:  # a store written before manifests, or a version past the history
         return None
+
+
+def _bookkeeping_path(m: dict | None, version: int) -> str | None:
+    """Where the version's bookkeeping starts: its root (format 2) or its manifest (format 1)."""
+    if m is None:
+        return None
+    return root_key(version) if m.get("format") == 2 else manifest_key(version)
 
 
 def _chunks_written(m: dict) -> int:

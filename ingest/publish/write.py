@@ -237,7 +237,8 @@ def _move_published(tx: Transaction, metas: dict[str, ArrayMeta], group: str, pl
         meta = metas[var]
         path = join(group, var)
         spatial = sorted({(int(p[1]), int(p[2])) for p in
-                          (name.split(".") for name in tx.chunk_keys(path)) if int(p[0]) >= k_lo})
+                          (name.split(".") for name in tx.chunk_keys(path, lambda k: k >= k_lo))
+                          if int(p[0]) >= k_lo})
         for c in spatial:
             old = np.full((max(t_old - t_lo, 0), *meta.chunks[1:]), meta.fill_value, dtype=meta.dtype)
             for k in range(k_lo, -(-t_old // tc)):
@@ -470,7 +471,8 @@ def _stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str
                  products: dict[str, Product], resampling: dict[str, Resampling],
                  *, progress: bool, threads: int) -> int:
     """Compute the parts on ``executor`` and stage the chunks as they come back."""
-    existing = {var: set(tx.chunk_keys(join(group, var))) for var in VARIABLES}
+    wanted = set(by_tchunk)  # only the pieces of the time chunks written (bookkeeping O(change))
+    existing = {var: set(tx.chunk_keys(join(group, var), wanted.__contains__)) for var in VARIABLES}
     tasks = []
     for k, blocks in split_parts(grid, by_tchunk, executor.workers, executor.max_part_blocks):
         slots = tuple(by_tchunk[k])

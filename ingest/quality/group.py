@@ -136,7 +136,7 @@ def compute_rows(tx: Transaction, grid: CubeGrid, group: str, index: CellIndex,
         work = sorted({(t // tc, int(c[0]), int(c[1])) for t in steps for c in chunks_of.get(t, ())})
     else:
         work = []
-        for name in tx.chunk_keys(join(group, "SCL")):
+        for name in tx.chunk_keys(join(group, "SCL"), kset.__contains__):
             k, iy, ix = (int(p) for p in name.split("."))
             if k in kset:
                 work.append((k, iy, ix))
@@ -181,7 +181,7 @@ def _stage(tx: Transaction, q: str, name: str, values: np.ndarray, chunks_to_wri
         raw = meta.encode(chunk)
         if tx.get(key) != raw:
             tx.put(key, raw)
-    for old in tx.chunk_keys(path):  # time chunks past the new end
+    for old in tx.chunk_keys(path, lambda k: k >= nk):  # time chunks past the new end
         if int(old.split(".")[0]) >= nk:
             tx.delete(join(path, old))
 

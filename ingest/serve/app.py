@@ -18,6 +18,7 @@ from ingest.serve.limits import url_too_long
 from ingest.serve.reader import MAX_AREA_PIXELS, CubeReader, RequestError
 from ingest.serve.stac import COLLECTION_KEY, key_media_type, read_key, stac_for_http
 from ingest.serve.tiles import TILESIZE, TMS, check_tile, empty_png, tile_png
+from ingest.serve.versions import add_version_routes
 
 PNG = "image/png"
 SWITCH_WAIT = 2.0  # seconds a request waits for a commit's switch to end
@@ -78,6 +79,7 @@ def create_app(location: str) -> FastAPI:
         return FileResponse(str(static / "index.html"))
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    add_version_routes(app, str(location))
 
     @app.get("/stac/collection.json")
     def stac_collection(request: Request):

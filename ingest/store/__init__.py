@@ -7,8 +7,10 @@
   read API of everything outside the store); ``location``: is a location a cube, may one be
   created there; ``state``: ``PublishedState`` and the store version.
 - ``transaction``: ``Transaction`` (lock, recover, stage, journal, switch; DESIGN.md §5);
-  ``journal``: the switch order, the switch and recovery; ``manifests``: manifests and
-  metadata snapshots of every version.
+  ``journal``: the switch order, the switch and recovery; ``bookkeeping``: the format 2
+  objects of every version (pieces, lists, snapshots, roots; pure); ``versions``: reading a
+  version's records (format 2, or a format 1 manifest) and writing a commit's;
+  ``retention``: expiring versions; ``manifests``: digests and the default retention.
 - ``imagery``: the orbit groups; ``zarrdocs``: Zarr format 2 documents made by zarr-python.
 - ``verify``: catalog and manifest checks; ``faults``: fault-injection points for tests.
 """

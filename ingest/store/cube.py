@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from datetime import timedelta
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -30,12 +31,16 @@ from ingest.store.backends import Backend, Fence, backend_for
 from ingest.store.journal import COMMITTED, JOURNAL, recover
 from ingest.store.layout import (
     GRID_FILE, ID_FILE, MANIFEST_DIR, META_DIR, STORE_FORMAT, TXN_DIR, join, manifest_key,
-    metadata_key, new_identity, version_of_key,
+    new_identity, version_of_key,
 )
 from ingest.store.location import check_backend, check_grid, stored_grid
-from ingest.store.manifests import MANIFEST_HISTORY, full_listing
+from ingest.store.bookkeeping.codec import BOOKKEEPING_DIRS, ROOT_DIR, CorruptError, root_key
+from ingest.store.manifests import full_listing
 from ingest.store.state import PublishedState, read_state, version_of
 from ingest.store.transaction import DEFAULT_LOCK_TIMEOUT, Transaction
+from ingest.store.bookkeeping.index import VersionIndex
+from ingest.store.retention import ExpireReport, expire
+from ingest.store.versions import describe, index_of, root_pointer
 from ingest.store.zarrdocs import ArrayMeta, new_group, read_array
 
 LOCK_KEY = f"{META_DIR}/lock"
@@ -214,8 +219,8 @@ class CubeStore:
             self.backend.local_path.mkdir(parents=True, exist_ok=True)
 
     def _private(self, key: str) -> str:
-        own = key in (LOCK_KEY, ID_FILE) or key.startswith((f"{TXN_DIR}/", f"{MANIFEST_DIR}/")) \
-            or key in (TXN_DIR, MANIFEST_DIR)
+        ours = (TXN_DIR, MANIFEST_DIR, *BOOKKEEPING_DIRS)
+        own = key in (LOCK_KEY, ID_FILE) or key.startswith(tuple(f"{d}/" for d in ours)) or key in ours
         if not key.startswith(f"{META_DIR}/") or own:
             raise StoreError(f"{self.url}: {key} is not a private key of a tool under {META_DIR}/")
         return key
@@ -256,50 +261,107 @@ class CubeStore:
         meta = self.consolidated(group)
         return read_state(lambda name: self.read_array(group, name, meta), meta, self.version())
 
+    def root_sha(self) -> str | None:
+        """The hash of the published version's root, as the root attributes name it (None: a
+        store of an earlier release, with format 1 manifests)."""
+        return root_pointer((self.consolidated("") or {}).get(".zattrs", {}))
+
+    def index(self, version: int | None = None):
+        """The records of ``version`` (default: the published one), read lazily: a
+        ``VersionIndex`` (format 2) or ``FlatIndex`` (a format 1 manifest); a StoreError when
+        the store no longer keeps that version. The published version's root is checked
+        against the hash the root attributes name."""
+        now = self.version()
+        v = now if version is None else int(version)
+        idx = index_of(self.backend, v, self.root_sha() if v == now else None)
+        if idx is None:
+            raise StoreError(f"{self.url}: no bookkeeping of version {v} (it is not kept; "
+                             "`s2ingest versions list` shows the versions kept)")
+        return idx
+
     def manifest(self, version: int | None = None) -> dict:
-        """The manifest of ``version`` (default: the published one)."""
-        v = self.version() if version is None else version
-        raw = self.backend.get(manifest_key(v))
-        if raw is None:
-            raise StoreError(f"{self.url}: no manifest of version {v} "
-                             f"(only the last {MANIFEST_HISTORY} versions are kept)")
-        return json.loads(raw)
+        """What ``version`` (default: the published one) holds: parent, created, source,
+        ``keys`` (key -> size, sha256; lazy: a lookup reads one piece) and ``changes``."""
+        return describe(self.index(version))
 
     def manifest_sha256(self, version: int) -> str:
-        raw = self.backend.get(manifest_key(version))
+        """The hash of ``version``'s root (its format 1 manifest for older versions)."""
+        raw = self.backend.get(root_key(version)) or self.backend.get(manifest_key(version))
         if raw is None:
-            raise StoreError(f"{self.url}: no manifest of version {version}")
+            raise StoreError(f"{self.url}: no bookkeeping of version {version}")
         return hashlib.sha256(raw).hexdigest()
 
     def metadata_snapshot(self, version: int) -> dict[str, bytes]:
         """Every Zarr metadata document of ``version`` (key -> bytes), exactly as that version
-        published it; a StoreError once the version is no longer kept."""
-        raw = self.backend.get(metadata_key(version))
+        published them (the root attributes without the root hash, which names the version's
+        bookkeeping); a StoreError once the version is no longer kept."""
+        try:
+            return self.index(version).snapshot()
+        except CorruptError as exc:
+            raise StoreError(f"{self.url}: version {version}: {exc}") from None
+
+    def version_root(self, version: int) -> dict | None:
+        """The root of ``version`` (format 2) or its format 1 manifest's head (no keys); None
+        if not kept. Small: what ``list_versions`` and ``status`` read."""
+        raw = self.backend.get(root_key(version))
+        if raw is not None:
+            return json.loads(raw)
+        raw = self.backend.get(manifest_key(version))
         if raw is None:
-            raise StoreError(f"{self.url}: version {version} is no longer kept (no metadata "
-                             f"snapshot; the last {MANIFEST_HISTORY} versions are)")
-        return {k: v.encode() for k, v in json.loads(raw)["documents"].items()}
+            return None
+        m = json.loads(raw)
+        return {"format": 1, "version": version, "parent": m.get("parent"), "created": m.get("created"),
+                "source": m.get("source"), "n_keys": len(m.get("keys", {})),
+                "changes": {"n_put": sum(1 for v in m.get("changes", {}).values() if v is not None),
+                            "n_delete": sum(1 for v in m.get("changes", {}).values() if v is None)}}
 
     def manifest_versions(self) -> list[int]:
-        """The versions whose manifests are kept, oldest first. Where keys cannot be listed
+        """The versions whose bookkeeping is kept, oldest first. Where keys cannot be listed
         (a static HTTP server) the chain of ``parent`` versions is followed from the current one."""
         if not self.supports_listing:
             found, v = [], self.version()
             while v > 0:
-                raw = self.backend.get(manifest_key(v))
-                if raw is None:
+                root = self.version_root(v)
+                if root is None:
                     break
                 found.append(v)
-                v = min(v - 1, int(json.loads(raw).get("parent", v - 1)))
+                parent = root.get("parent")
+                v = min(v - 1, int(parent if parent is not None else v - 1))
             return sorted(found)
-        keys, _ = self.backend.list_dir(MANIFEST_DIR)
-        return sorted({v for k in keys if (v := version_of_key(k)) is not None
-                       and k == manifest_key(v).rsplit("/", 1)[1]})
+        found = set()
+        for folder, key_of in ((MANIFEST_DIR, manifest_key), (ROOT_DIR, root_key)):
+            keys, _ = self.backend.list_dir(folder)
+            found |= {v for k in keys if (v := version_of_key(k)) is not None
+                      and k == key_of(v).rsplit("/", 1)[1]}
+        return sorted(found)
 
     # -- writing -------------------------------------------------------------------------------
     def transaction(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT,
                     on_wait: Callable[[str], None] | None = None) -> Transaction:
         return Transaction(self, timeout=timeout, on_wait=on_wait)
+
+    def upgrade(self, *, timeout: float = DEFAULT_LOCK_TIMEOUT,
+                on_wait: Callable[[str], None] | None = None) -> bool:
+        """Give a store of an earlier release (format 1 manifests) the bookkeeping of format 2,
+        in place, as one transaction through the journal (the published version keeps its
+        number and its keys; only ``.s2ingest/`` and the root attributes change). False when
+        there was nothing to do. A store also upgrades itself on its next commit."""
+        with self.transaction(timeout=timeout, on_wait=on_wait) as tx:
+            if tx.base_version == 0 or isinstance(tx.base_index(), VersionIndex):
+                return False
+            tx.commit(version=tx.base_version)
+        return True
+
+    def expire_versions(self, *, keep: int, max_age: timedelta | None = None,
+                        grace: timedelta = timedelta(hours=1), dry_run: bool = False,
+                        timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait=None) -> ExpireReport:
+        """Expire the versions out of retention (``ingest.store.retention``), under the lock."""
+        if dry_run:
+            return expire(self.backend, self.manifest_versions(), self.version(), keep=keep,
+                          max_age=max_age, grace=grace, dry_run=True)
+        with self.transaction(timeout=timeout, on_wait=on_wait) as tx:
+            return expire(self.backend, self.manifest_versions(), tx.base_version, keep=keep,
+                          max_age=max_age, grace=grace)
 
     def has_unfinished_commit(self) -> bool:
         """True if a writer left a journal or staging area (the next transaction recovers it)."""

@@ -21,6 +21,9 @@ POINTS = (
     "stage.chunk",         # a chunk written to the staging area
     "stage.done",          # every chunk staged; metadata and journal not yet written
     "stage.metadata",      # about to stage the metadata (=enospc: the disk is full there)
+    "keep.object",         # one overwritten chunk's old bytes kept under .s2ingest/objects/
+    "bookkeeping.write",   # about to write the new version's pieces, lists and snapshot
+    "bookkeeping.written",  # those written (nothing names them yet); the root not staged
     "journal.write",       # about to write the journal (=enospc: the disk is full there)
     "journal.written",     # the journal (the commit record) is durable; no key switched yet
     "switch.data",         # one data chunk switched

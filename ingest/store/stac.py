@@ -1,8 +1,8 @@
 """The STAC Collection of the cube, ``stac/collection.json`` at the store root (DESIGN.md §3).
 
-Written by every commit (``Transaction.commit`` stages it just before the manifest), so the
+Written by every commit (``Transaction.commit`` stages it just before the bookkeeping), so the
 Collection a reader finds is always the one of the version it describes, listed and hashed in
-that version's manifest like any other key. It lies beside the Zarr groups, so whatever serves
+that version's bookkeeping like any other key. It lies beside the Zarr groups, so whatever serves
 the store over HTTP (``s2ingest serve`` at ``/store/``, a bucket behind nginx) serves it too, and
 every href in it is relative to it (``../S2/R051``): a copy of the store carries a valid one.
 
@@ -19,7 +19,7 @@ It describes, after the STAC best practices for Zarr (one Collection, one asset 
 * one asset per group: each imagery group, its overview levels, its quality atlas, each
   reference-layer group under ``/NL``; media type ``application/vnd+zarr`` and the zarr
   extension's ``zarr:node_type``, ``zarr:zarr_format``, ``zarr:consolidated``;
-* the store version (``s2ingest:store_version``) and a link to that version's manifest.
+* the store version (``s2ingest:store_version``) and a link to that version's bookkeeping root.
 
 Nothing in it depends on the clock: the same version of the same data gives the same bytes.
 """
@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 
 from ingest.grid import CubeGrid
 from ingest.variables import VARIABLES
-from ingest.store.layout import GRID_FILE, MANIFEST_DIR, join, manifest_key
+from ingest.store.bookkeeping.codec import root_key
+from ingest.store.layout import GRID_FILE, MANIFEST_DIR, join
 from ingest.store.zarrdocs import ArrayMeta, dumps, read_array
 
 COLLECTION_KEY = "stac/collection.json"
@@ -205,8 +206,8 @@ def build_collection(view, grid: CubeGrid, version: int) -> dict:
     )
     for key, asset in assets.items():
         collection.add_asset(key, pystac.Asset.from_dict(asset))
-    collection.add_link(pystac.Link("describedby", f"../{manifest_key(version)}", "application/json",
-                                    f"manifest of store version {version}: every key with size and sha256"))
+    collection.add_link(pystac.Link("describedby", f"../{root_key(version)}", "application/json",
+                                    f"bookkeeping root of store version {version}: names its pieces (every key, size, sha256) by hash"))
     collection.add_link(pystac.Link("describedby", f"../{GRID_FILE}", "application/json", "the cube's grid"))
     collection.add_link(pystac.Link("license", "https://sentinels.copernicus.eu/documents/247904/690755/"
                                     "Sentinel_Data_Legal_Notice", "text/html", "Copernicus Sentinel data terms"))

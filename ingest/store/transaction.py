@@ -24,7 +24,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -32,11 +32,12 @@ from ingest.errors import StalePlanError, StoreError, StoreLeaseLostError
 import ingest.store.faults as faults
 from ingest.store.backends import Fence
 from ingest.store.journal import COMMITTED, JOURNAL, STAGE, recover, switch, switch_rank
-from ingest.store.layout import (
-    ID_FILE, META_DIR, TXN_DIR, VERSION_ATTR, is_metadata, join, manifest_key, metadata_key, new_identity,
-)
+from ingest.store.bookkeeping.codec import ROOT_ATTR, is_pointer, piece_id, root_key
+from ingest.store.bookkeeping.index import VersionIndex
+from ingest.store.layout import ID_FILE, META_DIR, TXN_DIR, VERSION_ATTR, is_metadata, join, new_identity
 from ingest.store.location import check_grid, stored_grid
-from ingest.store.manifests import Digest, build_manifest, build_snapshot, digest, prune_manifests
+from ingest.store.manifests import Digest, digest
+from ingest.store.versions import commit_bookkeeping, index_of, root_pointer
 from ingest.store.state import PublishedState
 from ingest.store.zarrdocs import ArrayMeta, dumps, new_array, new_group
 
@@ -79,6 +80,8 @@ class Transaction:
         self._mutex = threading.Lock()
         self._done = False
         self._made_root = False
+        self._index = None  # the base version's records (read on first use)
+        self._objects: list[str] = []  # bookkeeping objects this commit created (before its journal)
         self.base_version = 0
         self.creates_store = False
         self.report: CommitReport | None = None
@@ -134,6 +137,8 @@ class Transaction:
                     recover(self.backend)  # an error mid-switch: finish it now (or the next writer will)
                 else:
                     self.backend.delete_prefix(TXN_DIR)
+                    for key in self._objects:  # nothing names them: no commit happened
+                        self.backend.delete(key)
         finally:
             self._release()
 
@@ -201,15 +206,46 @@ class Transaction:
         return sorted(n for n in names
                       if self.is_array(join(path, n)) or self.is_group(join(path, n)))
 
-    def chunk_keys(self, path: str) -> list[str]:
-        """Chunk names of an array as this transaction would publish it."""
-        keys, _ = self.backend.list_dir(path)
+    def _base_sha(self) -> str | None:
+        """The root hash the published root attributes name (None: a format 1 store)."""
+        if self.base_version == 0:
+            return None
+        return root_pointer((self.store.consolidated("") or {}).get(".zattrs", {}))
+
+    def base_index(self):
+        """The records of the base version, read lazily (a ``VersionIndex``, a ``FlatIndex``
+        for a store of an earlier release), None for a store without bookkeeping."""
+        if self._index is None:
+            self._index = (index_of(self.backend, self.base_version, self._base_sha())
+                           if self.base_version > 0 else None) or False
+        return self._index or None
+
+    def chunk_keys(self, path: str, first: Callable[[int], bool] | None = None) -> list[str]:
+        """Chunk names of an array as this transaction would publish it; ``first``: only those
+        whose first chunk index (the time chunk) it accepts.
+
+        DESIGN CHOICE: read from the base version's bookkeeping (the pieces of that array,
+        only those of the time chunks asked for), never by listing the backend (a LIST per
+        1,000 keys on S3); a store without bookkeeping (first commit) is listed."""
+        index = self.base_index()
+        if isinstance(index, VersionIndex):
+            lst = index.array_list(path.strip("/"))
+            names = {n for pid, h in lst.items() if pid >= 0 and (first is None or first(pid))
+                     for n in index.piece(h)}
+        elif index is not None:
+            names = set(index.chunk_names(path.strip("/")))
+        else:
+            keys, _ = self.backend.list_dir(path)
+            names = {k for k in keys if not k.startswith(".")}
+        if first is not None:
+            names = {n for n in names if first(piece_id(n))}
         prefix = f"{path.strip('/')}/"
-        names = {k for k in keys if not k.startswith(".")}
         with self._mutex:
             for k, op in self._ops.items():
                 if k.startswith(prefix) and "/" not in k[len(prefix):] and not is_metadata(k):
                     name = k[len(prefix):]
+                    if first is not None and not first(piece_id(name)):
+                        continue
                     if op is None:
                         names.discard(name)
                     else:
@@ -229,14 +265,12 @@ class Transaction:
         the stored bytes of a store without one)."""
         with self._mutex:
             ops = dict(self._ops)
-        raw = self.backend.get(manifest_key(self.base_version))
-        keys = json.loads(raw)["keys"] if raw is not None else None
+        index = self.base_index()
         for key, staged in ops.items():
             if key.startswith(META_DIR + "/"):
                 continue
-            if keys is not None:
-                entry = keys.get(key)
-                now = None if entry is None else (entry["size"], entry["sha256"])
+            if index is not None and not is_pointer(key):
+                now = index.record(key)
             else:
                 data = self.backend.get(key)
                 now = None if data is None else digest(data)
@@ -333,25 +367,36 @@ class Transaction:
                              f"cannot publish the older version {version}")
         faults.point("stage.metadata")
         self.update_attrs("", {VERSION_ATTR: version})
-        for group_key, doc in self._consolidated().items():
+        consolidated = self._consolidated()
+        for group_key, doc in consolidated.items():
             raw = dumps(doc)
-            if raw != self.backend.get(group_key):
+            if group_key != ".zmetadata" and raw != self.backend.get(group_key):
                 self.put(group_key, raw)
         if source is None:  # a copy publishes its source's Collection as it copied it
             from ingest.store.stac import stage_collection  # pystac on the commit path only
 
             stage_collection(self, version)  # the version's STAC Collection, in its manifest
         with self._mutex:
+            ops = {k: d for k, d in self._ops.items() if not is_pointer(k)}
+        # DESIGN CHOICE (bookkeeping format 2): the new version's pieces, lists and snapshot
+        # are written now (content-addressed: nothing names them until the journal does), its
+        # root is staged like a key; the root attributes then name the root by hash.
+        root_attrs = self.attrs("")
+        root_attrs.pop(ROOT_ATTR, None)
+        root_meta = consolidated[".zmetadata"]
+        root_meta["metadata"][".zattrs"] = root_attrs
+        root_raw, root = commit_bookkeeping(
+            self.backend, base_version=self.base_version, version=version,
+            base_sha=self._base_sha(), ops=ops, read=self.get, source=source, written=self._objects,
+            pointer_docs={".zattrs": dumps(root_attrs), ".zmetadata": dumps(root_meta)})
+        root_sha = hashlib.sha256(root_raw).hexdigest()
+        self.put(root_key(version), root_raw)
+        root_attrs[ROOT_ATTR] = root_sha
+        self.put_json(".zattrs", root_attrs)
+        root_meta["metadata"][".zattrs"] = root_attrs
+        self.put(".zmetadata", dumps(root_meta))
+        with self._mutex:
             ops = dict(self._ops)
-        manifest = build_manifest(self.backend, self.base_version, version, ops)
-        if source is not None:
-            manifest["source"] = source
-        raw_manifest = dumps(manifest)
-        self.put(manifest_key(version), raw_manifest)
-        ops[manifest_key(version)] = digest(raw_manifest)
-        snapshot = dumps(build_snapshot(self.backend, self.get, self.base_version, version, manifest, ops))
-        self.put(metadata_key(version), snapshot)
-        ops[metadata_key(version)] = digest(snapshot)
         order = sorted(ops, key=switch_rank)
         with self._mutex:
             adopted = dict(self._adopted)
@@ -380,12 +425,11 @@ class Transaction:
         faults.point("commit.marked")
         self.backend.delete_prefix(TXN_DIR)
         self._done = True
-        prune_manifests(self.backend, version)
         changes = {k: d for k, d in ops.items()
                    if not is_metadata(k) and not k.startswith(META_DIR + "/")}
         self.report = CommitReport(version, self.base_version, changes,
                                    tuple(sorted(k for k in ops if is_metadata(k))),
-                                   hashlib.sha256(raw_manifest).hexdigest(), len(manifest["keys"]),
+                                   root_sha, int(root["n_keys"]),
                                    len(order), switch_seconds)
         return self.report
 

@@ -6,17 +6,17 @@
 - **metadata** keys (``.zgroup``, ``.zattrs``, ``.zarray``, ``.zmetadata``) come from the
   version's metadata snapshot (``CubeStore.metadata_snapshot``), exactly as that version
   published them, whatever later versions wrote since;
-- **chunk** keys come from the backend, and each one is checked against the version's
-  manifest (size and sha256) before zarr sees it. A key the version does not list is a chunk
-  holding only fill values (those are never stored, so never listed): it reads as missing,
-  even if a later version wrote it since.
+- **chunk** keys: the version's piece for that key (read once, lazily: bookkeeping in
+  proportion to what is read) gives its size and sha256; the live key is read and checked,
+  and when a later version rewrote or deleted it, the bytes a commit kept before overwriting
+  (``.s2ingest/objects/<sha256>``) are read instead. A key the version does not list is a
+  chunk holding only fill values (never stored, so never listed): it reads as missing.
 
-DESIGN CHOICE: a chunk whose bytes differ from the manifest raises ``VersionGoneError`` naming
-the version, the key and the store's current version, instead of returning the newer bytes: a
-past version reads correctly while its keys are unchanged, says clearly when they are gone, and
-a lazy dataset opened at one version never silently mixes in another version's chunks (not
-even the latest version's, while a writer switches a rewrite in). Hashing costs about 1 ms per
-MB of compressed chunk, small against decompressing it.
+DESIGN CHOICE: every chunk is checked against the version's records before zarr sees it, so a
+lazy dataset opened at one version never mixes in another version's chunks, even while a
+writer switches a rewrite in (the live key then mismatches and the kept bytes are read).
+``VersionGoneError`` remains only for a version whose kept bytes were expired. Hashing costs
+about 1 ms per MB of compressed chunk, small against decompressing it.
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from ingest.errors import StoreError
 from ingest.store.backends import Backend
+from ingest.store.bookkeeping.codec import object_key
+from ingest.store.bookkeeping.index import LazyKeys, VersionIndex
 from ingest.store.cube import CubeStore
 from ingest.store.layout import META_DIR, is_metadata
 from ingest.store.state import version_of
@@ -56,8 +58,8 @@ class VersionStore(Store):
         self._backend = cube.backend
         self.grid = cube._grid  # None when opened on a bare backend
         self.version = cube.version() if version is None else int(version)
+        self._index = cube.index(self.version)
         self._metadata: dict[str, bytes] = cube.metadata_snapshot(self.version)
-        self._keys: dict[str, dict] = cube.manifest(self.version)["keys"]
 
     # -- pickling (dask workers rebuild the store from its location and version) -----------------
     def __getstate__(self) -> dict:
@@ -86,9 +88,20 @@ class VersionStore(Store):
         return self._backend.url
 
     @property
-    def keys(self) -> dict[str, dict]:
-        """Every key of this version (outside ``.s2ingest/``) with its size and sha256."""
-        return self._keys
+    def keys(self):
+        """Every key of this version (outside ``.s2ingest/``) with its size and sha256 (a lazy
+        mapping: a lookup reads one piece)."""
+        return LazyKeys(self._index) if isinstance(self._index, VersionIndex) else self._index.manifest["keys"]
+
+    @property
+    def bookkeeping_bytes(self) -> int:
+        """Bytes of bookkeeping (roots, lists, pieces, snapshot) this view has read."""
+        return int(self._index.bytes_read)
+
+    def record(self, key: str) -> tuple[int, str] | None:
+        if key.startswith(META_DIR + "/"):
+            return None
+        return self._index.record(key)
 
     def metadata(self, key: str) -> bytes | None:
         return self._metadata.get(key)
@@ -101,17 +114,19 @@ class VersionStore(Store):
         """The bytes of ``key`` as this version published them (None: not in this version)."""
         if is_metadata(key):
             return self._metadata.get(key)
-        entry = self._keys.get(key)
-        if entry is None or key.startswith(META_DIR + "/"):
+        rec = self.record(key)
+        if rec is None:
             return None  # fill only in this version (never stored), or not part of the cube
+        entry = {"size": rec[0], "sha256": rec[1]}
         data = self._backend.get(key)
-        if data is None:
-            raise self._gone(key, deleted=True)
-        if len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]:
+        if data is not None and _matches(data, entry):
             return data
-        restored = self._restore_appended(key, data, entry)
+        kept = self._backend.get(object_key(rec[1]))  # a later version rewrote or deleted it
+        if kept is not None and _matches(kept, entry):
+            return kept
+        restored = None if data is None else self._restore_appended(key, data, entry)
         if restored is None:
-            raise self._gone(key, deleted=False)
+            raise self._gone(key, deleted=data is None)
         return restored
 
     def _restore_appended(self, key: str, data: bytes, entry: dict) -> bytes | None:
@@ -144,9 +159,7 @@ class VersionStore(Store):
             old = meta.encode(chunk)
         except (ValueError, TypeError, RuntimeError):
             return None
-        if len(old) == entry["size"] and hashlib.sha256(old).hexdigest() == entry["sha256"]:
-            return old
-        return None
+        return old if _matches(old, entry) else None
 
     def _gone(self, key: str, deleted: bool) -> StoreError:
         try:
@@ -157,7 +170,8 @@ class VersionStore(Store):
         if now is not None and now > self.version:
             return VersionGoneError(
                 f"version {self.version} of {self.url}: {key} was {what} by a later version "
-                f"(now {now}); reopen or mirror that version")
+                f"(now {now}) and its old bytes are no longer kept (expired); reopen or mirror "
+                "a retained version")
         return StoreError(f"version {self.version} of {self.url}: {key} does not match the "
                           f"version's manifest ({what}); the store is damaged, run "
                           "`s2ingest verify --deep`")
@@ -179,7 +193,7 @@ class VersionStore(Store):
         return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def exists(self, key: str) -> bool:
-        return key in self._metadata or key in self._keys
+        return key in self._metadata or (not is_metadata(key) and self.record(key) is not None)
 
     async def set(self, key: str, value: Buffer) -> None:
         raise StoreError(f"{self.location}: a pinned version is read only")
@@ -188,7 +202,7 @@ class VersionStore(Store):
         raise StoreError(f"{self.location}: a pinned version is read only")
 
     def _all_keys(self) -> list[str]:
-        return sorted({*self._metadata, *self._keys})
+        return sorted({*self._metadata, *(k for k, _ in self._index.items())})
 
     async def list(self) -> AsyncIterator[str]:
         for key in self._all_keys():
@@ -213,9 +227,14 @@ class VersionStore(Store):
     async def getsize(self, key: str) -> int:
         if key in self._metadata:
             return len(self._metadata[key])
-        if key in self._keys:
-            return int(self._keys[key]["size"])
+        rec = None if is_metadata(key) else self.record(key)
+        if rec is not None:
+            return int(rec[0])
         raise FileNotFoundError(key)
+
+
+def _matches(data: bytes, entry: dict) -> bool:
+    return len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
 
 
 def _slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
