@@ -162,3 +162,22 @@ def test_init_is_recorded(tmp_path):
     assert version(store) == 1 and verify(store) == 0
     assert not publish_row(store, 1).reconciled
     assert run("init", "--store", store).exit_code == 0 and version(store) == 1
+
+
+def test_a_mirror_beside_its_own_catalog_records_its_versions(cube, tmp_path):
+    """A copy without catalog records nothing (none is made); a copy kept beside its own
+    catalog gets each mirrored version recorded, so `verify` of the copy stays clean."""
+    copy = tmp_path / "m" / "copy.zarr"
+    r = run("mirror", cube, copy, "--no-progress")
+    assert r.exit_code == 0, r.output + r.stderr
+    assert not Path(catalog_url(copy).removeprefix("sqlite:///")).exists()
+    r = run("db", "rebuild", "--store", copy)  # the copy gets a catalog of its own
+    assert r.exit_code == 0, r.output + r.stderr
+    assert verify(copy) == 0
+    assert run("overviews", "--store", cube, "--no-progress").exit_code == 0  # the source moves on
+    r = run("mirror", cube, copy, "--no-progress")
+    assert r.exit_code == 0, r.output + r.stderr
+    v = version(copy)
+    assert v == version(cube)
+    assert publish_row(copy, v) is not None and publish_row(copy, v).worker.startswith("mirror@")
+    assert verify(copy) == 0

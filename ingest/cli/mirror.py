@@ -86,11 +86,11 @@ def command(source: str, copy: str, selection, version, jobs, retries, quick, fo
     whole chunks of the grid and the time range to whole time chunks, so every chunk of the
     copy is a source chunk byte for byte.
     """
-    from ingest.copies.mirror import mirror
+    from ingest.publish.commits import publish_copy
 
     bar = _Progress(progress)
     try:
-        report = mirror(source, copy, selection=selection, version=version, jobs=jobs,
+        report = publish_copy(source, copy, selection=selection, version=version, jobs=jobs,
                         retries=retries, quick=quick, force=force, lock_timeout=lock_timeout,
                         transfer_timeout=transfer_timeout, progress=bar,
                         on_wait=lambda msg: click.echo(msg, err=True))

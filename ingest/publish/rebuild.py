@@ -101,3 +101,17 @@ def _layers(s, store: CubeStore, location: str | Path) -> int:
                      source_name=str(r.get("source", "")), sha256=str(r.get("sha256", "")),
                      version=version, attribute=r.get("attribute"))
     return len(rows)
+
+
+def follow_store(engine, location: str | Path, *, worker: str) -> None:
+    """Bring an existing catalog up to what the store at ``location`` now records: a publish
+    row for every kept version it misses, the products and time steps of each imagery group,
+    the reference-layer editions (all idempotent). Used after a mirror commit: a copy kept
+    beside its own catalog learns what the copied version holds, as a sync would record it."""
+    store = CubeStore.open(location)
+    with session_scope(engine) as s:
+        repair_versions(s, store, worker=worker)
+        report = RebuildReport(None)
+        for group in imagery_groups(store):
+            _imagery(s, store, group, worker, report)
+        _layers(s, store, location)
