@@ -95,6 +95,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from conftest import cli_env  # noqa: E402
+from ingest.errors import StoreError  # noqa: E402
 from ingest.grid import CubeGrid  # noqa: E402
 from ingest.store import COMPRESSOR, CubeStore, LocalBackend  # noqa: E402
 from ingest.store.verify import verify_store  # noqa: E402
@@ -426,3 +427,103 @@ def test_a_retained_version_is_mirrored_after_later_commits_rewrote_it(tmp_path)
     assert copy.version() == v
     np.testing.assert_array_equal(_read(VersionStore(str(tmp_path / "copy.zarr"))), expected)
     assert verify_store(copy, deep=True) == []
+
+
+def _swept_files(path: Path) -> set[str]:
+    out = set()
+    for sub in ("pieces", "lists", "meta", "objects"):
+        d = path / ".s2ingest" / sub
+        if d.is_dir():
+            out |= {f"{sub}/{e.name}" for e in os.scandir(d)}
+    return out
+
+
+def _killed_rewrite(path: Path, fault: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from ingest.store import CubeStore
+        with CubeStore.open({str(path)!r}).transaction(timeout=10) as tx:
+            for name in {list(ARRAYS)!r}:
+                meta = tx.array("g/" + name)
+                tx.put("g/" + name + "/0.0.0", meta.encode(np.full((2, 2, 2), 77, "u2")))
+            tx.commit()
+    """)
+    return subprocess.run([sys.executable, "-c", code], env=cli_env(S2INGEST_FAULT=fault),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_expire_sweep_deletes_exactly_what_a_commit_killed_before_its_journal_left(tmp_path, empty_config):
+    from click.testing import CliRunner
+
+    from ingest.cli.main import cli
+
+    def run_cli(args, config):
+        env = {k: None for k in os.environ if k.startswith("S2INGEST_")}
+        return CliRunner().invoke(cli, [*args[:2], "--config", str(config), *args[2:]], env=env,
+                                  catch_exceptions=False)
+
+    store = _cube(tmp_path / "cube.zarr", 2)
+    path, first = store.backend.root, store.version()
+    for value in (11, 12):
+        _rewrite(store, 1, value)
+    seen = {v: _read(VersionStore(str(path), v)) for v in store.manifest_versions() if v >= first}
+    records = {v: dict(store.index(v).items()) for v in store.manifest_versions()}
+    before = _swept_files(path)
+    r = _killed_rewrite(path, "bookkeeping.written")
+    assert r.returncode != 0 and store.version() == max(seen), r.stderr
+    left = _swept_files(path) - before
+    # the kept old bytes, the pieces, lists, snapshot, changes and kept list of the dead commit
+    assert {k.split("/")[0] for k in left} == {"pieces", "lists", "meta", "objects"}, left
+    args = ["versions", "expire", "--store", str(path), "--keep", "20", "--sweep"]
+    r = run_cli([*args, "--dry-run"], empty_config)
+    assert r.exit_code == 0 and f"would sweep {len(left)} unreferenced object(s)" in r.output, r.output
+    assert _swept_files(path) - before == left  # a dry run deletes nothing
+    plain = store.expire_versions(keep=20)  # expire alone never finds what nothing names
+    assert plain.expired == [] and _swept_files(path) - before == left
+    r = run_cli(args, empty_config)
+    assert r.exit_code == 0 and f"swept {len(left)} unreferenced object(s)" in r.output, r.output
+    assert _swept_files(path) == before
+    assert store.manifest_versions() == sorted(records)
+    assert {v: dict(store.index(v).items()) for v in records} == records
+    for v, expected in seen.items():
+        np.testing.assert_array_equal(_read(VersionStore(str(path), v)), expected)
+    assert verify_store(store, deep=True) == []
+    assert store.expire_versions(keep=20, sweep=True).swept == {}  # nothing left to sweep
+
+
+def test_expire_sweep_after_expiring_keeps_what_the_retained_versions_need(tmp_path):
+    store = _cube(tmp_path / "cube.zarr", 2)
+    path = store.backend.root
+    for value in (11, 12, 13):
+        _rewrite(store, 1, value)
+    stray = codec.encode_piece({"0.0.0": (1, "0" * 64)})  # as a writer fenced out would leave
+    (path / ".s2ingest/pieces" / codec.sha(stray)).write_bytes(stray)
+    (path / ".s2ingest/objects" / ("9" * 64)).write_bytes(b"orphan")
+    report = store.expire_versions(keep=2, grace=timedelta(0), sweep=True)
+    assert report.expired and report.swept == {"objects": 1, "pieces": 1}, report
+    assert report.swept_bytes == len(stray) + len(b"orphan")
+    assert store.manifest_versions() == report.retained
+    for v in report.retained:
+        _read(VersionStore(str(path), v))
+    assert verify_store(store, deep=True) == []
+    with serve(path.parent) as server:
+        remote = CubeStore.open(f"{server.url}/cube.zarr")
+        with pytest.raises(StoreError, match="cannot sweep"):
+            remote.expire_versions(keep=2, dry_run=True, sweep=True)
+
+
+def test_expire_keeps_a_piece_another_array_of_a_retained_version_shares(tmp_path):
+    store = _cube(tmp_path / "cube.zarr", 2)  # g/a, g/b, g/c hold equal data: equal pieces
+    path = store.backend.root
+    with store.transaction() as tx:  # g/a changes in time chunk 1, g/b and g/c in time chunk 0:
+        for name, t in (("a", 1), ("b", 0), ("c", 0)):  # every list changes, no piece is unshared
+            meta = tx.array(f"g/{name}")
+            tx.put(f"g/{name}/{t}.0.0", meta.encode(np.full((2, 2, 2), 5, "u2")))
+        tx.commit()
+    with store.transaction() as tx:
+        tx.commit()
+    report = store.expire_versions(keep=2, grace=timedelta(0))
+    assert report.expired
+    for v in report.retained:
+        _read(VersionStore(str(path), v), "b")
+    assert verify_store(store, deep=True) == []

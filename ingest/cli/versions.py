@@ -36,8 +36,14 @@ def list_command(settings, location: str | None) -> None:
 @click.option("--grace-hours", type=click.FloatRange(min=0), default=None,
               help="Expire a version only once it has been out of retention this long, for readers "
                    "still reading it [config [versions] grace_hours; default 1].")
-@click.option("--dry-run", is_flag=True, help="Say what would expire; change nothing.")
-def expire_command(settings, keep, max_age_days, grace_hours, dry_run: bool) -> None:
+@click.option("--sweep", is_flag=True,
+              help="Also delete every bookkeeping object (piece, list, snapshot, kept chunk) no "
+                   "retained version references, e.g. left by a commit that died before its journal "
+                   "or a writer whose lease was taken over. Lists those folders and reads the retained "
+                   "versions' bookkeeping (a cost in proportion to them, not to the change): "
+                   "occasional housekeeping. Needs a store whose keys can be listed.")
+@click.option("--dry-run", is_flag=True, help="Say what would expire (and be swept); change nothing.")
+def expire_command(settings, keep, max_age_days, grace_hours, sweep: bool, dry_run: bool) -> None:
     """Drop the versions out of retention and delete the bytes (kept chunks, pieces, lists,
     snapshots) only they reference. The published version is always kept."""
     from ingest.store import CubeStore
@@ -49,13 +55,18 @@ def expire_command(settings, keep, max_age_days, grace_hours, dry_run: bool) -> 
     grace = grace_hours if grace_hours is not None else conf.get("grace_hours", 1.0)
     store = CubeStore.open(settings.store)
     report = store.expire_versions(keep=keep, max_age=None if age is None else timedelta(days=age),
-                                   grace=timedelta(hours=grace), dry_run=dry_run)
+                                   grace=timedelta(hours=grace), dry_run=dry_run, sweep=sweep)
     verb = "would expire" if dry_run else "expired"
     click.echo(f"{verb} {len(report.expired)} version(s) {_span(report.expired)}; kept "
                f"{len(report.retained)} {_span(report.retained)}"
                + (f"; {len(report.waiting)} inside the grace period" if report.waiting else "")
                + ("" if dry_run else f"; deleted {report.objects_deleted} kept chunk(s) and "
                   f"{report.bookkeeping_deleted} bookkeeping file(s)"))
+    if sweep:
+        n = sum(report.swept.values())
+        parts = ", ".join(f"{c} {name}" for name, c in sorted(report.swept.items())) or "nothing"
+        click.echo(f"{'would sweep' if dry_run else 'swept'} {n} unreferenced object(s) "
+                   f"({report.swept_bytes} bytes): {parts}")
 
 
 def _span(vs: list[int]) -> str:

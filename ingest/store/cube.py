@@ -354,14 +354,16 @@ class CubeStore:
 
     def expire_versions(self, *, keep: int, max_age: timedelta | None = None,
                         grace: timedelta = timedelta(hours=1), dry_run: bool = False,
-                        timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait=None) -> ExpireReport:
-        """Expire the versions out of retention (``ingest.store.retention``), under the lock."""
+                        sweep: bool = False, timeout: float = DEFAULT_LOCK_TIMEOUT,
+                        on_wait=None) -> ExpireReport:
+        """Expire the versions out of retention (``ingest.store.retention``), under the lock;
+        ``sweep``: also delete the bookkeeping objects no retained version references."""
         if dry_run:
             return expire(self.backend, self.manifest_versions(), self.version(), keep=keep,
-                          max_age=max_age, grace=grace, dry_run=True)
+                          max_age=max_age, grace=grace, dry_run=True, sweep=sweep)
         with self.transaction(timeout=timeout, on_wait=on_wait) as tx:
             return expire(self.backend, self.manifest_versions(), tx.base_version, keep=keep,
-                          max_age=max_age, grace=grace)
+                          max_age=max_age, grace=grace, sweep=sweep)
 
     def has_unfinished_commit(self) -> bool:
         """True if a writer left a journal or staging area (the next transaction recovers it)."""

@@ -7,12 +7,20 @@ A version is retained while it is one of the newest ``keep`` versions or younger
 ``max_age``, whichever is later), and is expired only once it has been out of retention for
 ``grace``: a reader that opened it before may still be reading.
 
-DESIGN CHOICE: expiring costs what it deletes. A commit C lists the digests of the old bytes
-it kept (needed only by versions older than C); with E the oldest retained version, the kept
-objects to delete are those listed by commits up to E that no commit after E lists again. A
-piece or list is deleted when an expired root names it and no retained root does (compared
-list by list: lists are one entry per time chunk). Roots are deleted first, so a crash leaves
-only unreferenced objects, never a listed version with missing bookkeeping.
+DESIGN CHOICE: expiring costs what it deletes (and the retained versions' array lists, one
+entry per time chunk). A commit C lists the digests of the old bytes it kept (needed only by
+versions older than C); with E the oldest retained version, the kept objects to delete are
+those listed by commits up to E that no commit after E lists again. A piece or list is deleted
+when an expired root names it and no retained root does (the pieces of every retained list,
+whatever its array: arrays with equal chunks share pieces). Roots are deleted first, so a crash
+leaves only unreferenced objects, never a listed version with missing bookkeeping.
+
+DESIGN CHOICE (``sweep``): objects nothing names at all, written by a commit that died before
+its journal or by a writer whose lease was taken over, are found only by listing: under the
+lock (no writer is staging) every key of the content-addressed folders is compared with what
+the retained versions reference (their snapshots, array lists, the pieces those lists name,
+changes, kept lists and the kept objects). That costs the retained versions' bookkeeping and a
+listing, so it is an explicit housekeeping option, never part of a commit.
 """
 from __future__ import annotations
 
@@ -24,12 +32,14 @@ from datetime import datetime, timedelta, timezone
 from ingest.errors import StoreError
 from ingest.store.backends import Backend
 from ingest.store.bookkeeping.codec import (
-    CorruptError, decode_kept, decode_list, decode_root, list_key, object_key, piece_key, root_key,
-    snapshot_key,
+    LIST_DIR, OBJECT_DIR, PIECE_DIR, SNAP_DIR, CorruptError, decode_kept, decode_list, decode_root,
+    list_key, object_key, piece_key, root_key, snapshot_key,
 )
 from ingest.store.layout import manifest_key, metadata_key
 
 log = logging.getLogger(__name__)
+
+SWEPT_DIRS = (PIECE_DIR, LIST_DIR, SNAP_DIR, OBJECT_DIR)  # content-addressed; roots are versions
 
 
 @dataclass
@@ -39,6 +49,8 @@ class ExpireReport:
     waiting: list[int] = field(default_factory=list)  # out of retention, inside the grace period
     objects_deleted: int = 0  # kept chunk bytes
     bookkeeping_deleted: int = 0  # pieces, lists, snapshots, roots, manifests
+    swept: dict[str, int] = field(default_factory=dict)  # folder -> unreferenced objects (sweep)
+    swept_bytes: int = 0
 
 
 def _created(root: dict) -> datetime:
@@ -87,16 +99,27 @@ def plan(versions: list[int], roots: dict[int, dict], published: int, *, keep: i
 
 def expire(backend: Backend, versions: list[int], published: int, *, keep: int,
            max_age: timedelta | None = None, grace: timedelta = timedelta(hours=1),
-           now: datetime | None = None, dry_run: bool = False) -> ExpireReport:
+           now: datetime | None = None, dry_run: bool = False, sweep: bool = False) -> ExpireReport:
     """Drop the versions out of retention (and out of it for ``grace``) and delete what only
-    they reference. Call with the writer lock held."""
+    they reference; ``sweep``: then also delete every bookkeeping object no retained version
+    references (see the module docstring). Call with the writer lock held."""
+    if sweep and not backend.supports_listing:
+        raise StoreError(f"{backend.url}: cannot sweep, this backend cannot list keys; "
+                         "expire without --sweep")
     now = now or datetime.now(timezone.utc)
     roots = {v: r for v in versions if (r := _root(backend, v)) is not None}
     expired, waiting, retained = plan(sorted(roots), roots, published, keep=keep, max_age=max_age,
                                       grace=grace, now=now)
     report = ExpireReport(retained, expired, waiting)
-    if not expired or dry_run:
-        return report
+    if expired and not dry_run:
+        _drop(backend, roots, expired, retained, published, report)
+    if sweep:  # a dry run has not dropped the expired versions: what they name is not swept
+        _sweep(backend, roots, sorted(roots) if dry_run else retained, report, dry_run)
+    return report
+
+
+def _drop(backend: Backend, roots: dict[int, dict], expired: list[int], retained: list[int],
+          published: int, report: ExpireReport) -> None:
     oldest = retained[0] if retained else published
     kept_later: set[str] = set()
     for v in retained:
@@ -109,19 +132,18 @@ def expire(backend: Backend, versions: list[int], published: int, *, keep: int,
     # bookkeeping named by expired roots and by no retained root
     keep_named = _named(retained, roots)
     drop_named = _named(expired, roots) - keep_named
-    retained_lists = {(a, h) for v in retained for a, h in roots[v].get("arrays", {}).items()}
-    retained_pieces: dict[str, set[str]] = {}
+    retained_lists = {h for v in retained for h in roots[v].get("arrays", {}).values()}
+    retained_pieces: set[str] | None = None  # of every array: equal pieces are shared across arrays
     drop_pieces: set[str] = set()
     for v in expired:
-        for array, lh in roots[v].get("arrays", {}).items():
-            if (array, lh) in retained_lists or list_key(lh) not in drop_named:
+        for lh in roots[v].get("arrays", {}).values():
+            if lh in retained_lists or list_key(lh) not in drop_named:
                 continue
-            if array not in retained_pieces:
-                retained_pieces[array] = {ph for (a, h) in retained_lists if a == array
-                                          for ph in _list(backend, h).values()}
+            if retained_pieces is None:
+                retained_pieces = {ph for h in retained_lists for ph in _list(backend, h).values()}
             raw = backend.get(list_key(lh))
             if raw is not None:
-                drop_pieces |= set(decode_list(raw).values()) - retained_pieces[array]
+                drop_pieces |= set(decode_list(raw).values()) - retained_pieces
     for v in expired:  # the versions go first: a crash leaves only unreferenced objects
         for key in (root_key(v), manifest_key(v), metadata_key(v)):
             if backend.exists(key):
@@ -134,7 +156,48 @@ def expire(backend: Backend, versions: list[int], published: int, *, keep: int,
         backend.delete(object_key(h))
         report.objects_deleted += 1
     log.info("expired versions %s of %s", expired, backend.url)
-    return report
+
+
+def referenced(backend: Backend, roots: dict[int, dict], versions: list[int]) -> set[str]:
+    """Every key under ``SWEPT_DIRS`` that ``versions`` (the retained ones) need. Refuses
+    (StoreError) when a list or kept list is missing or damaged: what it names is unknown."""
+    out = _named(versions, roots)
+    lists = {h for v in versions for h in roots[v].get("arrays", {}).values()}
+    for h in sorted(lists):
+        out.update(piece_key(p) for p in _need(backend, list_key(h), decode_list).values())
+    oldest = min(versions, default=0)
+    for v in versions:  # a commit keeps bytes for the versions before it only
+        if v > oldest and roots[v].get("kept"):
+            out.update(object_key(h) for h in _need(backend, piece_key(roots[v]["kept"]), decode_kept))
+    return out
+
+
+def _sweep(backend: Backend, roots: dict[int, dict], versions: list[int], report: ExpireReport,
+           dry_run: bool) -> None:
+    refs = referenced(backend, roots, versions)
+    for folder in SWEPT_DIRS:
+        name = folder.rsplit("/", 1)[1]
+        for key in sorted(backend.list(folder)):
+            if key in refs:
+                continue
+            report.swept[name] = report.swept.get(name, 0) + 1
+            report.swept_bytes += backend.size(key) or 0
+            if not dry_run:
+                backend.delete(key)
+    if report.swept and not dry_run:
+        log.info("swept %s unreferenced objects (%d bytes) of %s", report.swept, report.swept_bytes,
+                 backend.url)
+
+
+def _need(backend: Backend, key: str, decode):
+    raw = backend.get(key)
+    if raw is None:
+        raise StoreError(f"{backend.url}: {key}: missing, named by a retained version; "
+                         "nothing swept (run verify)")
+    try:
+        return decode(raw)
+    except CorruptError as exc:
+        raise StoreError(f"{backend.url}: {key}: {exc}; nothing swept (run verify)") from None
 
 
 def _named(versions: list[int], roots: dict[int, dict]) -> set[str]:
