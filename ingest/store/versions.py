@@ -169,7 +169,8 @@ def commit_bookkeeping(backend: Backend, *, base_version: int, version: int, bas
         draft = build.Draft({})
         for k, rec in changes.items():
             old = records.pop(k, None)
-            if old is not None and piece_id(split_key(k)[1]) != META_PIECE and (rec is None or rec[1] != old[1]):
+            if old is not None and (piece_id(split_key(k)[1]) != META_PIECE or not is_metadata(k)) \
+                    and (rec is None or rec[1] != old[1]):
                 draft.replaced[k] = old
             if rec is not None:
                 records[k] = rec

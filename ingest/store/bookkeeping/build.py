@@ -18,6 +18,7 @@ from ingest.store.bookkeeping.codec import (
     split_key,
 )
 from ingest.store.bookkeeping.index import VersionIndex
+from ingest.store.layout import is_metadata
 
 
 @dataclass
@@ -52,8 +53,11 @@ def apply(parent: VersionIndex | None, ops: dict[str, Record | None]) -> Draft:
                 if old is not None:
                     draft.n_keys -= 1
                     draft.n_bytes -= old[0]
-                    if pid != META_PIECE and (rec is None or rec[1] != old[1]):
-                        draft.replaced[f"{array}/{name}" if array else name] = old
+                    key = f"{array}/{name}" if array else name
+                    # every key but the Zarr metadata documents (the snapshot holds those):
+                    # chunks and the other keys of a version (e.g. stac/collection.json)
+                    if (pid != META_PIECE or not is_metadata(key)) and (rec is None or rec[1] != old[1]):
+                        draft.replaced[key] = old
                 if rec is not None:
                     recs[name] = (int(rec[0]), rec[1])
                     draft.n_keys += 1
