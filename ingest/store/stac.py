@@ -227,9 +227,10 @@ class ConsolidatedView:
     every group and array document in one read (the commit has just staged it), chunks through
     the transaction."""
 
-    def __init__(self, tx) -> None:
+    def __init__(self, tx, root_doc: dict | None = None) -> None:
         self._tx = tx
-        self._docs: dict[str, dict] = (tx.get_json(".zmetadata") or {}).get("metadata", {})
+        doc = root_doc if root_doc is not None else tx.get_json(".zmetadata")
+        self._docs: dict[str, dict] = (doc or {}).get("metadata", {})
 
     def is_group(self, path: str) -> bool:
         return join(path, ".zgroup") in self._docs
@@ -256,10 +257,11 @@ class ConsolidatedView:
         return self._tx.get(key)
 
 
-def stage_collection(tx, version: int) -> None:
+def stage_collection(tx, version: int, root_doc: dict | None = None) -> None:
     """Stage ``stac/collection.json`` of ``version`` in ``tx``: called by ``Transaction.commit``
-    once the consolidated metadata is staged (no other read of the store but the time axis)."""
-    doc = build_collection(ConsolidatedView(tx), tx.store.grid, version)
+    with the root's consolidated metadata it is about to publish (``root_doc``; default: as
+    staged), so no other read of the store is needed but the time axis."""
+    doc = build_collection(ConsolidatedView(tx, root_doc), tx.store.grid, version)
     tx.put(COLLECTION_KEY, (json.dumps(doc, indent=1, sort_keys=False) + "\n").encode())
 
 

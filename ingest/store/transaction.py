@@ -375,7 +375,9 @@ class Transaction:
         if source is None:  # a copy publishes its source's Collection as it copied it
             from ingest.store.stac import stage_collection  # pystac on the commit path only
 
-            stage_collection(self, version)  # the version's STAC Collection, in its manifest
+            # the version's STAC Collection, in its bookkeeping; built from the consolidated
+            # metadata this commit publishes (the root's .zmetadata is staged only below)
+            stage_collection(self, version, consolidated[".zmetadata"])
         with self._mutex:
             ops = {k: d for k, d in self._ops.items() if not is_pointer(k)}
         # DESIGN CHOICE (bookkeeping format 2): the new version's pieces, lists and snapshot
