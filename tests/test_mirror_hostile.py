@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -187,37 +188,52 @@ def test_a_full_disk_during_a_mirror_is_exit_6_in_one_line_and_a_rerun_resumes(
 
 
 # -- item 5: damaged or tampered bookkeeping of the source -----------------------------------
-@pytest.mark.parametrize("damage", ["key", "json", "traversal", "snapshot"])
+@pytest.mark.parametrize("damage", ["root", "list", "piece", "snapshot", "traversal"])
 def test_damaged_bookkeeping_of_the_source_is_one_line_naming_the_file(tmp_path, source, damage):
-    copy = tmp_path / "copy.zarr"
+    """Any bookkeeping file of the source's version with a flipped bit (root, array list, piece,
+    metadata snapshot), or a root re-signed by whoever also rewrote the root attributes that
+    names a key leaving the cube: one line naming the file, exit 6, nothing copied."""
+    import hashlib
+
     from ingest.store import CubeStore
 
-    v = CubeStore.open(source).version()
-    manifests = source / ".s2ingest" / "manifests"
-    manifest, snapshot = manifests / f"v{v:08d}.json", manifests / f"v{v:08d}.meta.json"
-    target = snapshot if damage == "snapshot" else manifest
-    raw = target.read_text()
-    if damage == "key":
-        at = raw.index('"size"', raw.index('"keys"'))
-        raw = raw[:at] + '"sizf"' + raw[at + 6:]  # one flipped bit: 'e' (0x65) -> 'f' (0x66)
-    elif damage == "json":
-        raw = raw.replace("{", "}", 3)
-    elif damage == "traversal":
-        doc = json.loads(raw)
-        key = next(k for k in doc["keys"] if not k.rsplit("/", 1)[-1].startswith("."))
-        doc["keys"]["../../escaped"] = doc["keys"].pop(key)
-        raw = json.dumps(doc)
-    else:
-        doc = json.loads(raw)
-        name = next(k for k in doc["documents"] if k.endswith(".zarray"))
-        doc["documents"][name] = doc["documents"][name][:-5]
-        raw = json.dumps(doc)
-    target.write_text(raw)
-    r = run("mirror", str(source), str(copy), "--no-progress")
+    copy = tmp_path / "copy.zarr"
+    src = source.parent / "damaged.zarr"
+    shutil.copytree(source, src)
+    store = CubeStore.open(src)
+    v = store.version()
+    idx = store.index(v)
+    meta = src / ".s2ingest"
+    array = next(a for a in idx.root["arrays"] if not a.startswith("stac"))
+    if damage == "root":
+        target = meta / "roots" / f"v{v:08d}.json"
+    elif damage == "list":
+        target = meta / "lists" / idx.root["arrays"][array]
+    elif damage == "piece":
+        target = meta / "pieces" / next(iter(idx.array_list(array).values()))
+    elif damage == "snapshot":
+        target = meta / "meta" / idx.root["metadata"]
+    if damage != "traversal":
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 1  # one flipped bit
+        target.write_bytes(bytes(raw))
+        name = target.name
+    else:  # a consistent chain that names "../../escaped/..." (a hostile source, not a bit flip)
+        root_path = meta / "roots" / f"v{v:08d}.json"
+        doc = json.loads(root_path.read_bytes())
+        doc["arrays"]["../../escaped"] = doc["arrays"].pop(array)
+        raw = json.dumps(doc).encode()
+        root_path.write_bytes(raw)
+        sha = hashlib.sha256(raw).hexdigest()
+        for key in (".zattrs", ".zmetadata"):
+            text = (src / key).read_text()
+            (src / key).write_text(text.replace(idx.root_sha, sha))
+        name = "escaped"
+    r = run("mirror", str(src), str(copy), "--no-progress")
     assert r.returncode == 6, r.stderr
     lines = error_lines(r)
-    assert len(lines) == 1 and target.name in lines[0] and "tampered" in lines[0], r.stderr
-    assert not copy.exists() and not (tmp_path / "escaped").exists()
+    assert len(lines) == 1 and name in lines[0], r.stderr
+    assert not (copy / ".zmetadata").exists() and not (tmp_path / "escaped").exists()
 
 
 # -- item 13: a selection with no data -------------------------------------------------------

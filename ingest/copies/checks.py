@@ -89,8 +89,8 @@ def _source_docs(src, version: int, keys: dict[str, dict]) -> dict[str, bytes]:
     try:
         return src.metadata_snapshot(version)
     except StoreError:
-        if src.version() != version:
-            raise
+        if src.version() != version or (src.version_root(version) or {}).get("format", 1) >= 2:
+            raise  # a format 2 version always has its snapshot: a damaged one is refused
     docs = {}
     for key, entry in keys.items():
         if is_metadata(key):
