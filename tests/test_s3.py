@@ -145,7 +145,8 @@ def test_a_transaction_whose_s3_lease_was_taken_over_publishes_nothing(bucket):
     # content-addressed and named by nothing (never deleted by a writer that lost its lock:
     # the new holder may rely on an identical object)
     staged = [k for k in after if k.startswith(".s2ingest/txn/") or
-              (k.startswith((".s2ingest/pieces/", ".s2ingest/lists/", ".s2ingest/meta/")) and k not in before)]
+              (k.startswith((".s2ingest/pieces/", ".s2ingest/lists/", ".s2ingest/meta/", ".s2ingest/objects/"))
+               and k not in before)]
     assert {k: v for k, v in after.items() if k not in staged} == before
     assert store.version() == 1 and "note" not in store.consolidated("")[".zattrs"]
 

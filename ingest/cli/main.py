@@ -48,7 +48,7 @@ class S2Group(click.Group):
     each command's module the first time the command is asked for (``COMMANDS``)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*super().list_commands(ctx), *(n for n in COMMANDS if n not in self.commands)]
+        return [*COMMANDS, *sorted(n for n in super().list_commands(ctx) if n not in COMMANDS)]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in self.commands and name in COMMANDS:
