@@ -5,6 +5,8 @@ figure carries the machine it was measured on, the code (git HEAD) and the load 
 """
 from __future__ import annotations
 
+import json
+
 import ctypes
 import glob
 import os
@@ -210,3 +212,11 @@ def median(values: list[float]) -> float:
 def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
+
+
+def write_report(out: Path, report: dict, echo) -> dict:
+    """Write a bench's report as JSON at ``out`` (folders made) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    echo(f"written {out}")
+    return report

@@ -12,7 +12,6 @@ medians. The demo cube is built once into ``--dir``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -62,7 +61,7 @@ def build_timed(store: Path, threads: int = 2) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ingest.benchmarks.common import git_info, link_tree, machine_info
+    from ingest.benchmarks.common import write_report, git_info, link_tree, machine_info
     from ingest.benchmarks.stats import demo_store
 
     ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.overviews", description=__doc__.split("\n\n")[0])
@@ -105,10 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"overviews: {report['level_chunks']} level chunks, {report['total_s']} s "
          f"({report['ms_per_level_chunk']} ms per chunk); load {load_before[0]:.2f} -> "
          f"{report['loadavg_after'][0]:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    echo(f"written {args.out}")
-    return report
+    return write_report(args.out, report, echo)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def same_values(ours: Path, ref: Path, box) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ingest.benchmarks.common import git_info, machine_info
+    from ingest.benchmarks.common import write_report, git_info, machine_info
     from ingest.benchmarks.stats import demo_store
 
     ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.rechunk", description=__doc__.split("\n\n")[0])
@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
          f"peak {report['rechunk_peak_mb']} MB (--max-mem {args.max_mem}); same values: {equal}; "
          f"load {load_before[0]:.2f} -> {report['loadavg_after'][0]:.2f}")
     shutil.rmtree(args.work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    echo(f"written {args.out}")
-    return report
+    return write_report(args.out, report, echo)
 
 
 if __name__ == "__main__":

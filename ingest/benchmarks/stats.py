@@ -11,7 +11,6 @@ the reference are timed interleaved, ``--repeat`` times; the figure is the ratio
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -98,7 +97,7 @@ def run_stats(store: Path):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ingest.benchmarks.common import git_info, machine_info
+    from ingest.benchmarks.common import write_report, git_info, machine_info
 
     ap = argparse.ArgumentParser(prog="python -m ingest.benchmarks.stats", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", type=Path, default=Path("bench-results/demo"), help="the demo cube's folder (kept)")
@@ -142,10 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     echo(f"stats {report['stats_s']} s against numpy {report['numpy_reference_s']} s: "
          f"{ratio:.2f}x (goal <= {GOAL}); same answer: {agree}; load {load_before[0]:.2f} -> "
          f"{report['loadavg_after'][0]:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    echo(f"written {args.out}")
-    return report
+    return write_report(args.out, report, echo)
 
 
 if __name__ == "__main__":

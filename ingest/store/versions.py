@@ -23,6 +23,7 @@ from ingest.store.bookkeeping.codec import (
 )
 from ingest.store.bookkeeping.index import LazyKeys, VersionIndex
 from ingest.store.layout import META_DIR, is_metadata, manifest_key, metadata_key
+from ingest.store.manifests import full_listing
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +108,9 @@ def describe(idx) -> dict:
 
 
 def full_records(backend: Backend) -> dict[str, Record]:
-    """Size and sha256 of every key outside ``.s2ingest/``, read and hashed now."""
-    out = {}
-    for key in backend.list(""):
-        if key.startswith(META_DIR + "/"):
-            continue
-        raw = backend.get(key)
-        if raw is not None:
-            out[key] = (len(raw), sha(raw))
-    return out
+    """Size and sha256 of every key outside ``.s2ingest/``, read and hashed now (the one
+    listing of ``manifests.full_listing``, as records)."""
+    return {k: (e["size"], e["sha256"]) for k, e in full_listing(backend).items()}
 
 
 def keep_old_bytes(backend: Backend, replaced: dict[str, Record], workers: int = 8,
