@@ -89,14 +89,24 @@ def check_catalog(settings: Settings) -> None:
     check_catalog_url(settings.store, settings.db_url)
 
 
+def closed_with_command(engine):
+    """``engine``, disposed when the running command ends (its pooled connections closed, a
+    SQLite catalog's -wal and -shm files with them), also when the command is one call of many
+    in one process."""
+    ctx = click.get_current_context(silent=True)
+    if engine is not None and ctx is not None:
+        ctx.call_on_close(engine.dispose)
+    return engine
+
+
 def open_existing_catalog(settings: Settings):
     """The cube's catalog for a read-only command; never creates one (points at ``init``);
     a catalog of another store is refused."""
     from catalog import open_existing_catalog as open_existing
 
     check_catalog(settings)
-    return open_existing(settings.db_url,
-                         hint=f"; create the cube with `s2ingest init --store {settings.store}`")
+    return closed_with_command(open_existing(
+        settings.db_url, hint=f"; create the cube with `s2ingest init --store {settings.store}`"))
 
 
 def commit_catalog(settings: Settings):
@@ -108,7 +118,7 @@ def commit_catalog(settings: Settings):
     if settings.db is not None:
         from catalog import open_catalog
 
-        return open_catalog(settings.db)
+        return closed_with_command(open_catalog(settings.db))
     return settings.db_url
 
 

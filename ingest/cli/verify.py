@@ -6,7 +6,7 @@ import sys
 import click
 
 from ingest.cli.exits import EXIT_MISMATCH
-from ingest.cli.options import cube_options
+from ingest.cli.options import closed_with_command, cube_options
 
 
 @click.command("verify")
@@ -47,6 +47,7 @@ def command(settings, deep: bool, no_catalog: bool, progress: bool | None, locat
             engine = open_catalog(settings.db, create=False)
         else:
             engine = existing_catalog(default_url_for_store(where))
+        closed_with_command(engine)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=0, unit="key", desc="verify", disable=not show)
 

@@ -28,7 +28,7 @@ from ingest.grid import CubeGrid
 from ingest.store import CubeStore, group_path
 from ingest.store import DEFAULT_LOCK_TIMEOUT
 from ingest.publish.engine import Cube
-from ingest.publish.record import catalog_engine, record_commit, repair_versions
+from ingest.publish.record import catalog_scope, record_commit, repair_versions
 
 Catalog = Engine | str | None
 
@@ -77,14 +77,14 @@ def create_cube(cube: Cube, *, catalog: Catalog = None) -> CubeStore:
     """``Cube.ensure``: the store with the orbit's group (one commit when anything was
     missing), recorded in ``catalog``, with every other store version it misses (``init``
     run again after a crash, or on a catalog created after the store)."""
-    engine = catalog_engine(catalog)
-    before = cube.open().version()  # 0: no store yet
-    store = cube.ensure()
-    if engine is not None:
-        if store.version() != before:
-            _record(engine, store, cube.group, store.version(), "init")
-        with session_scope(engine) as s:
-            repair_versions(s, store, worker=worker("init"))
+    with catalog_scope(catalog) as engine:
+        before = cube.open().version()  # 0: no store yet
+        store = cube.ensure()
+        if engine is not None:
+            if store.version() != before:
+                _record(engine, store, cube.group, store.version(), "init")
+            with session_scope(engine) as s:
+                repair_versions(s, store, worker=worker("init"))
     return store
 
 
@@ -163,9 +163,9 @@ def publish_copy(source: str, copy: str, *, catalog: Catalog = None, **options):
         from catalog.db import default_url_for_store
 
         catalog = default_url_for_store(copy)
-    engine = catalog_engine(catalog)
-    if report.changed and engine is not None:
-        from ingest.publish.rebuild import follow_store
+    with catalog_scope(catalog) as engine:
+        if report.changed and engine is not None:
+            from ingest.publish.rebuild import follow_store
 
-        follow_store(engine, copy, worker=worker("mirror"))
+            follow_store(engine, copy, worker=worker("mirror"))
     return report

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
@@ -64,18 +65,31 @@ def catalog_engine(catalog: Engine | str | None) -> Engine | None:
     return existing_catalog(str(catalog))
 
 
+@contextmanager
+def catalog_scope(catalog: Engine | str | None) -> Iterator[Engine | None]:
+    """``catalog_engine`` for one piece of work: an engine made here from a URL is disposed at
+    the end (its pooled connections closed: a SQLite catalog's -wal and -shm files go with
+    them); an engine given by the caller stays the caller's."""
+    engine = catalog_engine(catalog)
+    try:
+        yield engine
+    finally:
+        if engine is not None and engine is not catalog:
+            engine.dispose()
+
+
 def record_commit(catalog: Engine | str | None, store: CubeStore, commit: CommitReport | int, *,
                   group: str, worker: str, n_chunks_written: int | None = None,
                   layers: Sequence[LayerRow] = ()) -> bool:
     """Record ``commit`` (its report, or a version number) of ``store`` in ``catalog`` (an
     engine, or a URL: a SQLite file that does not exist is no catalog), in one catalog
     transaction. Returns False when there was no catalog to record in (e.g. a mirror copy)."""
-    engine = catalog_engine(catalog)
-    if engine is None:
-        return False
-    with session_scope(engine) as s:
-        record_in(s, store, commit, group=group, worker=worker, n_chunks_written=n_chunks_written,
-                  layers=layers)
+    with catalog_scope(catalog) as engine:
+        if engine is None:
+            return False
+        with session_scope(engine) as s:
+            record_in(s, store, commit, group=group, worker=worker, n_chunks_written=n_chunks_written,
+                      layers=layers)
     return True
 
 

@@ -128,6 +128,11 @@ class Syncer:
         self.report = SyncReport()
         self.executor = None
 
+    def close(self) -> None:
+        """Close the catalog's pooled connections (a SQLite catalog's -wal and -shm go with them)."""
+        if self.engine is not None:
+            self.engine.dispose()
+
     # -- stages ----------------------------------------------------------------------------
     def run(self) -> SyncReport:
         records = self.search()
@@ -437,4 +442,8 @@ class Syncer:
 def sync(settings: Settings, source: Source, options: SyncOptions,
          echo: Callable[[str], None] = log.info) -> SyncReport:
     """Run one sync; see ``Syncer``."""
-    return Syncer(settings, source, options, echo).run()
+    syncer = Syncer(settings, source, options, echo)
+    try:
+        return syncer.run()
+    finally:
+        syncer.close()
