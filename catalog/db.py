@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -169,8 +169,20 @@ def alembic_config(connection: Connection | None = None) -> Any:
     return cfg
 
 
+VERSION_TABLE = "alembic_version"  # alembic's default, which our env.py keeps
+# The newest migration in ``alembic/versions``. DESIGN CHOICE: a constant, so opening a catalog
+# (every command) checks its schema without loading alembic and parsing every migration
+# script; ``script_head()`` reads it from the scripts, and a test holds the two equal.
+HEAD_REVISION = "0006"
+
+
 def head_revision() -> str:
     """The newest migration this s2ingest knows."""
+    return HEAD_REVISION
+
+
+def script_head() -> str:
+    """The head of the migration scripts themselves (alembic's ``ScriptDirectory``)."""
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -186,13 +198,16 @@ def _engine(url_or_engine: str | URL | Path | Engine) -> tuple[Engine, bool]:
 
 
 def current_revision(url_or_engine: str | URL | Path | Engine) -> str | None:
-    """The catalog's alembic revision, or None for an empty database."""
-    from alembic.runtime.migration import MigrationContext
+    """The catalog's alembic revision, or None for an empty database.
 
+    DESIGN CHOICE: read from alembic's version table (``alembic_version.version_num``, one
+    row on our linear history) with SQLAlchemy alone, as alembic's ``MigrationContext``
+    does, so a read-only command never imports alembic; migrations still run through it.
+    """
     engine, owned = _engine(url_or_engine)
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return _revision_of(conn)
     except (OperationalError, DBAPIError) as exc:
         raise unreachable(engine, exc) from exc
     finally:
@@ -272,10 +287,17 @@ def migration_lock(conn: Connection, *, timeout: float | None = None) -> Iterato
         yield
 
 
-def _is_empty(conn: Connection) -> bool:
-    from alembic.runtime.migration import MigrationContext
+def _revision_of(conn: Connection) -> str | None:
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise CatalogError(f"catalog has several schema revisions {sorted(rows)}: {UPGRADE_HINT}")
+    return rows[0] if rows else None
 
-    return MigrationContext.configure(conn).get_current_revision() is None and not inspect(conn).get_table_names()
+
+def _is_empty(conn: Connection) -> bool:
+    return _revision_of(conn) is None and not inspect(conn).get_table_names()
 
 
 def _migrate(

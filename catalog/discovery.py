@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ingest.errors import CatalogError
@@ -76,13 +75,21 @@ class Replacement:
     tile: str
 
 
-def _insert(session: Session) -> Any:
+def _upsert(session: Session, table) -> Any:
+    """The dialect's INSERT with ON CONFLICT (its module imported on first use: a catalog only
+    ever loads its own database's dialect)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(P.__table__)
-    if dialect == "sqlite":
-        return sqlite.insert(P.__table__)
-    raise CatalogError(f"unsupported catalog database: {dialect}")  # pragma: no cover
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover
+        raise CatalogError(f"unsupported catalog database: {dialect}")
+    return insert(table)
+
+
+def _insert(session: Session) -> Any:
+    return _upsert(session, P.__table__)
 
 
 def _row(rec: ProductRecord, now: datetime) -> dict[str, Any]:
@@ -285,8 +292,7 @@ def record_deleted_from_hub(
     """
     now = db_now(session, now)
     table = HubEvent.__table__
-    dialect = session.get_bind().dialect.name
-    ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    ins = _upsert(session, table)
     first: list[str] = []
     for raw in names:
         name = ProductName.parse(raw).name

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from rasterio.enums import Resampling
-
 from ingest.errors import UnknownVariableError
 
 Kind = Literal["reflectance", "classes", "probability", "aot", "wvp"]
@@ -42,7 +40,8 @@ class VariableSpec:
     long_name: str
     units: str = "1"
     scale_factor: float | None = None
-    default_resampling: Resampling = Resampling.bilinear
+    # a name of ``rasterio.enums.Resampling`` (a name, so this table imports no GDAL binding)
+    default_resampling: str = "bilinear"
     wavelength_nm: float | None = None
 
     @property
@@ -91,7 +90,7 @@ VARIABLES: dict[str, VariableSpec] = {
         _refl("B11", 20, 1613.7),
         _refl("B12", 20, 2202.4),
         VariableSpec("SCL", "classes", "uint8", 0, 20, "scene classification (sen2cor)",
-                     default_resampling=Resampling.nearest),
+                     default_resampling="nearest"),
         VariableSpec("CLD", "probability", "uint8", 255, 20, "cloud probability",
                      units="1", scale_factor=0.01),
         VariableSpec("SNW", "probability", "uint8", 255, 20, "snow probability",

@@ -69,6 +69,27 @@ def test_upgrade_ensure_current_and_downgrade(sqlite_url):
     engine.dispose()
 
 
+def test_the_head_constant_is_the_head_of_the_migration_scripts():
+    # a new migration must move HEAD_REVISION too (every command checks against the constant)
+    assert db.head_revision() == db.script_head()
+
+
+def test_current_revision_reads_what_alembic_reads(sqlite_url):
+    from alembic.runtime.migration import MigrationContext
+
+    engine = db.make_engine(sqlite_url)
+    try:
+        for step in (None, "0003", "head"):
+            if step is not None:
+                db.upgrade(engine, step)
+            with engine.connect() as conn:
+                expected = MigrationContext.configure(conn).get_current_revision()
+            assert db.current_revision(engine) == expected
+        assert expected == db.head_revision()
+    finally:
+        engine.dispose()
+
+
 def test_ensure_current_names_both_revisions(sqlite_engine):
     with sqlite_engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0000old'"))

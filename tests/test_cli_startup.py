@@ -26,9 +26,39 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
 
 
-def loaded_by(*argv: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True)
+def loaded_by(*argv: str, cwd=None) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True,
+                         cwd=cwd)
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# what reading a cube's catalog, bookkeeping and time coordinates needs; nothing else
+READ_ONLY_MAY_LOAD = {"sqlalchemy", "numpy", "numcodecs", "affine", "tqdm"}
+
+
+@pytest.fixture(scope="module")
+def small_cube(tmp_path_factory):
+    """A cube with one published time step and its SQLite catalog beside it."""
+    from click.testing import CliRunner
+
+    from hub_fixtures import T1, make_products
+    from ingest.cli.main import cli
+
+    tmp = tmp_path_factory.mktemp("startup")
+    make_products(tmp / "products", times=(T1,), tiles=("31UET",))
+    store = tmp / "cube.zarr"
+    r = CliRunner().invoke(cli, ["sync", "--store", str(store), "--orbit", "51", "--no-progress",
+                                 "--source", str(tmp / "products")], env={"HOME": str(tmp)})
+    assert r.exit_code == 0, r.output
+    return store
+
+
+@pytest.mark.parametrize("command", ["status", "verify"])
+def test_read_only_commands_on_a_cube_load_no_writer_library(small_cube, command):
+    loaded = loaded_by(command, "--store", str(small_cube), cwd=small_cube.parent)
+    assert "ingest" in loaded
+    heavy = loaded & set(HEAVY) - READ_ONLY_MAY_LOAD
+    assert not heavy, f"s2ingest {command} of a small cube imported {sorted(heavy)}"
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["verify", "--help"],

@@ -14,16 +14,45 @@
 - ``imagery``: the orbit groups; ``zarrdocs``: Zarr format 2 documents made by zarr-python.
 - ``verify``: catalog and manifest checks; ``faults``: fault-injection points for tests.
 """
-from ingest.store.backends import Backend, HTTPBackend, LocalBackend
-from ingest.store.cube import CubeStore
-from ingest.store.journal import recover
-from ingest.store.layout import (
-    COMPRESSOR, GRID_FILE, META_DIR, PROVENANCE, chunk_key, group_path, join, manifest_key,
-)
-from ingest.store.location import check_grid, check_location
-from ingest.store.manifests import MANIFEST_HISTORY, Digest, digest
-from ingest.store.state import PublishedState, to_ms
-from ingest.store.transaction import DEFAULT_LOCK_TIMEOUT, CommitReport, Transaction
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# DESIGN CHOICE: the names below are loaded on first use (PEP 562), so a command that only
+# reads bookkeeping (``status``, ``verify``) never imports zarr, numcodecs, rasterio or boto3.
+_WHERE = {
+    "Backend": "backends", "HTTPBackend": "backends", "LocalBackend": "backends",
+    "CubeStore": "cube", "recover": "journal",
+    "COMPRESSOR": "layout", "GRID_FILE": "layout", "META_DIR": "layout", "PROVENANCE": "layout",
+    "chunk_key": "layout", "group_path": "layout", "join": "layout", "manifest_key": "layout",
+    "check_grid": "location", "check_location": "location",
+    "MANIFEST_HISTORY": "manifests", "Digest": "manifests", "digest": "manifests",
+    "PublishedState": "state", "to_ms": "state",
+    "DEFAULT_LOCK_TIMEOUT": "transaction", "CommitReport": "transaction", "Transaction": "transaction",
+}
+
+if TYPE_CHECKING:
+    from ingest.store.backends import Backend, HTTPBackend, LocalBackend
+    from ingest.store.cube import CubeStore
+    from ingest.store.journal import recover
+    from ingest.store.layout import (
+        COMPRESSOR, GRID_FILE, META_DIR, PROVENANCE, chunk_key, group_path, join, manifest_key,
+    )
+    from ingest.store.location import check_grid, check_location
+    from ingest.store.manifests import MANIFEST_HISTORY, Digest, digest
+    from ingest.store.state import PublishedState, to_ms
+    from ingest.store.transaction import DEFAULT_LOCK_TIMEOUT, CommitReport, Transaction
+
+
+def __getattr__(name: str):
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Backend", "HTTPBackend", "LocalBackend", "CommitReport", "CubeStore",
@@ -35,4 +64,6 @@ __all__ = [
 
 def read_published(location, group: str) -> PublishedState:
     """The published state of ``group`` of the cube at ``location`` (a path or URL)."""
+    from ingest.store.cube import CubeStore
+
     return CubeStore.open(location).published(group)

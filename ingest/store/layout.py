@@ -10,12 +10,12 @@ the writer's lock, the journal of an unfinished commit and the version manifests
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import numcodecs
-from pyproj import CRS
-
-from ingest.grid import CubeGrid
-from ingest.variables import VariableSpec
+if TYPE_CHECKING:
+    from ingest.grid import CubeGrid
+    from ingest.variables import VariableSpec
 
 STORE_FORMAT = 1
 GRID_FILE = "grid.json"
@@ -35,8 +35,24 @@ GROUP_VERSION_ATTR = "s2ingest_cube_version"  # group attribute: the version tha
 # four empty ones compresses in 2.5 instead of 3.4 ms and a full chunk in 4.8 instead of
 # 6.8 ms, at the same or a slightly better ratio. Compression is most of the cost of a
 # write, and every reader (zarr 2/3, GDAL) decodes any Blosc block size.
-COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE,
-                             blocksize=512 * 1024)
+
+
+@lru_cache(maxsize=1)
+def compressor():
+    """The cube's Blosc codec (numcodecs is imported on first use: reading a store's
+    bookkeeping, e.g. ``status``, needs no codec)."""
+    import numcodecs
+
+    return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE,
+                           blocksize=512 * 1024)
+
+
+def __getattr__(name: str):  # ``COMPRESSOR`` on first use (PEP 562)
+    if name == "COMPRESSOR":
+        return compressor()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 TIME_UNITS = "milliseconds since 1970-01-01T00:00:00"
 COORD_CHUNK = 64
 
@@ -99,6 +115,8 @@ def is_metadata(key: str) -> bool:
 
 def cf_grid_mapping(grid: CubeGrid) -> dict:
     """CF grid-mapping attributes that rioxarray and GDAL recognise."""
+    from pyproj import CRS
+
     crs = CRS.from_user_input(grid.crs)
     attrs = crs.to_cf()
     attrs["spatial_ref"] = crs.to_wkt()
@@ -107,6 +125,8 @@ def cf_grid_mapping(grid: CubeGrid) -> dict:
 
 
 def gdal_crs_attr(grid: CubeGrid) -> dict:
+    from pyproj import CRS
+
     crs = CRS.from_user_input(grid.crs)
     auth = crs.to_authority()
     attr = {"wkt": crs.to_wkt()}

@@ -13,25 +13,50 @@ import asyncio
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numcodecs
+import numcodecs.blosc
 import numpy as np
-import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.buffer.cpu import Buffer
-from zarr.storage import MemoryStore
 
 from ingest.errors import StoreError
 
+if TYPE_CHECKING:
+    from zarr.storage import MemoryStore
+
+# zarr-python is imported by the functions that make documents (on first use): a command that
+# only reads a store's bookkeeping and coordinates (``status``, ``verify``) never loads it.
+
 KEY_ENCODING = {"name": "v2", "separator": "."}
+
+# DESIGN CHOICE: Blosc compresses with one thread per call. Called from the main thread with
+# its own threads, c-blosc writes the compressed blocks in the order its threads finish: the
+# same chunk gave 5 different encodings in 10 fresh processes (measured), so the bytes of a
+# chunk (and its sha256 in the bookkeeping) depended on timing. Our parallelism is across
+# chunks (thread pools, worker processes), so one thread per chunk costs nothing there, and
+# the same data always encodes to the same bytes (``tests/test_zarrdocs.py``); zarr-python
+# encodes off the main thread, where numcodecs already uses one thread.
+numcodecs.blosc.use_threads = False
 
 
 def dumps(doc: dict) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True, allow_nan=True).encode()
 
 
-def _dump_store(store: MemoryStore) -> dict[str, bytes]:
+def _memory_store(docs: dict[str, bytes] | None = None) -> "MemoryStore":
+    """An in-memory zarr store holding ``docs``."""
+    from zarr.core.buffer.cpu import Buffer
+    from zarr.storage import MemoryStore
+
+    mem = MemoryStore()
+    for key, raw in (docs or {}).items():
+        asyncio.run(mem.set(key, Buffer.from_bytes(raw)))
+    return mem
+
+
+def _dump_store(store: "MemoryStore") -> dict[str, bytes]:
+    from zarr.core.buffer import default_buffer_prototype
+
     async def collect() -> dict[str, bytes]:
         out = {}
         proto = default_buffer_prototype()
@@ -47,7 +72,9 @@ def new_array(name: str, *, shape, chunks, dtype, fill_value, compressor, attrs:
               data: np.ndarray | None = None) -> dict[str, bytes]:
     """Every key (relative to the array's parent) of a new format 2 array, made by zarr:
     ``name/.zarray``, ``name/.zattrs`` and, with ``data``, its non-empty chunks."""
-    mem = MemoryStore()
+    import zarr
+
+    mem = _memory_store()
     arr = zarr.create_array(mem, name=name, shape=shape, chunks=chunks, dtype=dtype,
                             fill_value=fill_value, compressors=compressor, filters=None,
                             chunk_key_encoding=KEY_ENCODING, zarr_format=2, attributes=attrs,
@@ -59,7 +86,9 @@ def new_array(name: str, *, shape, chunks, dtype, fill_value, compressor, attrs:
 
 def new_group(attrs: dict | None = None) -> dict[str, bytes]:
     """``.zgroup`` and ``.zattrs`` of a format 2 group, made by zarr."""
-    mem = MemoryStore()
+    import zarr
+
+    mem = _memory_store()
     zarr.open_group(mem, mode="w", zarr_format=2, attributes=attrs or {})
     return _dump_store(mem)
 
@@ -127,10 +156,10 @@ def encode_1d(meta: ArrayMeta, values: np.ndarray) -> dict[int, bytes | None]:
 
     Returns every chunk index up to the new length; None where the chunk holds fill only.
     """
+    import zarr
+
     (n,) = values.shape
-    mem = MemoryStore()
-    doc = {**meta.doc, "shape": [n]}
-    asyncio.run(mem.set(".zarray", Buffer.from_bytes(dumps(doc))))
+    mem = _memory_store({".zarray": dumps({**meta.doc, "shape": [n]})})
     arr = zarr.open_array(mem, zarr_format=2, mode="r+")
     if n:
         arr[:] = values
@@ -139,16 +168,51 @@ def encode_1d(meta: ArrayMeta, values: np.ndarray) -> dict[int, bytes | None]:
     return {i: dumped.get(str(i)) for i in range(-(-n // c))}
 
 
+def _chunk_names(meta: ArrayMeta) -> Iterator[tuple[tuple[int, ...], str]]:
+    grid = [-(-s // c) for s, c in zip(meta.shape, meta.chunks)]
+    for index in np.ndindex(*grid) if meta.shape else [()]:
+        yield index, (".".join(str(i) for i in index) if index else "0")
+
+
+# dtypes whose format 2 chunks are the raw C-order items and whose JSON fill value numpy reads
+# as is (numbers, "NaN"/"Infinity", strings of fixed width); anything else is read by zarr
+_DIRECT_KINDS = frozenset("biufU")
+
+
 def read_array(meta: ArrayMeta, get: Callable[[str], bytes | None]) -> np.ndarray:
-    """The whole of a small array (coordinates), its chunks fetched by ``get(chunk_name)``."""
-    mem = MemoryStore()
-    asyncio.run(mem.set(".zarray", Buffer.from_bytes(meta.to_bytes())))
-    grid = [range(-(-s // c)) for s, c in zip(meta.shape, meta.chunks)] or [range(1)]
-    for index in np.ndindex(*[len(r) for r in grid]) if meta.shape else [()]:
-        name = ".".join(str(i) for i in index) if index else "0"
-        raw = get(name)
-        if raw is not None:
-            asyncio.run(mem.set(name, Buffer.from_bytes(raw)))
+    """The whole of a small array (coordinates), its chunks fetched by ``get(chunk_name)``.
+
+    DESIGN CHOICE: a plain array (one compressor, no filters, C order, a numeric or fixed-width
+    string dtype) is decoded with its own numcodecs codec, as zarr-python does for format 2 and
+    as the hot path encodes imagery chunks; any other encoding is read by zarr-python itself.
+    Both give the same values (tested), and reading coordinates then needs no zarr import.
+    """
+    chunks = {name: get(name) for _, name in _chunk_names(meta)}
+    plain = (meta.dtype.kind in _DIRECT_KINDS and not meta.doc.get("filters")
+             and meta.doc.get("order", "C") == "C" and meta.codec is not None)
+    if not plain:
+        return _read_with_zarr(meta, chunks)
+    try:
+        out = np.full(meta.shape, meta.fill_value if meta.fill_value is not None else 0,
+                      dtype=meta.dtype)
+        for index, name in _chunk_names(meta):
+            raw = chunks[name]
+            if raw is None:
+                continue
+            block = meta.decode(raw)
+            where = tuple(slice(i * c, min((i + 1) * c, s))
+                          for i, c, s in zip(index, meta.chunks, meta.shape))
+            out[where] = block[tuple(slice(0, w.stop - w.start) for w in where)]
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise StoreError(f"a coordinate chunk is damaged: {exc}") from exc
+    return out
+
+
+def _read_with_zarr(meta: ArrayMeta, chunks: dict[str, bytes | None]) -> np.ndarray:
+    import zarr
+
+    mem = _memory_store({".zarray": meta.to_bytes(),
+                         **{name: raw for name, raw in chunks.items() if raw is not None}})
     arr = zarr.open_array(mem, zarr_format=2, mode="r")
     try:
         return arr[...]

@@ -45,7 +45,7 @@ GDAL_ENV = {
 
 def parse_resampling(overrides: dict[str, str] | None) -> dict[str, Resampling]:
     """Per-variable resampling: each variable's default, with ``{"B04": "cubic"}`` overrides."""
-    result = {name: spec.default_resampling for name, spec in VARIABLES.items()}
+    result = {name: Resampling[spec.default_resampling] for name, spec in VARIABLES.items()}
     for name, method in (overrides or {}).items():
         names = list(VARIABLES) if name in ("*", "all") else [get_variable(name).name]
         try:
@@ -454,7 +454,7 @@ def warp_variable(
     resampling: Resampling | None = None, *, rasters: OpenRasters | None = None,
 ) -> np.ndarray:
     """One variable of one product on the target window (convenience for tests and tools)."""
-    method = {n: VARIABLES[n].default_resampling for n in VARIABLES}
+    method = {n: Resampling[VARIABLES[n].default_resampling] for n in VARIABLES}
     if resampling is not None:
         method[spec.name] = resampling
     own = rasters is None
