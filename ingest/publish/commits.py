@@ -17,7 +17,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -27,8 +27,10 @@ from ingest.errors import CatalogError, StoreError
 from ingest.grid import CubeGrid
 from ingest.store import CubeStore, group_path
 from ingest.store import DEFAULT_LOCK_TIMEOUT
-from ingest.publish.engine import Cube
 from ingest.publish.record import catalog_scope, record_commit, repair_versions
+
+if TYPE_CHECKING:  # the pipeline is loaded by the commits that run it, not by a mirror's record
+    from ingest.publish.engine import Cube
 
 Catalog = Engine | str | None
 

@@ -15,6 +15,16 @@ from ingest.store.backends.base import Backend
 LOCK_POLL_SECONDS = 0.2
 
 
+def _in_folder(target: Path, make: Callable[[], object]):
+    """``make()``, creating ``target``'s folder first only when it is missing (one failed
+    open instead of a mkdir per key: most keys go into folders that exist)."""
+    try:
+        return make()
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return make()
+
+
 class LocalBackend(Backend):
     """Keys as files under a directory (POSIX: rename is atomic, hard links are cheap)."""
 
@@ -41,10 +51,9 @@ class LocalBackend(Backend):
         # DESIGN CHOICE: temp file in the same directory + rename: a reader sees the old
         # bytes or the new ones, never a torn file (what zarr-python's LocalStore does too).
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
         try:
-            with open(tmp, "wb") as f:
+            with _in_folder(target, lambda: open(tmp, "wb")) as f:
                 f.write(data)
             os.replace(tmp, target)
         except BaseException:
@@ -54,8 +63,7 @@ class LocalBackend(Backend):
     def write_new(self, key: str, data: bytes) -> None:
         """Write a key nobody reads yet (staging): no temp file needed."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
+        with _in_folder(target, lambda: open(target, "wb")) as f:
             f.write(data)
 
     def stream(self, key: str, *, deadline: float | None = None,
@@ -80,9 +88,8 @@ class LocalBackend(Backend):
         """Written in place (nobody reads it yet); an error while the blocks are read
         removes what was written."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(target, "wb") as f:
+            with _in_folder(target, lambda: open(target, "wb")) as f:
                 for data in blocks:
                     f.write(data)
         except BaseException:
@@ -126,9 +133,8 @@ class LocalBackend(Backend):
         return keys, dirs
 
     def move(self, src: str, dst: str) -> None:
-        target = self.path(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path(src), target)
+        target, source = self.path(dst), self.path(src)
+        _in_folder(target, lambda: os.replace(source, target))
 
     def move_if_present(self, src: str, dst: str) -> bool:
         """``move`` when ``src`` exists (one rename, no separate check)."""
