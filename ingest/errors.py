@@ -16,6 +16,12 @@ class ConfigError(S2IngestError, ValueError):
     """Invalid configuration, option or argument."""
 
 
+def needs_extra(option: str, extra: str, exc: ImportError) -> ConfigError:
+    """The one-line refusal of an option whose library is an optional extra not installed."""
+    return ConfigError(f"{option} needs {exc.name or 'a library'}, which is not installed: "
+                       f"pip install \"s2ingest[{extra}]\"")
+
+
 class CatalogMismatchError(ConfigError):
     """The catalog named (--db) belongs to another store than the one named (--store)."""
 

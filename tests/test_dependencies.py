@@ -50,11 +50,37 @@ def imported_modules() -> dict[str, set[str]]:
     return found
 
 
+# optional extras whose libraries the code imports (lazily, refusing the options that need
+# them with one line naming the extra when they are missing)
+IMPORTED_EXTRAS = ("cluster",)
+
+
 def test_every_import_is_declared():
-    deps = declared()
+    deps = declared(*IMPORTED_EXTRAS)
     missing = {m: sorted(files)[:3] for m, files in imported_modules().items()
                if _norm(DISTRIBUTION.get(m, m)) not in deps}
     assert not missing, f"imported but not declared in [project.dependencies]: {missing}"
+
+
+def test_distributed_is_an_extra_and_its_options_say_so(tmp_path):
+    # installed without the cluster extra: sync --local-cluster is refused before any work
+    import subprocess
+
+    assert "distributed" not in declared() and "distributed" in declared("cluster")
+    (tmp_path / "products").mkdir()
+    probe = ("import sys; sys.modules['distributed'] = None\n"
+             "from ingest.cli.main import cli\n"
+             "cli.main(args=sys.argv[1:], prog_name='s2ingest')\n")
+    for argv in (["sync", "--store", "cube.zarr", "--orbit", "51", "--source", "products",
+                  "--local-cluster", "2", "--no-progress"],
+                 ["sync", "--store", "cube.zarr", "--orbit", "51", "--source", "products",
+                  "--scheduler", "tcp://127.0.0.1:1", "--no-progress"]):
+        r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
+                           cwd=tmp_path, env={**__import__("os").environ, "HOME": str(tmp_path)})
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 3 and len(lines) == 1, r.stderr
+        assert 's2ingest[cluster]' in lines[0] and "distributed" in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["products"]  # nothing created
 
 
 def test_the_driver_of_postgresql_urls_is_the_declared_one():

@@ -16,7 +16,25 @@ from typing import Callable, Iterator
 
 from ingest.compute.base import ComputeOptions, Emit, Executor, configure_worker, task_started
 
-__all__ = ["ComputeOptions", "Emit", "Executor", "configure_worker", "open_executor", "task_started"]
+__all__ = ["ComputeOptions", "Emit", "Executor", "check_options", "configure_worker", "open_executor",
+           "task_started"]
+
+
+def check_options(options: ComputeOptions | None) -> None:
+    """Refuse, before any work, options that exclude each other or need a library that is not
+    installed (dask.distributed is the ``cluster`` extra)."""
+    if options is None or options.in_process:
+        return
+    from ingest.errors import ConfigError, needs_extra
+
+    given = [o for o in ("workers", "scheduler", "local_cluster") if getattr(options, o)]
+    if len(given) > 1:
+        raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")
+    if not options.workers:
+        try:
+            import distributed  # noqa: F401
+        except ImportError as exc:
+            raise needs_extra("--scheduler/--local-cluster", "cluster", exc) from None
 
 
 @contextmanager
@@ -25,11 +43,7 @@ def open_executor(options: ComputeOptions | None) -> Iterator[Executor | None]:
     if options is None or options.in_process:
         yield None
         return
-    from ingest.errors import ConfigError
-
-    given = [o for o in ("workers", "scheduler", "local_cluster") if getattr(options, o)]
-    if len(given) > 1:
-        raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")
+    check_options(options)
 
     def start() -> Executor:
         if options.workers:

@@ -7,7 +7,7 @@ import time
 
 from dask.callbacks import Callback
 
-from ingest.errors import ConfigError
+from ingest.errors import ConfigError, needs_extra
 
 log = logging.getLogger("s2ingest")
 
@@ -51,8 +51,8 @@ def compute_with_progress(*collections, progress: bool = False, scheduler: str |
     if scheduler:
         try:
             from distributed import Client, progress as dist_progress
-        except ImportError as exc:  # pragma: no cover - distributed is a dependency
-            raise ConfigError(f"--scheduler needs dask.distributed: {exc}") from None
+        except ImportError as exc:
+            raise needs_extra("--scheduler", "cluster", exc) from None
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:

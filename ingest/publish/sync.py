@@ -21,7 +21,7 @@ from catalog import Product as Row
 from sqlalchemy import select
 
 from ingest import holders
-from ingest.compute import ComputeOptions, open_executor
+from ingest.compute import ComputeOptions, check_options, open_executor
 from ingest.publish.engine import Cube, ingest_products
 from ingest.publish.identity import check_pair
 from catalog.urls import display_url
@@ -120,6 +120,7 @@ class Syncer:
         self.cube = Cube(settings.store, self.grid, options.orbit)
         self.worker = worker_name()
         self.resampling = parse_resampling(settings.resampling)
+        check_options(options.compute)  # before any work
         # A dry run changes nothing: it never creates (or migrates) a catalog.
         self.engine = existing_catalog(settings.db_url) if options.dry_run else open_catalog(settings.db_url)
         # a catalog of another store is refused before any work (a new one adopts this store)
