@@ -16,7 +16,12 @@ endif
 # DESIGN CHOICE: uv (from PyPI, inside the venv) resolves and installs the stack in seconds
 # where pip's resolver can backtrack for many minutes over the test extras; it also gives the
 # lowest-versions environment (--resolution lowest-direct), which pip cannot.
-UV = $(1)/bin/python -m uv pip install --quiet --python $(1)/bin/python
+# --compile-bytecode: the installed libraries' .pyc are written at install time, as pip does
+# (uv does not by default): without them every command compiles numpy, sqlalchemy, ... again
+# where bytecode is not written at run time (PYTHONDONTWRITEBYTECODE, read-only venvs):
+# `s2ingest status` took 3.1 s instead of 0.7 s. The project's own sources: `compileall`.
+UV = $(1)/bin/python -m uv pip install --quiet --compile-bytecode --python $(1)/bin/python
+COMPILE = $(1)/bin/python -m compileall -q ingest catalog
 # The fast subset: run on every supported Python and on the lowest declared versions
 SUBSET ?= tests/test_layout.py tests/test_cli_startup.py tests/test_dependencies.py tests/test_catalog_db.py \
 	tests/test_store.py tests/test_stac.py tests/test_cli_options.py
@@ -36,6 +41,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(call UV,$(VENV)) -e ".[test,postgres]"
+	$(call COMPILE,$(VENV))
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install s2ingest with test extras
