@@ -23,8 +23,8 @@ from hub_fixtures import (
     GROUP, T1, T2, WINDOWS, assert_same_cube, catalog_rows, catalog_url, fast_retries, isolated_env, run,
     store_snapshot, sync_args,
 )
-from ingest.errors import CorruptProductError, MetadataError, ProductError, UnsupportedProductError
-from ingest.products.eopf import open_raster, parse_eopf_metadata, read_eopf
+from ingest.errors import CorruptProductError, MetadataError, UnsupportedProductError
+from ingest.products.eopf import open_raster, parse_eopf_metadata
 from ingest.products.formats import detect_format, read_product, verify_product
 from ingest.products.names import ProductName
 from ingest.synth import make_product

@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 
 from hub_fixtures import (
-    T1, T2, catalog_rows, catalog_url, isolated_env, make_products, name_of, run, states, sync_args,
+    T1, catalog_rows, catalog_url, isolated_env, make_products, name_of, run, states, sync_args,
 )
 
 __all__ = ["isolated_env"]  # autouse fixture

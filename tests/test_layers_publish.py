@@ -215,7 +215,6 @@ def test_missing_file_and_unknown_group(tmp_path, inputs):
 
 
 def test_cli_add_list_and_catalog_record(tmp_path, inputs):
-    import click
     from click.testing import CliRunner
     from sqlalchemy import select
 

@@ -11,7 +11,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
 
@@ -19,7 +18,7 @@ from conftest import D1, D2, D3, GROUP, build_cube, cli_env, ingest, new_cube
 from ingest.copies.fetch import Fetcher
 from ingest.copies.mirror import mirror
 from ingest.copies.subset import Selection
-from ingest.errors import ConfigError, NotACubeError, StoreError
+from ingest.errors import ConfigError, NotACubeError
 from ingest.store.bookkeeping.codec import POINTER_KEYS, strip_pointer
 from ingest.store import CubeStore
 

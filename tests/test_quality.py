@@ -7,7 +7,6 @@ arrays as zarr reads them.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from datetime import timezone

@@ -9,7 +9,6 @@ import functools
 import http.server
 import json
 import subprocess
-import sys
 import textwrap
 import threading
 import venv

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from affine import Affine
 from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.warp import reproject

@@ -10,7 +10,7 @@ import requests
 from ingest.errors import AuthenticationError, HubUnreachableError, ProductOfflineError
 from ingest.sources import ProductQuarantinedError, RetryPolicy, fetch_many, make_source
 from ingest.sources.cdse import CdseSource, build_filter
-from ingest.testing import FakeCDSE, FaultPlan, free_port, make_tiny_product, tiny_names
+from ingest.testing import FakeCDSE, free_port, make_tiny_product, tiny_names
 
 UTC = timezone.utc
 AUG = (datetime(2023, 8, 1, tzinfo=UTC), datetime(2023, 9, 1, tzinfo=UTC))

@@ -30,7 +30,7 @@ from ingest.publish.engine import Cube
 from ingest.errors import GridMismatchError, NotACubeError, StalePlanError, StoreBusyError, StoreError
 from ingest.grid import NL_GRID, CubeGrid
 from ingest.store import (
-    COMPRESSOR, MANIFEST_HISTORY, CubeStore, LocalBackend, chunk_key, manifest_key, read_published,
+    COMPRESSOR, MANIFEST_HISTORY, CubeStore, LocalBackend, chunk_key, read_published,
 )
 from ingest.store import transaction as transaction_mod
 from ingest.store.bookkeeping.codec import POINTER_KEYS, ROOT_ATTR, root_key, strip_pointer

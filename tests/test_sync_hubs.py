@@ -14,7 +14,7 @@ waiting, not failed), 10 the run finished but some product was rejected or faile
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
