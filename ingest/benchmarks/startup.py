@@ -29,9 +29,6 @@ def small_cube(where: Path) -> Path:
     """A cube holding one small synthetic product (one time step) and its SQLite catalog."""
     from datetime import datetime, timezone
 
-    from click.testing import CliRunner
-
-    from ingest.cli.main import cli
     from ingest.synth import make_product
 
     products = where / "products"
@@ -39,10 +36,10 @@ def small_cube(where: Path) -> Path:
     make_product(products, tile="31UET", datatake_start=datetime(2023, 6, 14, 10, 56, 21, tzinfo=timezone.utc),
                  window=(5400, 9840, 180, 360), as_zip=True)
     store = where / "cube.zarr"
-    r = CliRunner().invoke(cli, ["sync", "--store", str(store), "--orbit", "51", "--no-progress",
-                                 "--source", str(products)])
-    if r.exit_code != 0:
-        raise SystemExit(f"could not build the small cube: {r.output}")
+    r = subprocess.run([sys.executable, "-m", "ingest.cli", "sync", "--store", str(store), "--orbit", "51",
+                        "--no-progress", "--source", str(products)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"could not build the small cube: {r.stderr.strip()}")
     return store
 
 

@@ -20,7 +20,7 @@ def versions() -> None:
 def list_command(settings, location: str | None) -> None:
     """One line per kept version: version, created, parent, keys, keys changed (read only;
     reads the versions' roots only)."""
-    from ingest.copies.access import list_versions
+    from ingest.store import list_versions
 
     for v in list_versions(location or str(settings.store)):
         click.echo(f"{v['version']:>8}  {v['created'] or '-':25}  parent {v['parent']}  "

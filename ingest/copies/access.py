@@ -18,28 +18,12 @@ import xarray as xr
 
 from ingest.errors import ConfigError, EmptySelectionError, UnknownVariableError
 from ingest.grid import CubeGrid
-from ingest.store import CubeStore
+from ingest.store import CubeStore, list_versions  # noqa: F401 (re-exported: the reader API)
 from ingest.store.layout import VERSION_ATTR, group_path
 from ingest.store.zarr_view import VersionStore
 
 Bounds = tuple[float, float, float, float]
 _IMAGERY = re.compile(r"S2/R\d{3}")
-
-
-def list_versions(store: str) -> list[dict]:
-    """Every version the store keeps, oldest first: version, created, parent, number of keys
-    and number of keys that version changed (read from the versions' roots only)."""
-    cube = CubeStore.open(str(store))
-    out = []
-    for v in cube.manifest_versions():
-        r = cube.version_root(v)
-        if r is None:
-            continue
-        ch = r.get("changes") or {}
-        out.append({"version": v, "created": r.get("created"), "parent": r.get("parent"),
-                    "keys": int(r.get("n_keys", 0)),
-                    "changed": int(ch.get("n_put", 0)) + int(ch.get("n_delete", 0))})
-    return out
 
 
 def imagery_groups(view: VersionStore) -> list[str]:

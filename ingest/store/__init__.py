@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT", "Digest", "MANIFEST_HISTORY", "PublishedState", "Transaction",
     "check_grid", "check_location", "digest", "recover", "to_ms", "COMPRESSOR", "GRID_FILE",
     "META_DIR", "PROVENANCE", "chunk_key", "group_path", "join", "manifest_key", "read_published",
+    "list_versions",
 ]
 
 
@@ -67,3 +68,21 @@ def read_published(location, group: str) -> PublishedState:
     from ingest.store.cube import CubeStore
 
     return CubeStore.open(location).published(group)
+
+
+def list_versions(store) -> list[dict]:
+    """Every version the store keeps, oldest first: version, created, parent, number of keys
+    and number of keys that version changed (read from the versions' roots only)."""
+    from ingest.store.cube import CubeStore
+
+    cube = CubeStore.open(str(store))
+    out = []
+    for v in cube.manifest_versions():
+        r = cube.version_root(v)
+        if r is None:
+            continue
+        ch = r.get("changes") or {}
+        out.append({"version": v, "created": r.get("created"), "parent": r.get("parent"),
+                    "keys": int(r.get("n_keys", 0)),
+                    "changed": int(ch.get("n_put", 0)) + int(ch.get("n_delete", 0))})
+    return out
