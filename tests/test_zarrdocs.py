@@ -17,6 +17,8 @@ CASES = [
     ("<U8", "", (9,), (4,), np.array([f"S2{c}" for c in "ABCABCABC"])),
     ("<U64", "", (3,), (64,), np.array(["x" * 64, "", "é"])),
     ("bool", False, (5,), (2,), np.array([True, False, True, True, False])),
+    ("i4", None, (7,), (3,), np.arange(7, dtype="i4")),
+    ("<U4", None, (5,), (2,), np.array(["a", "bb", "ccc", "dddd", ""])),
 ]
 
 

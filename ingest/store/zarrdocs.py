@@ -193,8 +193,8 @@ def read_array(meta: ArrayMeta, get: Callable[[str], bytes | None]) -> np.ndarra
     if not plain:
         return _read_with_zarr(meta, chunks)
     try:
-        out = np.full(meta.shape, meta.fill_value if meta.fill_value is not None else 0,
-                      dtype=meta.dtype)
+        out = (np.zeros(meta.shape, dtype=meta.dtype) if meta.fill_value is None  # as zarr: 0, ""
+               else np.full(meta.shape, meta.fill_value, dtype=meta.dtype))
         for index, name in _chunk_names(meta):
             raw = chunks[name]
             if raw is None:
