@@ -20,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 # DESIGN CHOICE: the names below are loaded on first use (PEP 562), so a command that only
-# reads bookkeeping (``status``, ``verify``) never imports zarr, numcodecs, rasterio or boto3.
+# reads bookkeeping (``status``, ``verify``) never imports zarr, rasterio, pyproj or boto3.
 _WHERE = {
     "Backend": "backends", "HTTPBackend": "backends", "LocalBackend": "backends",
     "CubeStore": "cube", "recover": "journal",
