@@ -16,10 +16,16 @@ class ConfigError(S2IngestError, ValueError):
     """Invalid configuration, option or argument."""
 
 
-def needs_extra(option: str, extra: str, exc: ImportError) -> ConfigError:
-    """The one-line refusal of an option whose library is an optional extra not installed."""
-    return ConfigError(f"{option} needs {exc.name or 'a library'}, which is not installed: "
-                       f"pip install \"s2ingest[{extra}]\"")
+def require_extra(module: str, option: str, extra: str):
+    """``module``, imported; if it is not installed, the one-line refusal of ``option`` naming
+    the optional extra that brings it (a ConfigError: exit 3, before any work)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"{option} needs {exc.name or module}, which is not installed: "
+                          f"pip install \"s2ingest[{extra}]\"") from None
 
 
 class CatalogMismatchError(ConfigError):

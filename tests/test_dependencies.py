@@ -63,7 +63,7 @@ def test_every_import_is_declared():
 
 
 def test_distributed_is_an_extra_and_its_options_say_so(tmp_path):
-    # installed without the cluster extra: sync --local-cluster is refused before any work
+    # installed without the cluster extra: sync and rechunk on a cluster are refused before any work
     import subprocess
 
     assert "distributed" not in declared() and "distributed" in declared("cluster")
@@ -74,7 +74,9 @@ def test_distributed_is_an_extra_and_its_options_say_so(tmp_path):
     for argv in (["sync", "--store", "cube.zarr", "--orbit", "51", "--source", "products",
                   "--local-cluster", "2", "--no-progress"],
                  ["sync", "--store", "cube.zarr", "--orbit", "51", "--source", "products",
-                  "--scheduler", "tcp://127.0.0.1:1", "--no-progress"]):
+                  "--scheduler", "tcp://127.0.0.1:1", "--no-progress"],
+                 ["rechunk", "cube.zarr", "copy.zarr", "--chunks", "time=-1",
+                  "--scheduler", "tcp://127.0.0.1:1"]):
         r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True,
                            cwd=tmp_path, env={**__import__("os").environ, "HOME": str(tmp_path)})
         lines = [line for line in r.stderr.splitlines() if line.strip()]

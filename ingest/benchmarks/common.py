@@ -5,10 +5,9 @@ figure carries the machine it was measured on, the code (git HEAD) and the load 
 """
 from __future__ import annotations
 
-import json
-
 import ctypes
 import glob
+import json
 import os
 import platform as _platform
 import resource
@@ -211,7 +210,6 @@ def median(values: list[float]) -> float:
 
 def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
-
 
 
 def write_report(out: Path, report: dict, echo) -> dict:

@@ -25,16 +25,13 @@ def check_options(options: ComputeOptions | None) -> None:
     installed (dask.distributed is the ``cluster`` extra)."""
     if options is None or options.in_process:
         return
-    from ingest.errors import ConfigError, needs_extra
+    from ingest.errors import ConfigError, require_extra
 
     given = [o for o in ("workers", "scheduler", "local_cluster") if getattr(options, o)]
     if len(given) > 1:
         raise ConfigError("--workers, --scheduler and --local-cluster exclude each other; give one")
     if not options.workers:
-        try:
-            import distributed  # noqa: F401
-        except ImportError as exc:
-            raise needs_extra("--scheduler/--local-cluster", "cluster", exc) from None
+        require_extra("distributed", "--scheduler/--local-cluster", "cluster")
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Iterator, Sequence
 
-from ingest.errors import ComputeError, ConfigError, needs_extra
+from ingest.errors import ComputeError, ConfigError, require_extra
 from ingest.compute.base import Emit, configure_worker, task_started
 
 # DESIGN CHOICE: a dask task returns its whole result (no streaming back to the client), so a
@@ -34,10 +34,8 @@ class DaskExecutor:
     max_part_blocks = MAX_PART_BLOCKS
 
     def __init__(self, address: str | None = None, local_workers: int | None = None) -> None:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as exc:
-            raise needs_extra("--scheduler/--local-cluster", "cluster", exc) from None
+        require_extra("distributed", "--scheduler/--local-cluster", "cluster")
+        from distributed import Client, LocalCluster
 
         self._cluster = None
         if address:

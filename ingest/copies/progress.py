@@ -7,7 +7,7 @@ import time
 
 from dask.callbacks import Callback
 
-from ingest.errors import ConfigError, needs_extra
+from ingest.errors import ConfigError, require_extra
 
 log = logging.getLogger("s2ingest")
 
@@ -49,10 +49,8 @@ def compute_with_progress(*collections, progress: bool = False, scheduler: str |
     import dask
 
     if scheduler:
-        try:
-            from distributed import Client, progress as dist_progress
-        except ImportError as exc:
-            raise needs_extra("--scheduler", "cluster", exc) from None
+        require_extra("distributed", "--scheduler", "cluster")
+        from distributed import Client, progress as dist_progress
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:

@@ -22,7 +22,7 @@ import dask.array
 import numpy as np
 import xarray as xr
 
-from ingest.errors import ConfigError, StoreError, needs_extra
+from ingest.errors import ConfigError, StoreError, require_extra
 from ingest.copies.access import fix_grid_mapping, open_cube
 from ingest.copies.chunkcopy import (copy_planned, fit_threads, plan_variables, task_budget,
                                      threads_for)
@@ -113,10 +113,7 @@ def rechunk(source: str, destination: str | os.PathLike[str], *, chunks: str | d
     if dst.exists():
         raise ConfigError(f"{dst} already exists; remove it or choose another destination")
     if scheduler:
-        try:
-            import distributed  # noqa: F401
-        except ImportError as exc:
-            raise needs_extra("--scheduler", "cluster", exc) from None
+        require_extra("distributed", "--scheduler", "cluster")
     ds = open_cube(source, bbox=bbox, crs=crs, time_range=time_range, variables=variables,
                    version=version, group=group, orbit=orbit, mask_and_scale=False)
     grp = ds.attrs["s2ingest_group"]
