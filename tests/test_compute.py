@@ -123,7 +123,8 @@ def test_dask_worker_killed_mid_task_is_retried_and_the_cube_is_the_same(batches
 
 
 def test_parts_cover_every_block_once_in_order():
-    from ingest.publish.write import _blocks, split_parts
+    from ingest.publish.chunks import blocks_of as _blocks
+    from ingest.publish.parts import split_parts
 
     grid = CubeGrid("t", "EPSG:28992", 10, (0, 0, 8000, 12000), chunk_shape=(100, 100), time_chunk=5)
     chunks = frozenset((r, c) for r in range(12) for c in range(r % 4, 8))
@@ -172,3 +173,123 @@ def test_a_product_found_corrupt_in_a_worker_is_rejected_and_the_rest_published(
     from ingest.store import read_published
 
     assert read_published(tmp_path / "cube.zarr", GROUP).products == ((good.name[:-5],),)
+
+
+# -- workers stage their chunks themselves (ingest/publish/parts.py) -----------------------------
+class InlineExecutor:
+    """The executor interface run in this process, every task and every block through pickle
+    (what crosses a process boundary), each block recorded with its pickled size."""
+
+    workers, max_part_blocks = 2, None
+
+    def __init__(self) -> None:
+        self.blocks: list = []
+        self.sizes: list[int] = []
+
+    def describe(self) -> str:
+        return "inline"
+
+    def stream(self, fn, tasks):
+        import pickle
+
+        for task in tasks:
+            out: list = []
+            fn(pickle.loads(pickle.dumps(task)), out.append)
+            for block in out:
+                raw = pickle.dumps(block)
+                self.sizes.append(len(raw))
+                self.blocks.append(pickle.loads(raw))
+                yield self.blocks[-1]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def inline(monkeypatch) -> InlineExecutor:
+    from contextlib import contextmanager
+
+    import ingest.publish.sync as sync_module
+
+    executor = InlineExecutor()
+
+    @contextmanager
+    def open_executor(options):
+        yield None if options is None or options.in_process else executor
+
+    monkeypatch.setattr(sync_module, "open_executor", open_executor)
+    return executor
+
+
+def test_workers_stage_chunks_themselves_and_send_back_only_digests(batches, single, tmp_path, inline):
+    """Workers that see the store write every chunk (fresh and merged into published ones)
+    into the transaction's staging area; the committer gets key, size and sha256 (and the
+    atlas' sums), never chunk bytes; the cube is byte for byte the single-process one."""
+    store = tmp_path / "cube.zarr"
+    for folder in batches:
+        r = run(*sync_args(store, "--source", folder, "--settle", "0", "--workers", "2"))
+        assert r.exit_code == 0, r.output
+    same_cube(single, store)
+    blocks = inline.blocks
+    assert blocks and all(b.direct for b in blocks)
+    assert not any(b.encoded or b.to_merge for b in blocks)
+    staged = sum(len(b.staged) for b in blocks)
+    assert staged > 0 and any(b.atlas is not None for b in blocks)
+    stored = sum(p.stat().st_size for p in store.glob(f"{GROUP}/*/*.*.*"))
+    # what crossed back is a small fraction of the chunks the workers wrote
+    assert sum(inline.sizes) < stored / 20, (sum(inline.sizes), stored)
+    assert not (store / ".s2ingest" / "txn").exists()
+
+
+def test_workers_that_cannot_see_the_store_send_their_chunks_back(batches, single, tmp_path, inline,
+                                                                  monkeypatch, caplog):
+    import ingest.publish.parts as parts
+
+    monkeypatch.setattr(parts, "_staging_backend", lambda area: None)
+    store = tmp_path / "cube.zarr"
+    for folder in batches:
+        r = run(*sync_args(store, "--source", folder, "--settle", "0", "--workers", "2"))
+        assert r.exit_code == 0, r.output
+    same_cube(single, store)
+    assert inline.blocks and not any(b.direct or b.staged for b in inline.blocks)
+    assert any(b.to_merge for b in inline.blocks)  # the second batch merges into published chunks
+    assert "workers cannot see the store" in caplog.text
+
+
+def test_a_worker_that_cannot_read_the_token_does_not_write(tmp_path):
+    """The probe: a worker sees the staging area only where the committer's token is."""
+    from ingest.publish.parts import StagingArea, _staging_backend
+    from ingest.store.backends import LocalBackend
+
+    LocalBackend(tmp_path).put(".s2ingest/txn/stage/x/.workers", b"abc")
+    assert _staging_backend(StagingArea(str(tmp_path), ".s2ingest/txn/stage/x", "abc")) is not None
+    assert _staging_backend(StagingArea(str(tmp_path), ".s2ingest/txn/stage/x", "abd")) is None
+    assert _staging_backend(StagingArea(str(tmp_path / "elsewhere"), ".s2ingest/txn/stage/x", "abc")) is None
+    assert _staging_backend(StagingArea("s3://", "p", "abc")) is None  # a URL without a bucket
+
+
+def test_a_worker_that_fails_to_stage_publishes_nothing(batches, single, tmp_path, inline, monkeypatch):
+    """A full disk while a worker writes into the staging area: one line naming the chunk,
+    the store's exit code, the store exactly as it was, no staging left behind."""
+    import errno
+    import shutil
+
+    from ingest.store.backends import LocalBackend
+
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(single, store)
+    before = store_snapshot(store)
+    real = LocalBackend.put
+
+    def full(self, key, data):
+        if key.startswith(".s2ingest/txn/stage/") and "/B8A/" in key:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, key, data)
+
+    monkeypatch.setattr(LocalBackend, "put", full)
+    later = tmp_path / "later"
+    make_products(later, times=[T1 + timedelta(days=5 * 40)])
+    r = run(*sync_args(store, "--source", later, "--settle", "0", "--workers", "2"))
+    assert r.exit_code == 6, r.output
+    assert "cannot stage chunk" in r.output and "No space left on device" in r.output, r.output
+    assert store_snapshot(store) == before

@@ -263,3 +263,49 @@ def test_open_cube_keeps_only_the_dates_the_atlas_selects(quality_cube):
     out, _ = extract(str(quality_cube), time_range=(None, None), reduce="median", bbox=bbox,
                      variables=["B04"], max_cloud=threshold)
     assert out.attrs["s2ingest_time_steps"] == len(want)
+
+
+def test_sums_made_while_writing_equal_those_read_back_from_the_chunks():
+    """``StepSums`` (fed by the writer or a worker, per array, in any order, through a
+    worker's sparse copy) gives the rows ``compute_rows`` makes from the stored chunks
+    (``add_chunk``), bit for bit; CLD/SNW count only where the SCL chunk is stored."""
+    import random
+
+    from ingest.quality.cells import cell_index
+    from ingest.quality.stats import Rows, StepSums, add_chunk
+
+    index = cell_index(NL_GRID, 7)
+    tc, k, steps = NL_GRID.time_chunk, 2, [10, 12, 14]
+    rng = np.random.default_rng(5)
+    places = [(33, 17), (33, 18), (34, 18)]
+    data = {}
+    for c in places:
+        scl = rng.integers(0, 12, (tc, *NL_GRID.chunk_shape), dtype=np.uint8)
+        if c == (34, 18):
+            scl[:] = 0  # no class anywhere: the SCL chunk is not stored
+        data[c] = {"SCL": scl, "CLD": rng.integers(0, 256, scl.shape, dtype=np.uint8),
+                   "SNW": rng.integers(0, 256, scl.shape, dtype=np.uint8)}
+    reference = Rows.zeros(len(steps), len(index))
+    row_of = {t: r for r, t in enumerate(steps)}
+    for c in places:
+        if (data[c]["SCL"] != 0).any():  # as compute_rows: chunks without SCL are skipped
+            add_chunk(reference, row_of, index, c, k, tc, data[c]["SCL"],
+                      {"CLD": data[c]["CLD"], "SNW": data[c]["SNW"]})
+    arrivals = [(v, c) for c in places for v in ("SCL", "CLD", "SNW", "B04")]
+    random.Random(3).shuffle(arrivals)
+    worker = StepSums(index, steps, tc)
+    for var, c in arrivals:
+        worker.add(var, k, c, data[c].get(var, data[c]["SCL"]))
+    assert worker.complete()
+    committer = StepSums(index, steps, tc)
+    committer.add_sparse(worker.sparse())
+    for sums in (worker, committer):
+        np.testing.assert_array_equal(sums.rows.counts, reference.counts)
+        for v in ("CLD", "SNW"):
+            np.testing.assert_array_equal(sums.rows.prob_sum[v], reference.prob_sum[v])
+            np.testing.assert_array_equal(sums.rows.prob_n[v], reference.prob_n[v])
+    waiting = StepSums(index, steps, tc)
+    waiting.add("CLD", k, places[0], data[places[0]]["CLD"])
+    assert not waiting.complete()  # its SCL chunk never came: the sums must not be used
+    committer.give_up()
+    assert not committer.complete()

@@ -251,7 +251,7 @@ NOTES = [
     "baseline_rss_mb of interpreter and libraries; the input files are in the OS page cache after the first run"),
     ("output Mpix/s = time steps x area of the chunks written (10 m px, nodata included) x variables / ingest s; "
     "input Mpix/s = pixels of the JP2 files decoded / ingest s"),
-    ("phase times are cumulative times inside ingest.publish.write.apply_plan, _slot_block (warp+mosaic), "
+    ("phase times are cumulative times inside ingest.publish.write.apply_plan, slot_block (warp+mosaic), "
     "warp_product_part (decode+warp of one product) and _write_var_block (read, decode, merge, compress and store "
     "one variable of a block, in the writer threads); "
     "they overlap if called from several threads"),

@@ -18,7 +18,7 @@ def _child(task: str, kwargs: dict) -> dict:
     import rasterio  # noqa: F401
     import zarr  # noqa: F401
 
-    from ingest.publish import engine, write  # noqa: F401  (imports are not part of the measurement)
+    from ingest.publish import chunks, engine, write  # noqa: F401  (imports are not part of the measurement)
 
     baseline = _status_mb("VmRSS") or _peak_mb()
     fn = {"decode": _decode, "decode_eopf": _decode_eopf, "ingest": _ingest, "overviews": _overviews}[task]
@@ -123,7 +123,7 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
 
     from ingest.compute import ComputeOptions, open_executor
 
-    from ingest.publish import engine, write
+    from ingest.publish import chunks, engine, write
     from ingest.publish.engine import Cube, ingest_products
     from ingest.grid import NL_GRID
     from ingest.products.formats import read_product
@@ -139,16 +139,19 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
     cube.ensure()
     timers = _Timers()
     timers.wrap(engine, "apply_plan", "apply_plan")  # engine imported it by name
-    timers.wrap(write, "_slot_block", "warp_mosaic")
-    timers.wrap(write, "warp_product_part", "warp")
+    timers.wrap(write, "slot_block", "warp_mosaic")  # write imported it by name
+    timers.wrap(chunks, "warp_product_part", "warp")
     timers.wrap(write, "_write_var_block", "write")  # read + decode + merge + compress + store
     timers.wrap(engine, "update_quality", "quality")  # the quality atlas, inside the commit
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     # the pool's start (spawning and importing in the workers) is part of the measured time
     with open_executor(ComputeOptions(workers=workers)) as executor:
         plan, report = ingest_products(cube, products, known.__getitem__, parse_resampling(resampling),
                                        progress=False, threads=threads, executor=executor)
     seconds = time.perf_counter() - t0
+    # the committer's CPU seconds (every thread of this process) for the whole ingest: with
+    # workers, what the process holding the transaction spends per tile-date
+    committer_cpu_s = time.process_time() - cpu0
     grid = cube.grid
     slot_pixels = []
     for slot in plan.slots:
@@ -163,7 +166,7 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
         "time_steps_written": len(plan.slots), "time_steps_total": len(plan.axis),
         "chunks_written": report.chunks_written if report else 0,
         "output_pixels_per_variable": sum(slot_pixels), "variables": len(VARIABLES),
-        "logical_bytes_written": logical, "workers": workers,
+        "logical_bytes_written": logical, "workers": workers, "committer_cpu_s": committer_cpu_s,
         # the largest worker process (ru_maxrss of the children: the pool has ended here)
         "worker_peak_rss_mb": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
                                if workers else None),

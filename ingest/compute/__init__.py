@@ -2,12 +2,13 @@
 
 One small interface (``Executor``): ``stream(fn, tasks)`` runs ``fn(task, emit)`` for every
 task on the workers and yields, in this process, whatever the tasks ``emit``, as it arrives.
-``ingest.publish.write`` makes the tasks (parts of a write plan) and stages what comes back; nothing
-here knows about stores or plans.
+``ingest.publish.parts`` makes the tasks (parts of a write plan) and records what comes back;
+nothing here knows about stores or plans.
 
-DESIGN CHOICE: the workers never write to the store. The process that holds the store's
-transaction (the committer) stays the only writer (DESIGN.md §5); workers decode, warp,
-mosaic and encode, and hand back encoded chunks.
+DESIGN CHOICE: the workers never publish. The process that holds the store's transaction
+(the committer) stays the only one that commits (DESIGN.md §5); workers decode, warp, mosaic
+and encode, write their chunks into that transaction's staging area when they see the store,
+and hand back key, size and digest (``ingest.publish.parts``).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``build_overviews`` creates them for an existing cube (``s2ingest overviews``);
 ``update_overviews`` is the one publish hook (``ingest.publish.engine``) that keeps them equal to a
 coarsening of the native data, inside the same commit; ``overview_stream`` lets it compute
-level rows while the writer is still warping (``ingest.publish.write.apply_plan``'s ``after_block``).
+level rows while the writer is still warping (``ingest.publish.write.apply_plan``'s ``sink``).
 """
 from ingest.overviews.aggregate import halve, reduction
 from ingest.overviews.levels import (

@@ -84,7 +84,7 @@ class OverviewStream:
         cy = grid.chunk_shape[0]
         self._ratio = [2 * level_chunks(grid)[1] // cy] + [2] * (len(self.levels) - 1)
 
-    # -- the writer's side (``ingest.publish.write.ChunkSink``) ------------------------------------------
+    # -- the writer's side (``ingest.publish.chunks.ChunkSink``) ------------------------------------------
     def expect(self, k: int, chunks: Iterable[ChunkIndex], steps: Iterable[int]) -> None:
         """Before the writing starts: one block will deliver these native chunks of time chunk
         ``k``, changed at ``steps`` (indices on the new time axis)."""

@@ -21,7 +21,7 @@ from ingest.overviews import overview_stream, update_overviews
 from ingest.publish.plan import DatatakeKey, PlannedProduct, WritePlan, plan_write
 from ingest.products.model import Product
 from ingest.products.names import ProductName
-from ingest.quality import update_quality
+from ingest.quality import atlas_sums, update_quality
 from ingest.products.formats import check_rasters
 from ingest.products.safe import check_orbit, check_overlaps
 from ingest.store import DEFAULT_LOCK_TIMEOUT, CubeStore, PublishedState, Transaction, group_path
@@ -155,14 +155,17 @@ def _write(tx: Transaction, cube: Cube, plan: WritePlan, products: Sequence[Prod
     # the overview levels follow in the same commit, made from the chunks the writer merges
     # while it still warps (ingest/overviews/stream.py), the rest after it
     stream = None if executor is not None else overview_stream(tx, cube.grid, cube.group)
+    # and the quality atlas' sums of the new steps, from the chunks the writer (or a worker)
+    # merges: nothing is decoded a second time for it
+    sums = atlas_sums(tx, cube.grid, cube.group, plan)
     report = apply_plan(tx, cube.grid, cube.group, plan, _needed(plan, products, resolve),
                         resampling, threads=threads, progress=progress, executor=executor,
-                        sink=stream)
+                        sink=stream, atlas=sums)
     tx.update_attrs(cube.group, {GROUP_VERSION_ATTR: tx.base_version + 1})
     update_overviews(tx, cube.grid, cube.group, threads=threads, stream=stream,
                      steps=plan.changed_steps())
     # the quality atlas of the steps this commit wrote, in the same version (ingest/quality)
-    update_quality(tx, cube.grid, cube.group, plan)
+    update_quality(tx, cube.grid, cube.group, plan, sums=sums)
     if before_commit is not None:
         before_commit()
     try:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable
 
 import numpy as np
 import rasterio
@@ -19,15 +18,19 @@ from tqdm.auto import tqdm
 
 from ingest.errors import ProductError, StoreError
 from ingest.grid import ChunkIndex, CubeGrid
-from ingest.warping.mosaic import fill_gaps
+from ingest.publish.chunks import (
+    AtlasSink, ChunkSink, Sinks, blocks_of, decode_chunk, merge_into, release_finished, slot_block,
+)
+from ingest.publish.parts import stage_parts
 from ingest.publish.plan import SlotWrite, WritePlan
 from ingest.products.model import Product
-from ingest.store import PROVENANCE, CommitReport, PublishedState, Transaction, chunk_key, digest, join
+from ingest.quality.stats import StepSums
+from ingest.store import PROVENANCE, CommitReport, PublishedState, Transaction, chunk_key, join
 from ingest.store.imagery import write_time_axis
 from ingest.store.zarrdocs import ArrayMeta
-from ingest.compute import Emit, Executor
+from ingest.compute import Executor
 from ingest.variables import VARIABLES
-from ingest.warping.warp import GDAL_ENV, OpenRasters, WarpTarget, warp_product_part
+from ingest.warping.warp import GDAL_ENV, OpenRasters, WarpTarget
 
 log = logging.getLogger(__name__)
 
@@ -40,63 +43,6 @@ class WriteReport:
     superseded: tuple[str, ...] = ()
     version: int | None = None  # set when committed
     commit: CommitReport | None = None  # what the commit changed (keys, sizes, hashes)
-
-
-class ChunkSink(Protocol):
-    """Derived data made from the chunks the writer merges, while it writes (the overview
-    levels: ``ingest.overviews.OverviewStream``)."""
-
-    def expect(self, k: int, chunks: set[ChunkIndex], steps: set[int]) -> None:
-        """Before the writing starts: the chunks of time chunk ``k`` one block will deliver,
-        and the time steps (indices on the new axis) it writes there."""
-
-    def merged(self, var: str, k: int, arrays: dict[ChunkIndex, np.ndarray]) -> None:
-        """One block's final chunks of ``var`` (all time steps of time chunk ``k``), called in a
-        writer thread; the arrays must not be changed."""
-
-
-def _blocks(grid: CubeGrid, chunks: Iterable[ChunkIndex]) -> list[tuple[Window, set[ChunkIndex]]]:
-    """Group chunks into row bands: one window per chunk row, spanning its chunks."""
-    rows: dict[int, set[ChunkIndex]] = {}
-    for c in chunks:
-        rows.setdefault(c[0], set()).add(c)
-    blocks = []
-    for iy in sorted(rows):
-        cols = sorted(ix for _, ix in rows[iy])
-        first = grid.chunk_window((iy, cols[0]))
-        last = grid.chunk_window((iy, cols[-1]))
-        width = last.col_off + last.width - first.col_off
-        blocks.append((Window(first.col_off, first.row_off, width, first.height), rows[iy]))
-    return blocks
-
-
-def _slot_block(
-    slot: SlotWrite, products: dict[str, Product], target: WarpTarget,
-    resampling: dict[str, Resampling], pool: ThreadPoolExecutor, rasters: OpenRasters,
-) -> dict[str, np.ndarray]:
-    """Mosaic every variable of one time step over one block window."""
-    out: dict[str, np.ndarray] = {}
-    h, w = target.shape
-    for var in VARIABLES:
-        spec = VARIABLES[var]
-        out[var] = np.full((h, w), spec.fill_value, dtype=spec.dtype)
-    untouched = set(VARIABLES)  # nothing merged yet: ``out`` holds only fill values
-    for planned in slot.products:  # highest priority first
-        if not _touches(planned.chunks, target):
-            continue
-        # DESIGN CHOICE: variable groups go to a thread pool (GDAL releases the GIL while it
-        # decodes and warps), so both cores stay busy.
-        part = warp_product_part(products[planned.name], target, resampling, rasters, pool)
-        if part is None:
-            continue
-        inner, warped = part
-        for var, data in warped.items():
-            if var in untouched:  # the first product here: a plain copy is the same, and cheaper
-                out[var][inner] = data
-            else:
-                fill_gaps(out[var][inner], data, VARIABLES[var].fill_value)
-        untouched.clear()
-    return out
 
 
 def _write_var_block(tx: Transaction, meta: ArrayMeta, path: str, grid: CubeGrid, var: str,
@@ -116,7 +62,7 @@ def _write_var_block(tx: Transaction, meta: ArrayMeta, path: str, grid: CubeGrid
     for c in block_chunks:
         key = chunk_key(path, "", k, *c)
         try:
-            arrays[c] = _merge_chunk(tx, meta, grid, var, k, c, key, slots, computed, window)
+            arrays[c] = merge_into(tx, meta, grid, var, k, c, key, slots, computed, window)
         except OSError as exc:  # full disk, lost mount, permissions: name the key and the cause
             if isinstance(exc, StoreError):
                 raise
@@ -126,71 +72,6 @@ def _write_var_block(tx: Transaction, meta: ArrayMeta, path: str, grid: CubeGrid
     if sink is not None:
         sink.merged(var, k, arrays)
     return n
-
-
-def _decode(meta: ArrayMeta, raw: bytes, key: str, out: np.ndarray | None = None) -> np.ndarray:
-    try:
-        return meta.decode(raw, out=out)
-    except (RuntimeError, ValueError, TypeError) as exc:  # numcodecs' errors for a damaged chunk
-        raise StoreError(f"store chunk {key} is damaged ({exc}); restore it from a mirror "
-                         "or backup, nothing was written") from exc
-
-
-def _merge_chunk(tx: Transaction, meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex,
-                 key: str, slots: list[SlotWrite], computed: dict[int, dict[str, np.ndarray]],
-                 window: Window) -> np.ndarray:
-    """Read, merge, encode and stage one chunk (see ``_write_var_block``); returns it."""
-    old = tx.get(key)
-    chunk = merged_array(meta, grid, var, k, c, key, old, slots, computed, window)
-    if (chunk != meta.fill_value).any():
-        tx.put(key, meta.encode(chunk))
-    elif old is not None:
-        tx.delete(key)
-    return chunk
-
-
-def merged_chunk(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex, key: str,
-                 old: bytes | None, slots: Iterable[SlotWrite],
-                 computed: dict[int, dict[str, np.ndarray]], window: Window) -> bytes | None:
-    """The encoded chunk (time chunk ``k``, spatial chunk ``c``) with the computed time steps
-    merged into its ``old`` bytes; None when it holds only fill values (it is not stored).
-
-    Pure (no store access): the in-process writer and the worker processes
-    (``ingest.compute``) both use it, so both write the same bytes.
-    """
-    chunk = merged_array(meta, grid, var, k, c, key, old, slots, computed, window)
-    if (chunk != meta.fill_value).any():
-        return meta.encode(chunk)
-    return None
-
-
-def merged_array(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex, key: str,
-                 old: bytes | None, slots: Iterable[SlotWrite],
-                 computed: dict[int, dict[str, np.ndarray]], window: Window) -> np.ndarray:
-    """The chunk of ``merged_chunk`` as an array (every time step of time chunk ``k``)."""
-    tc = grid.time_chunk
-    chunk = meta.empty_chunk() if old is None else _decode(meta, old, key)
-    cw = grid.chunk_window(c)
-    r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
-    h, w = int(cw.height), int(cw.width)
-    for s in slots:
-        if s.index in computed and c in s.chunks:
-            chunk[s.index - k * tc, :h, :w] = computed[s.index][var][r0:r0 + h, c0:c0 + w]
-    return chunk
-
-
-def _release_finished(slots: list[SlotWrite], window: Window, grid: CubeGrid,
-                      rasters: OpenRasters) -> None:
-    """Drop decoded strips of products whose last chunk row is behind us (bounded memory)."""
-    row = int(window.row_off) // grid.chunk_shape[0]
-    for slot in slots:
-        for p in slot.products:
-            if p.chunks and max(c[0] for c in p.chunks) < row:
-                rasters.release(p.name)
-
-
-def _touches(chunks: frozenset[ChunkIndex], target: WarpTarget) -> bool:
-    return any(c in chunks for c in target.grid.chunks_in_window(target.window))
 
 
 def _provenance(plan: WritePlan, old: PublishedState,
@@ -245,7 +126,7 @@ def _move_published(tx: Transaction, metas: dict[str, ArrayMeta], group: str, pl
                 key = chunk_key(path, "", k, *c)
                 raw = tx.get(key)
                 if raw is not None:
-                    chunk = _decode(meta, raw, key)
+                    chunk = decode_chunk(meta, raw, key)
                     lo = k * tc - t_lo
                     m = min(tc, t_old - k * tc)
                     old[lo:lo + m] = chunk[:m]
@@ -268,13 +149,14 @@ def apply_plan(
     tx: Transaction, grid: CubeGrid, group: str, plan: WritePlan,
     products: dict[str, Product], resampling: dict[str, Resampling],
     *, threads: int = 2, progress: bool = True, executor: Executor | None = None,
-    sink: ChunkSink | None = None,
+    sink: ChunkSink | None = None, atlas: StepSums | None = None,
 ) -> WriteReport:
     """Stage ``plan`` in ``tx`` (the caller commits): resize, move published steps, warp +
     mosaic + encode every touched chunk, then the time axis and provenance.
 
     ``sink`` (the in-process writer only): gets every merged chunk as an array, for derived
-    data made while the writer writes (``ChunkSink``).
+    data made while the writer writes (``ChunkSink``). ``atlas``: the quality atlas' sums
+    of the steps it names, filled from the merged chunks (by this process or the workers).
 
     DESIGN CHOICE: everything is staged before any published key changes (DESIGN.md §5), so
     a rewrite of published steps (insertion, supersede, late tile) is switched in one short
@@ -289,7 +171,7 @@ def apply_plan(
     tx.check_base(plan.base_version)
     try:
         return _apply_plan(tx, grid, group, plan, products, resampling, threads=threads,
-                           progress=progress, executor=executor, sink=sink)
+                           progress=progress, executor=executor, sink=sink, atlas=atlas)
     except (StoreError, ProductError):  # already say what and why (both may be OSErrors)
         raise
     except OSError as exc:
@@ -301,7 +183,7 @@ def _apply_plan(
     tx: Transaction, grid: CubeGrid, group: str, plan: WritePlan,
     products: dict[str, Product], resampling: dict[str, Resampling],
     *, threads: int, progress: bool, executor: Executor | None = None,
-    sink: ChunkSink | None = None,
+    sink: ChunkSink | None = None, atlas: StepSums | None = None,
 ) -> WriteReport:
     group = group.strip("/")
     tc = grid.time_chunk
@@ -317,12 +199,14 @@ def _apply_plan(
     for slot in plan.slots:
         by_tchunk.setdefault(slot.index // tc, []).append(slot)
     if executor is not None:
-        n_chunks += _stage_parts(tx, executor, grid, group, metas, by_tchunk, products,
-                                 resampling, progress=progress, threads=threads)
+        n_chunks += stage_parts(tx, executor, grid, group, metas, by_tchunk, products,
+                                resampling, progress=progress, threads=threads, atlas=atlas)
         write_time_axis(tx, group, [key[0] for key in plan.axis], _provenance(plan, old, products))
         return WriteReport(t_new, len(plan.slots), n_chunks, plan.superseded)
+    if atlas is not None:
+        sink = Sinks(sink, AtlasSink(atlas))
     work = [(k, block) for k, slots in sorted(by_tchunk.items())
-            for block in _blocks(grid, set().union(*(s.chunks for s in slots)))]
+            for block in blocks_of(grid, set().union(*(s.chunks for s in slots)))]
     # DESIGN CHOICE: writer threads compress and stage the variables of block k while the
     # pool warps block k+1; at most two blocks are in flight (bounded memory). Blocks own
     # disjoint chunks.
@@ -337,9 +221,9 @@ def _apply_plan(
                                               disable=not progress):
             slots = by_tchunk[k]
             target = WarpTarget(grid, window)
-            computed = {s.index: _slot_block(s, products, target, resampling, pool, rasters)
+            computed = {s.index: slot_block(s, products, target, resampling, pool, rasters)
                         for s in slots if s.chunks & block_chunks}
-            _release_finished(slots, window, grid, rasters)
+            release_finished(slots, window, grid, rasters)
             while len(in_flight) >= 2:
                 for f in in_flight.pop(0):
                     n_chunks += f.result()
@@ -352,162 +236,3 @@ def _apply_plan(
                 n_chunks += f.result()
     write_time_axis(tx, group, [key[0] for key in plan.axis], _provenance(plan, old, products))
     return WriteReport(t_new, len(plan.slots), n_chunks, plan.superseded)
-
-
-# -- the same work in worker processes (``ingest.compute``) ------------------------------------
-@dataclass(frozen=True)
-class PartTask:
-    """One unit of work for a worker: every time step of time chunk ``k`` over a run of
-    consecutive blocks (chunk rows). Plain data: it is pickled to the worker."""
-
-    grid: CubeGrid
-    group: str
-    k: int
-    blocks: tuple[tuple[Window, frozenset[ChunkIndex]], ...]
-    slots: tuple[SlotWrite, ...]
-    products: dict[str, Product]  # the products of ``slots`` (paths the worker can read)
-    resampling: dict[str, Resampling]
-    metas: dict[str, ArrayMeta]
-    holding: frozenset[str]  # keys of this part's chunks that hold data now (to merge into)
-
-
-@dataclass
-class PartBlock:
-    """What a worker hands back for one block.
-
-    ``encoded``: (key, bytes, (size, sha256)) of chunks that held nothing before: final.
-    ``to_merge``: (variable, chunk, {time index: the chunk's pixels}) of chunks that hold data
-    now: the committer merges them into what its transaction holds (``merged_chunk``)."""
-
-    k: int  # the time chunk
-    counted: int
-    encoded: list[tuple[str, bytes, tuple[int, str]]]
-    to_merge: list[tuple[str, ChunkIndex, dict[int, np.ndarray]]]
-
-
-def compute_part(task: PartTask, emit: Emit) -> None:
-    """Warp, mosaic and encode one part; ``emit`` gets one ``PartBlock`` per block, north
-    to south.
-
-    DESIGN CHOICE: a part walks its blocks north to south in one process, so each JP2 strip
-    is decoded once per part (``OpenRasters``), exactly as the in-process writer does; the
-    block windows are the same ``_blocks`` windows and chunks are encoded by the same
-    ``merged_chunk``, so the bytes equal a single-process run. Workers never read the store:
-    a chunk that already holds data goes back as pixels and is merged by the committer,
-    which alone sees what its transaction holds (published or staged); the rest, usually
-    nearly all, comes back encoded, with its sha256, so the committer only writes it.
-    """
-    grid, k, slots = task.grid, task.k, list(task.slots)
-    missing = sorted({str(p.source) for p in task.products.values() if not p.source.exists()})
-    if missing:
-        from ingest.errors import ComputeError  # not a ProductError: the product is fine
-
-        raise ComputeError(f"worker cannot read {missing[0]}: workers must see the product "
-                           "cache at the same path (a shared volume)")
-    with (rasterio.Env(**GDAL_ENV), OpenRasters() as rasters,
-          ThreadPoolExecutor(max_workers=1) as pool):
-        for window, block_chunks in task.blocks:
-            target = WarpTarget(grid, window)
-            computed = {s.index: _slot_block(s, task.products, target, task.resampling, pool, rasters)
-                        for s in slots if s.chunks & block_chunks}
-            _release_finished(slots, window, grid, rasters)
-            out = PartBlock(k, len(block_chunks) * len(VARIABLES), [], [])
-            for var in VARIABLES:
-                path = join(task.group, var)
-                for c in sorted(block_chunks):
-                    key = chunk_key(path, "", k, *c)
-                    if key in task.holding:
-                        out.to_merge.append((var, c, _chunk_pixels(grid, c, var, slots, computed, window)))
-                        continue
-                    data = merged_chunk(task.metas[var], grid, var, k, c, key, None, slots, computed, window)
-                    if data is not None:
-                        out.encoded.append((key, data, digest(data)))
-            del computed
-            emit(out)
-
-
-def _chunk_pixels(grid: CubeGrid, c: ChunkIndex, var: str, slots: list[SlotWrite],
-                  computed: dict[int, dict[str, np.ndarray]], window: Window) -> dict[int, np.ndarray]:
-    cw = grid.chunk_window(c)
-    r0, c0 = int(cw.row_off - window.row_off), int(cw.col_off - window.col_off)
-    h, w = int(cw.height), int(cw.width)
-    return {s.index: computed[s.index][var][r0:r0 + h, c0:c0 + w].copy()
-            for s in slots if s.index in computed and c in s.chunks}
-
-
-def split_parts(grid: CubeGrid, by_tchunk: dict[int, list[SlotWrite]], workers: int,
-                max_blocks: int | None) -> list[tuple[int, list[tuple[Window, set[ChunkIndex]]]]]:
-    """The parts of a write: per time chunk its blocks, cut into runs of consecutive blocks.
-
-    DESIGN CHOICE: a time chunk is cut only as far as needed to give every worker work
-    (and, where the executor asks for it, to bound a part's result: ``max_blocks``): each
-    cut costs decoding the JP2 strips at the cut twice. Cuts balance the chunks per part.
-    """
-    per_k = [(k, _blocks(grid, set().union(*(s.chunks for s in slots))))
-             for k, slots in sorted(by_tchunk.items())]
-    want = max(1, -(-workers // max(1, len(per_k))))
-    parts = []
-    for k, blocks in per_k:
-        n = want if max_blocks is None else max(want, -(-len(blocks) // max_blocks))
-        n = max(1, min(n, len(blocks)))
-        sizes = [len(b[1]) for b in blocks]
-        total, acc, start = sum(sizes), 0, 0
-        for i in range(1, n + 1):
-            goal = total * i / n
-            end = start
-            while end < len(blocks) and (acc + sizes[end] <= goal or end == start) \
-                    and len(blocks) - end > n - i:
-                acc += sizes[end]
-                end += 1
-            if i == n:
-                end = len(blocks)
-            parts.append((k, blocks[start:end]))
-            start = end
-    return [p for p in parts if p[1]]
-
-
-def _stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str,
-                 metas: dict[str, ArrayMeta], by_tchunk: dict[int, list[SlotWrite]],
-                 products: dict[str, Product], resampling: dict[str, Resampling],
-                 *, progress: bool, threads: int) -> int:
-    """Compute the parts on ``executor`` and stage the chunks as they come back."""
-    wanted = set(by_tchunk)  # only the pieces of the time chunks written (bookkeeping O(change))
-    existing = {var: set(tx.chunk_keys(join(group, var), wanted.__contains__)) for var in VARIABLES}
-    tasks = []
-    for k, blocks in split_parts(grid, by_tchunk, executor.workers, executor.max_part_blocks):
-        slots = tuple(by_tchunk[k])
-        chunks = set().union(*(b[1] for b in blocks))
-        holding = frozenset(chunk_key(join(group, var), "", k, *c) for var in VARIABLES for c in chunks
-                            if f"{k}.{c[0]}.{c[1]}" in existing[var])
-        window_chunks = {c for w, _ in blocks for c in grid.chunks_in_window(w)}  # as _touches
-        names = {p.name for s in slots for p in s.products if p.chunks & window_chunks}
-        tasks.append(PartTask(grid, group, k, tuple((w, frozenset(c)) for w, c in blocks), slots,
-                              {n: products[n] for n in names}, resampling, metas, holding))
-    n = 0
-
-    def merge(k: int, var: str, c: ChunkIndex, pixels: dict[int, np.ndarray]) -> None:
-        key = chunk_key(join(group, var), "", k, *c)
-        window = grid.chunk_window(c)
-        computed = {i: {var: a} for i, a in pixels.items()}
-        _merge_chunk(tx, metas[var], grid, var, k, c, key, by_tchunk[k], computed, window)
-
-    total = sum(len(t.blocks) for t in tasks)
-    # DESIGN CHOICE: merges (decode what is held, merge, encode) run in writer threads, as in
-    # the in-process writer; at most a few blocks' merges are pending (bounded memory).
-    # closing: an error here (or Ctrl-C) ends the stream, which stops the workers at once
-    with (tqdm(total=total, desc=f"warp+write {group} ({executor.describe()})", unit="block",
-               disable=not progress) as bar,
-          ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="merge") as writer,
-          closing(executor.stream(compute_part, tasks)) as blocks):
-        pending: list = []
-        for block in blocks:
-            for key, data, d in block.encoded:
-                tx.put(key, data, checksum=d)
-            pending.extend(writer.submit(merge, block.k, var, c, px) for var, c, px in block.to_merge)
-            while len(pending) > 4 * len(VARIABLES):
-                pending.pop(0).result()
-            n += block.counted
-            bar.update(1)
-        for f in pending:
-            f.result()
-    return n

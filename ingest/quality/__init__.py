@@ -7,6 +7,6 @@
 - ``report``: per-date QA report and maps.
 """
 from ingest.quality.cells import DEFAULT_RESOLUTION
-from ingest.quality.group import QUALITY, quality_path, update_quality
+from ingest.quality.group import QUALITY, atlas_sums, quality_path, update_quality
 
-__all__ = ["DEFAULT_RESOLUTION", "QUALITY", "quality_path", "update_quality"]
+__all__ = ["DEFAULT_RESOLUTION", "QUALITY", "atlas_sums", "quality_path", "update_quality"]

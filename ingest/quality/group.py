@@ -38,7 +38,7 @@ from ingest.store.imagery import write_1d
 from ingest.store.layout import COMPRESSOR, COORD_CHUNK, TIME_UNITS
 from ingest.store.zarrdocs import ArrayMeta, read_array
 from ingest.quality.cells import DEFAULT_RESOLUTION, CellIndex, cell_index, check_resolution
-from ingest.quality.stats import FRACTIONS, MEANS, Rows, add_chunk
+from ingest.quality.stats import FRACTIONS, MEANS, Rows, StepSums, add_chunk
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,28 @@ def _stage(tx: Transaction, q: str, name: str, values: np.ndarray, chunks_to_wri
             tx.delete(join(path, old))
 
 
+def atlas_sums(tx: Transaction, grid: CubeGrid, group: str, plan) -> StepSums | None:
+    """Sums the writer fills while it writes ``plan`` (``StepSums``), for the steps whose
+    every pixel it writes: slots that recompute every chunk their products touch (a new
+    datatake always does; a late tile leaves the datatake's other chunks as published, so
+    its row is computed from the store). None when no step qualifies."""
+    group = group.strip("/")
+    steps = [s.index for s in plan.slots
+             if s.chunks.issuperset(set().union(*(p.chunks for p in s.products)))]
+    if not steps:
+        return None
+    return StepSums(cell_index(grid, _resolution(tx, quality_path(group), None)), steps, grid.time_chunk)
+
+
+def _resolution(tx: Transaction, q: str, resolution: int | None) -> int:
+    stored = int(tx.attrs(q).get(RESOLUTION_ATTR, DEFAULT_RESOLUTION)) if tx.is_group(q) else None
+    return check_resolution(resolution if resolution is not None else (stored or DEFAULT_RESOLUTION))
+
+
 def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
                    resolution: int | None = None, rebuild: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> int:
+                   progress: Callable[[int, int], None] | None = None,
+                   sums: StepSums | None = None) -> int:
     """Stage the quality group of ``group`` for what ``tx`` is about to publish; returns the
     number of time steps recomputed.
 
@@ -196,9 +215,13 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
     of published steps follow ``plan.old_to_new``. Without a plan, or with ``rebuild``,
     every step is recomputed (``s2ingest quality rebuild``). A failing write (full disk,
     lost mount) raises one ``StoreError``; the transaction then discards what it staged.
+
+    ``sums`` (``atlas_sums``, filled by the writer from the chunks it merged): the rows of its
+    steps are taken from there instead of decoding their chunks again (same values).
     """
     try:
-        return _update(tx, grid, group, plan, resolution=resolution, rebuild=rebuild, progress=progress)
+        return _update(tx, grid, group, plan, resolution=resolution, rebuild=rebuild,
+                       progress=progress, sums=sums)
     except StoreError:
         raise
     except OSError as exc:
@@ -207,7 +230,7 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
 
 
 def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: int | None,
-            rebuild: bool, progress) -> int:
+            rebuild: bool, progress, sums: StepSums | None = None) -> int:
     group = group.strip("/")
     q = quality_path(group)
     tc = grid.time_chunk
@@ -243,10 +266,19 @@ def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: in
         # DESIGN CHOICE: a step's pixels lie only in its products' chunks (the plan knows
         # them), so only those are read, without listing the SCL array
         chunks_of = {s.index: set(s.chunks).union(*(p.chunks for p in s.products)) for s in plan.slots}
-    if steps:
-        computed = compute_rows(tx, grid, group, index, steps, progress, chunks_of).fractions()
+    if sums is not None and (sums.index.resolution != res or rebuild or plan is None
+                             or not sums.complete()):
+        sums = None  # made for another axis of cells, or incomplete: compute from the store
+    given = [t for t in steps if sums is not None and t in sums.row_of]
+    rest = sorted(set(steps) - set(given))
+    if given:
+        rows = sums.rows.fractions()
         for name in ARRAYS:
-            new[name][steps] = computed[name]
+            new[name][given] = rows[name][[sums.row_of[t] for t in given]]
+    if rest:
+        computed = compute_rows(tx, grid, group, index, rest, progress, chunks_of).fractions()
+        for name in ARRAYS:
+            new[name][rest] = computed[name]
     write_1d(tx, join(q, "time"), times)
     for name in ARRAYS:
         _stage(tx, q, name, new[name], write_chunks, tc)

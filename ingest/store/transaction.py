@@ -44,6 +44,7 @@ from ingest.store.zarrdocs import ArrayMeta, dumps, new_array, new_group
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 3600.0
+WORKERS_PROBE = ".workers"  # in a staging folder: what workers read to know they see the store
 
 
 @dataclass(frozen=True)
@@ -285,12 +286,7 @@ class Transaction:
     # -- staging writes ----------------------------------------------------------------------
     def put(self, key: str, data: bytes, checksum: Digest | None = None) -> Digest:
         """Stage ``data`` for ``key`` (thread-safe); returns its (size, sha256)."""
-        if self._done:
-            raise StoreError("transaction already committed")
-        if any(f.lost for f in self._fences):
-            self._fenced_out = True
-            raise StoreLeaseLostError(f"{self.store.url}: another writer took over this writer's "
-                                      "lock while it was staging; nothing was published")
+        self._check_staging()
         d = checksum or digest(data)
         self.backend.write_new(f"{self.stage}/{key}", data)
         faults.point("stage.chunk")
@@ -302,6 +298,47 @@ class Transaction:
             else:
                 self._staged_meta.pop(key, None)
         return d
+
+    def _check_staging(self) -> None:
+        if self._done:
+            raise StoreError("transaction already committed")
+        if any(f.lost for f in self._fences):
+            self._fenced_out = True
+            raise StoreLeaseLostError(f"{self.store.url}: another writer took over this writer's "
+                                      "lock while it was staging; nothing was published")
+
+    # -- staging by other processes (``ingest.publish.parts``) ------------------------------------
+    def staging_area(self) -> tuple[str, str, str]:
+        """(store location, staging prefix, token) for workers that write chunks into this
+        transaction's staging area themselves. The token is written at ``<prefix>/.workers``:
+        a worker that reads it back sees the same store (a shared folder, the same bucket);
+        one that does not sends its chunks to this process instead."""
+        token = uuid.uuid4().hex
+        self.backend.write_new(f"{self.stage}/{WORKERS_PROBE}", token.encode())
+        p = self.backend.local_path
+        location = str(p.resolve()) if p is not None else self.backend.url
+        return location, self.stage, token
+
+    def put_staged(self, key: str, checksum: Digest) -> None:
+        """Stage ``key`` with the value a worker wrote at ``<staging prefix>/<key>``
+        (``checksum``: its size and sha256, computed by the worker from the bytes it wrote)."""
+        self._check_staging()
+        faults.point("stage.chunk")
+        with self._mutex:
+            self._ops[key] = checksum
+            self._adopted.pop(key, None)
+            self._staged_meta.pop(key, None)
+
+    def where(self, key: str) -> str | None:
+        """The backend key that holds the value this transaction would publish for ``key``
+        (staged, adopted or published); None where it stages a delete. A published key is
+        returned as it is (the caller knows it exists)."""
+        with self._mutex:
+            if key not in self._ops:
+                return key
+            if self._ops[key] is None:
+                return None
+            return self._adopted.get(key) or f"{self.stage}/{key}"
 
     def adopt(self, key: str, staged: str, checksum: Digest) -> None:
         """Publish ``key`` with the value already written at ``staged`` (a key under
