@@ -293,3 +293,21 @@ def test_a_worker_that_fails_to_stage_publishes_nothing(batches, single, tmp_pat
     assert r.exit_code == 6, r.output
     assert "cannot stage chunk" in r.output and "No space left on device" in r.output, r.output
     assert store_snapshot(store) == before
+
+
+def test_many_workers_take_several_time_chunks_per_transaction():
+    """Parts of different time chunks are independent; cuts inside one decode strips twice:
+    32 workers get 8 time chunks of datatakes per transaction (4 parts each), 2 workers one."""
+    from types import SimpleNamespace
+
+    from ingest.publish.sync import batches_of, time_chunks_per_batch
+
+    assert [time_chunks_per_batch(n) for n in (1, 2, 4, 5, 16, 32)] == [1, 1, 1, 2, 4, 8]
+    products = {f"p{d}-{t}": SimpleNamespace(datatake_start=T1 + timedelta(days=5 * d), platform="S2A")
+                for d in range(12) for t in range(2)}
+    for size, expected in [(5, [10, 10, 4]), (10, [20, 4]), (60, [24])]:
+        batches = batches_of(products, size)
+        assert [len(b) for b in batches] == expected
+        starts = [min(p.datatake_start for p in b.values()) for b in batches]
+        assert starts == sorted(starts)  # oldest first
+        assert {n for b in batches for n in b} == set(products)

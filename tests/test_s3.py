@@ -323,3 +323,25 @@ def test_mirror_to_and_from_s3_is_the_version_byte_for_byte(tmp_path, bucket, s3
     assert {p.relative_to(back).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in back.rglob("*") if p.is_file() and ".s2ingest" not in p.parts
             and p.relative_to(back).as_posix() not in POINTER_KEYS} == {k: e["sha256"] for k, e in keys.items()}
+
+
+def test_sync_workers_stage_into_the_bucket_and_equal_the_local_cube(
+        tmp_path, products, bucket, s3_endpoint, empty_config):
+    """Worker processes (the S3 settings passed on by the ``sync`` process) write their chunks
+    into the commit's staging prefix in the bucket themselves; the cube equals a local one."""
+    both = _folder([products.scene[(d, "31UET")] for d in (D1, D3)], tmp_path / "both")
+    local = tmp_path / "local" / "cube.zarr"
+    local.parent.mkdir()
+    r = subprocess.run([S2INGEST, "sync", "--config", str(empty_config), "--store", str(local),
+                        "--source", str(both), "--no-progress"], env=cli_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    url = f"s3://{bucket}/team/nl.zarr"
+    r = _s3("sync", "--store", url, "--no-progress", "--workers", "2",
+            "--db", f"sqlite:///{tmp_path / 'c.sqlite'}", "--source", str(both),
+            endpoint=s3_endpoint, config=empty_config)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cannot see the store" not in r.stdout + r.stderr  # the workers staged themselves
+    store = CubeStore.open(url)
+    assert not store.backend.has_prefix(".s2ingest/txn")
+    assert_cubes_equal(_download(store.backend, tmp_path / "copy" / "cube.zarr"), local)

@@ -167,6 +167,9 @@ def _ingest(cube_path: str, product_paths: list[str], known_paths: list[str],
         "chunks_written": report.chunks_written if report else 0,
         "output_pixels_per_variable": sum(slot_pixels), "variables": len(VARIABLES),
         "logical_bytes_written": logical, "workers": workers, "committer_cpu_s": committer_cpu_s,
+        # the commit's switch (renames of the staged keys; readers may see a mix meanwhile)
+        "switched_keys": report.commit.switched if report and report.commit else 0,
+        "switch_s": report.commit.switch_seconds if report and report.commit else 0.0,
         # the largest worker process (ru_maxrss of the children: the pool has ended here)
         "worker_peak_rss_mb": (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
                                if workers else None),

@@ -330,19 +330,11 @@ class Syncer:
             log.warning("could not release the claims of this run: %s", exc)
 
     def _batches(self, products: dict[str, Product]) -> list[dict[str, Product]]:
-        """Products grouped by whole time chunks of datatakes, oldest first.
-
-        DESIGN CHOICE: one transaction per group of ``time_chunk`` datatakes: a backfill
-        writes each (5, y, x) chunk once per group instead of once per date (DESIGN.md §8),
-        a crash loses at most one group, and open files stay bounded.
-        """
-        by_take: dict[tuple, dict[str, Product]] = {}
-        for name, p in products.items():
-            by_take.setdefault((p.datatake_start, p.platform), {})[name] = p
-        takes = sorted(by_take)
-        size = self.grid.time_chunk
-        return [{n: p for t in takes[i:i + size] for n, p in by_take[t].items()}
-                for i in range(0, len(takes), size)]
+        takes = {(p.datatake_start, p.platform) for p in products.values()}
+        chunks = 1
+        if self.executor is not None and len(takes) > self.grid.time_chunk:
+            chunks = time_chunks_per_batch(self.executor.workers)  # starts the workers: there is work
+        return batches_of(products, self.grid.time_chunk * chunks)
 
     def _publish_batch(self, products: dict[str, Product], claimed: dict[str, tuple[int, str]]) -> None:
         while products:
@@ -448,3 +440,34 @@ def sync(settings: Settings, source: Source, options: SyncOptions,
         return syncer.run()
     finally:
         syncer.close()
+
+
+PARTS_PER_TIME_CHUNK = 4  # with workers: about this many parts of one time chunk, at most
+
+
+def time_chunks_per_batch(workers: int) -> int:
+    """How many time chunks of datatakes one transaction takes when ``workers`` work on it.
+
+    DESIGN CHOICE: parts of different time chunks are independent, while cutting one time
+    chunk into more parts decodes the JP2 strips at each cut twice (a tile spans about 18
+    chunk rows and 11 strips: 32 parts of one time chunk would decode the imagery almost
+    twice). So many workers get several time chunks per transaction, each cut into at most
+    ``PARTS_PER_TIME_CHUNK`` parts; a crash still loses at most one transaction's work.
+    """
+    return max(1, -(-workers // PARTS_PER_TIME_CHUNK))
+
+
+def batches_of(products: dict[str, Product], size: int) -> list[dict[str, Product]]:
+    """Products grouped by ``size`` datatakes (whole time chunks of them), oldest first.
+
+    DESIGN CHOICE: one transaction per group of ``time_chunk`` datatakes (or several time
+    chunks of them, ``time_chunks_per_batch``): a backfill writes each (5, y, x) chunk once
+    per group instead of once per date (DESIGN.md §8), a crash loses at most one group, and
+    open files stay bounded.
+    """
+    by_take: dict[tuple, dict[str, Product]] = {}
+    for name, p in products.items():
+        by_take.setdefault((p.datatake_start, p.platform), {})[name] = p
+    takes = sorted(by_take)
+    return [{n: p for t in takes[i:i + size] for n, p in by_take[t].items()}
+            for i in range(0, len(takes), size)]
