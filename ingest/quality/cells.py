@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 import h3
 import numpy as np
@@ -173,19 +173,18 @@ def cell_index(grid: CubeGrid, resolution: int = DEFAULT_RESOLUTION) -> CellInde
 
 @dataclass(frozen=True, eq=False)
 class ChunkCells:
-    """Pixel -> cell of one spatial chunk: ``local`` (chunk-shaped, uint16) indexes ``positions``
-    (positions on the cell axis); pixels outside the grid hold ``len(positions)``."""
+    """Pixel -> cell of one spatial chunk: ``labels`` (the chunk's pixels in C order, int32,
+    the keys ``bincount`` is given) index ``positions`` (positions on the cell axis); pixels
+    outside the grid hold ``len(positions)``."""
 
     positions: np.ndarray
-    local: np.ndarray
-
-    @cached_property
-    def labels(self) -> np.ndarray:
-        """``local`` flattened as int32 (bincount keys are built from it)."""
-        return self.local.ravel().astype(np.int32)
+    labels: np.ndarray
 
 
-@lru_cache(maxsize=192)
+# DESIGN CHOICE: 64 maps (1.25 MB each: 80 MB) cover the chunk rows the writer has in flight
+# (the writer threads sum SCL/CLD/SNW of a chunk one after the other, rows north to south);
+# more would sit beside the writer's own peak memory.
+@lru_cache(maxsize=64)
 def _chunk_cells(index: CellIndex, chunk: ChunkIndex) -> ChunkCells:
     grid = index.grid
     w = grid.chunk_window(chunk)
@@ -240,7 +239,7 @@ def _chunk_cells(index: CellIndex, chunk: ChunkIndex) -> ChunkCells:
         local[local == len(cand)] = outside
         lookup = {int(c): i for i, c in enumerate(positions)}
         local[missing[:, 0], missing[:, 1]] = [lookup[int(c)] for c in ids]
-    return ChunkCells(index.position(positions), local)
+    return ChunkCells(index.position(positions), local.ravel().astype(np.int32))
 
 
 def chunk_cells(index: CellIndex, chunk: ChunkIndex) -> ChunkCells:
