@@ -83,6 +83,17 @@ def _download(backend: S3Backend, to: Path) -> Path:
     return to
 
 
+def _local_cube(source: Path, tmp_path: Path, config: Path) -> Path:
+    """The reference: one uninterrupted sync of ``source`` onto a local disk."""
+    local = tmp_path / "local" / "cube.zarr"
+    local.parent.mkdir()
+    r = subprocess.run([S2INGEST, "sync", "--config", str(config), "--store", str(local),
+                        "--source", str(source), "--no-progress"], env=cli_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return local
+
+
 def _catalog(url: str) -> dict:
     engine = open_catalog(url, create=False)
     with session_scope(engine) as s:
@@ -216,13 +227,7 @@ def test_sync_into_s3_survives_kills_mid_commit_and_equals_the_local_cube(
     scenes = {d: [products.scene[(d, "31UET")]] for d in (D1, D3)}
     first = _folder(scenes[D1], tmp_path / "first")
     both = _folder(scenes[D1] + scenes[D3], tmp_path / "both")
-    # the reference: one uninterrupted sync of the same products onto a local disk
-    local = tmp_path / "local" / "cube.zarr"
-    local.parent.mkdir()
-    r = subprocess.run([S2INGEST, "sync", "--config", str(empty_config), "--store", str(local),
-                        "--source", str(both), "--no-progress"], env=cli_env(),
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    local = _local_cube(both, tmp_path, empty_config)
 
     url = f"s3://{bucket}/team/nl.zarr"
     db = f"sqlite:///{tmp_path / 'nl.catalog.sqlite'}"
@@ -330,12 +335,7 @@ def test_sync_workers_stage_into_the_bucket_and_equal_the_local_cube(
     """Worker processes (the S3 settings passed on by the ``sync`` process) write their chunks
     into the commit's staging prefix in the bucket themselves; the cube equals a local one."""
     both = _folder([products.scene[(d, "31UET")] for d in (D1, D3)], tmp_path / "both")
-    local = tmp_path / "local" / "cube.zarr"
-    local.parent.mkdir()
-    r = subprocess.run([S2INGEST, "sync", "--config", str(empty_config), "--store", str(local),
-                        "--source", str(both), "--no-progress"], env=cli_env(),
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    local = _local_cube(both, tmp_path, empty_config)
     url = f"s3://{bucket}/team/nl.zarr"
     r = _s3("sync", "--store", url, "--no-progress", "--workers", "2",
             "--db", f"sqlite:///{tmp_path / 'c.sqlite'}", "--source", str(both),
