@@ -384,8 +384,14 @@ def test_sigint_releases_leases(products, tmp_path):
     # the sync stops where it holds its ingest leases, until told (no guessing with sleeps)
     release = tmp_path / "release"
     env["S2INGEST_FAULT"] = f"sync.claimed=wait:{release}"
-    p = subprocess.Popen([str(exe), "sync", "--store", str(store), "--source", str(src), "--no-progress"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    # a test run started as a background job of a non-interactive shell ignores SIGINT, and a
+    # child inherits that (Python then keeps Ctrl-C ignored): the sync must get it as a user does
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        p = subprocess.Popen([str(exe), "sync", "--store", str(store), "--source", str(src), "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     reached = Path(f"{release}.reached")
     while not reached.exists() and p.poll() is None:  # bounded by the sync itself
         time.sleep(0.05)
