@@ -245,7 +245,7 @@ def test_workers_that_cannot_see_the_store_send_their_chunks_back(batches, singl
                                                                   monkeypatch, caplog):
     import ingest.publish.parts as parts
 
-    monkeypatch.setattr(parts, "_staging_backend", lambda area: None)
+    monkeypatch.setattr(parts, "_staging_writer", lambda area: None)
     store = tmp_path / "cube.zarr"
     for folder in batches:
         r = run(*sync_args(store, "--source", folder, "--settle", "0", "--workers", "2"))
@@ -258,14 +258,14 @@ def test_workers_that_cannot_see_the_store_send_their_chunks_back(batches, singl
 
 def test_a_worker_that_cannot_read_the_token_does_not_write(tmp_path):
     """The probe: a worker sees the staging area only where the committer's token is."""
-    from ingest.publish.parts import StagingArea, _staging_backend
+    from ingest.publish.parts import StagingArea, _staging_writer
     from ingest.store.backends import LocalBackend
 
     LocalBackend(tmp_path).put(".s2ingest/txn/stage/x/.workers", b"abc")
-    assert _staging_backend(StagingArea(str(tmp_path), ".s2ingest/txn/stage/x", "abc")) is not None
-    assert _staging_backend(StagingArea(str(tmp_path), ".s2ingest/txn/stage/x", "abd")) is None
-    assert _staging_backend(StagingArea(str(tmp_path / "elsewhere"), ".s2ingest/txn/stage/x", "abc")) is None
-    assert _staging_backend(StagingArea("s3://", "p", "abc")) is None  # a URL without a bucket
+    assert _staging_writer(StagingArea(str(tmp_path), ".s2ingest/txn/stage/x", "abc")) is not None
+    assert _staging_writer(StagingArea(str(tmp_path), ".s2ingest/txn/stage/x", "abd")) is None
+    assert _staging_writer(StagingArea(str(tmp_path / "elsewhere"), ".s2ingest/txn/stage/x", "abc")) is None
+    assert _staging_writer(StagingArea("s3://", "p", "abc")) is None  # a URL without a bucket
 
 
 def test_a_worker_that_fails_to_stage_publishes_nothing(batches, single, tmp_path, inline, monkeypatch):

@@ -37,6 +37,7 @@ from ingest.publish.chunks import (
 from ingest.publish.plan import SlotWrite
 from ingest.products.model import Product
 from ingest.store import Transaction, chunk_key, digest, join
+from ingest.store.transaction import StagingWriter
 from ingest.store.zarrdocs import ArrayMeta
 from ingest.variables import VARIABLES
 from ingest.warping.warp import GDAL_ENV, OpenRasters, WarpTarget
@@ -93,25 +94,9 @@ class PartBlock:
     atlas: tuple | None = None
 
 
-_STORES: dict = {}  # in a worker: location -> backend (one client per process)
-
-
-def _staging_backend(area: StagingArea | None):
-    """The store's backend when this process sees the staging area, else None."""
-    if area is None:
-        return None
-    from ingest.store.backends import backend_for
-    from ingest.store.transaction import WORKERS_PROBE
-
-    try:
-        backend = _STORES.get(area.location) or backend_for(area.location)
-        seen = backend.get(f"{area.prefix}/{WORKERS_PROBE}")
-    except Exception:  # noqa: BLE001 -- no folder, no credentials, no route: send the chunks back
-        return None
-    if seen != area.token.encode():
-        return None
-    _STORES[area.location] = backend
-    return backend
+def _staging_writer(area: StagingArea | None) -> StagingWriter | None:
+    """The staging area when this process sees it, else None."""
+    return None if area is None else StagingWriter.open(area.location, area.prefix, area.token)
 
 
 def compute_part(task: PartTask, emit: Emit) -> None:
@@ -128,7 +113,7 @@ def compute_part(task: PartTask, emit: Emit) -> None:
     if missing:
         raise ComputeError(f"worker cannot read {missing[0]}: workers must see the product "
                            "cache at the same path (a shared volume)")
-    backend = _staging_backend(task.staging)
+    backend = _staging_writer(task.staging)
     sums = None
     if backend is not None and task.atlas is not None:
         from ingest.quality.cells import cell_index
@@ -156,16 +141,16 @@ def compute_part(task: PartTask, emit: Emit) -> None:
             emit(out)
 
 
-def _stage(out: PartBlock, backend, task: PartTask, var: str, c: ChunkIndex, slots: list[SlotWrite],
+def _stage(out: PartBlock, backend: StagingWriter, task: PartTask, var: str, c: ChunkIndex, slots: list[SlotWrite],
            computed: dict[int, dict[str, np.ndarray]], window: Window, sums) -> None:
     """Merge one chunk into its current value, write it into the staging area, sum it."""
     key = chunk_key(join(task.group, var), "", task.k, *c)
     meta = task.metas[var]
     old = None
     if key in task.holding:
-        old = backend.get(task.holding[key])
+        old = backend.read(task.holding[key])
         if old is None:
-            raise StoreError(f"store chunk {key} is missing from {task.staging.location} while a "
+            raise StoreError(f"store chunk {key} is missing from {backend.location} while a "
                              "commit holds the lock; nothing was published")
     chunk = merged_array(meta, task.grid, var, task.k, c, key, old, slots, computed, window)
     if sums is not None:
@@ -175,15 +160,8 @@ def _stage(out: PartBlock, backend, task: PartTask, var: str, c: ChunkIndex, slo
         if old is not None:
             out.deleted.append(key)
         return
-    try:
-        # a whole file or none (temp + rename): a task that dask reruns writes the same bytes
-        backend.put(f"{task.staging.prefix}/{key}", data)
-    except OSError as exc:
-        if isinstance(exc, StoreError):
-            raise
-        raise StoreError(f"cannot stage chunk {key} in {task.staging.location}: "
-                         f"{exc.strerror or exc}; nothing was published") from exc
-    out.staged.append((key, digest(data)))
+    # a whole file or none: a task that dask reruns writes the same bytes again
+    out.staged.append((key, backend.stage(key, data)))
 
 
 def _send_back(out: PartBlock, task: PartTask, var: str, c: ChunkIndex, slots: list[SlotWrite],

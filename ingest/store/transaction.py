@@ -502,3 +502,45 @@ class Transaction:
             meta = {k[len(prefix):]: v for k, v in docs.items() if k.startswith(prefix)}
             out[join(g, ".zmetadata")] = {"zarr_consolidated_format": 1, "metadata": meta}
         return out
+
+
+class StagingWriter:
+    """A worker process's view of one transaction's staging area (``Transaction.staging_area``):
+    it reads the values the transaction holds (``Transaction.where``) and writes staged chunks,
+    whole or not at all (temp + rename, one PUT); it never writes a published key. The
+    transaction still decides what is published (``put_staged``)."""
+
+    _backends: dict = {}  # location -> backend (one client per process)
+
+    def __init__(self, backend, location: str, prefix: str) -> None:
+        self.backend, self.location, self.prefix = backend, location, prefix
+
+    @classmethod
+    def open(cls, location: str, prefix: str, token: str) -> "StagingWriter | None":
+        """The staging area at ``location``/``prefix`` when this process sees it (it reads
+        the transaction's ``token`` there), else None."""
+        from ingest.store.backends import backend_for
+
+        try:
+            backend = cls._backends.get(location) or backend_for(location)
+            seen = backend.get(f"{prefix}/{WORKERS_PROBE}")
+        except Exception:  # noqa: BLE001 -- no folder, no credentials, no route: not seen
+            return None
+        if seen != token.encode():
+            return None
+        cls._backends[location] = backend
+        return cls(backend, location, prefix)
+
+    def read(self, where: str) -> bytes | None:
+        return self.backend.get(where)
+
+    def stage(self, key: str, data: bytes) -> Digest:
+        """Write ``data`` as the staged value of ``key``; its (size, sha256)."""
+        try:
+            self.backend.put(f"{self.prefix}/{key}", data)
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot stage chunk {key} in {self.location}: "
+                             f"{exc.strerror or exc}; nothing was published") from exc
+        return digest(data)
