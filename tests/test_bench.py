@@ -91,3 +91,26 @@ def test_synth_bench_smoke(tmp_path):
     report = synth.main(["--repeat", "1", "--no-full-tile", "--out", str(out)])
     assert report["small_product_s"] > 0 and report["small_product_runs"] == 1
     assert json.loads(out.read_text()) == report
+
+
+@pytest.mark.slow
+def test_workers_bench_smoke_reports_the_committer_share(tmp_path, capsys):
+    """``python -m ingest.benchmarks.workers``: every mode the same chunks; the committer's CPU
+    per tile-date is measured beside the workers' (the share one committer can keep busy)."""
+    from ingest.benchmarks import workers
+
+    out = tmp_path / "workers.json"
+    report = workers.main(["--window", "4800", "4800", "300", "300", "--repeat", "1",
+                           "--cache", str(tmp_path / "products"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "COMMITTER share" in printed and "WORKERS speed-up" in printed
+    s = json.loads(out.read_text())["summary"]
+    assert s == json.loads(json.dumps(report["summary"], default=str))
+    assert s["identical_chunks"] and s["chunks_compared"] > 0
+    assert 0 < s["committer_cpu_s_per_tile_date"] and 0 < s["worker_cpu_s_per_tile_date"]
+    assert s["committer_share"] == pytest.approx(
+        max(report["results"][m]["committer_share"] for m in ("workers_1", "workers_2")))
+    assert s["committer_share_met"] == (s["committer_share"] <= workers.COMMITTER_TARGET)
+    for m in ("workers_1", "workers_2"):
+        run = report["results"][m]["runs"][0]
+        assert run["switched_keys"] > 0 and run["worker_cpu_s"] > 0
