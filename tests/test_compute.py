@@ -256,8 +256,9 @@ def test_workers_that_cannot_see_the_store_send_their_chunks_back(batches, singl
     assert "workers cannot see the store" in caplog.text
 
 
-def test_a_worker_that_cannot_read_the_token_does_not_write(tmp_path):
-    """The probe: a worker sees the staging area only where the committer's token is."""
+def test_a_worker_sees_the_staging_area_only_where_the_committers_token_is(tmp_path):
+    """The probe: another token, another folder, a store it cannot reach: not seen (the
+    worker then sends its chunks back instead of writing them)."""
     from ingest.publish.parts import StagingArea, _staging_writer
     from ingest.store.backends import LocalBackend
 

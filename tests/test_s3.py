@@ -337,11 +337,17 @@ def test_sync_workers_stage_into_the_bucket_and_equal_the_local_cube(
     both = _folder([products.scene[(d, "31UET")] for d in (D1, D3)], tmp_path / "both")
     local = _local_cube(both, tmp_path, empty_config)
     url = f"s3://{bucket}/team/nl.zarr"
-    r = _s3("sync", "--store", url, "--no-progress", "--workers", "2",
+    r = _s3("-v", "sync", "--store", url, "--no-progress", "--workers", "2",
             "--db", f"sqlite:///{tmp_path / 'c.sqlite'}", "--source", str(both),
             endpoint=s3_endpoint, config=empty_config)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "cannot see the store" not in r.stdout + r.stderr  # the workers staged themselves
+    # the workers staged every chunk in the bucket themselves; none came back through sync
+    import re
+
+    counts = [(int(a), int(b)) for a, b in re.findall(
+        r"(\d+) chunks staged by the workers themselves, (\d+) sent back", r.stderr)]
+    assert counts and all(a > 0 and b == 0 for a, b in counts), r.stderr
+    assert "cannot see the store" not in r.stdout + r.stderr
     store = CubeStore.open(url)
     assert not store.backend.has_prefix(".s2ingest/txn")
     assert_cubes_equal(_download(store.backend, tmp_path / "copy" / "cube.zarr"), local)

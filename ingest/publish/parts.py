@@ -90,7 +90,6 @@ class PartBlock:
     deleted: list[str] = field(default_factory=list)
     encoded: list[tuple[str, bytes, tuple[int, str]]] = field(default_factory=list)
     to_merge: list[tuple[str, ChunkIndex, dict[int, np.ndarray]]] = field(default_factory=list)
-    last: bool = False  # the part's last block
     atlas: tuple | None = None
 
 
@@ -113,9 +112,9 @@ def compute_part(task: PartTask, emit: Emit) -> None:
     if missing:
         raise ComputeError(f"worker cannot read {missing[0]}: workers must see the product "
                            "cache at the same path (a shared volume)")
-    backend = _staging_writer(task.staging)
+    staging = _staging_writer(task.staging)
     sums = None
-    if backend is not None and task.atlas is not None:
+    if staging is not None and task.atlas is not None:
         from ingest.quality.cells import cell_index
         from ingest.quality.stats import StepSums
 
@@ -127,30 +126,30 @@ def compute_part(task: PartTask, emit: Emit) -> None:
             computed = {s.index: slot_block(s, task.products, target, task.resampling, pool, rasters)
                         for s in slots if s.chunks & block_chunks}
             release_finished(slots, window, grid, rasters)
-            out = PartBlock(k, len(block_chunks) * len(VARIABLES), direct=backend is not None,
-                            last=i == len(task.blocks) - 1)
+            out = PartBlock(k, len(block_chunks) * len(VARIABLES), direct=staging is not None)
             for var in VARIABLES:
                 for c in sorted(block_chunks):
-                    if backend is None:
+                    if staging is None:
                         _send_back(out, task, var, c, slots, computed, window)
                     else:
-                        _stage(out, backend, task, var, c, slots, computed, window, sums)
+                        _stage(out, staging, task, var, c, slots, computed, window, sums)
             del computed
-            if out.last and sums is not None and sums.complete():
+            if i == len(task.blocks) - 1 and sums is not None and sums.complete():
                 out.atlas = sums.sparse()
             emit(out)
 
 
-def _stage(out: PartBlock, backend: StagingWriter, task: PartTask, var: str, c: ChunkIndex, slots: list[SlotWrite],
-           computed: dict[int, dict[str, np.ndarray]], window: Window, sums) -> None:
+def _stage(out: PartBlock, staging: StagingWriter, task: PartTask, var: str, c: ChunkIndex,
+           slots: list[SlotWrite], computed: dict[int, dict[str, np.ndarray]], window: Window,
+           sums) -> None:
     """Merge one chunk into its current value, write it into the staging area, sum it."""
     key = chunk_key(join(task.group, var), "", task.k, *c)
     meta = task.metas[var]
     old = None
     if key in task.holding:
-        old = backend.read(task.holding[key])
+        old = staging.read(task.holding[key])
         if old is None:
-            raise StoreError(f"store chunk {key} is missing from {backend.location} while a "
+            raise StoreError(f"store chunk {key} is missing from {staging.location} while a "
                              "commit holds the lock; nothing was published")
     chunk = merged_array(meta, task.grid, var, task.k, c, key, old, slots, computed, window)
     if sums is not None:
@@ -161,7 +160,7 @@ def _stage(out: PartBlock, backend: StagingWriter, task: PartTask, var: str, c: 
             out.deleted.append(key)
         return
     # a whole file or none: a task that dask reruns writes the same bytes again
-    out.staged.append((key, backend.stage(key, data)))
+    out.staged.append((key, staging.stage(key, data)))
 
 
 def _send_back(out: PartBlock, task: PartTask, var: str, c: ChunkIndex, slots: list[SlotWrite],
@@ -256,7 +255,7 @@ def stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str,
 
     total = sum(len(t.blocks) for t in tasks)
     sums_expected = sum(1 for t in tasks if t.atlas is not None)
-    sums_back = 0
+    sums_back = staged = sent_back = 0
     told = False
     # DESIGN CHOICE: merges (decode what is held, merge, encode) run in writer threads, as in
     # the in-process writer; at most a few blocks' merges are pending (bounded memory).
@@ -267,6 +266,8 @@ def stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str,
           closing(executor.stream(compute_part, tasks)) as blocks):
         pending: list = []
         for block in blocks:
+            staged += len(block.staged)
+            sent_back += len(block.encoded) + len(block.to_merge)
             for key, d in block.staged:
                 tx.put_staged(key, d)
             for key in block.deleted:
@@ -290,4 +291,6 @@ def stage_parts(tx: Transaction, executor: Executor, grid: CubeGrid, group: str,
             f.result()
     if atlas is not None and sums_back != sums_expected:
         atlas.give_up()
+    log.info("%s: %d chunks staged by the workers themselves, %d sent back to this process",
+             group, staged, sent_back)
     return n

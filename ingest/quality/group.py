@@ -196,12 +196,14 @@ def atlas_sums(tx: Transaction, grid: CubeGrid, group: str, plan) -> StepSums | 
              if s.chunks.issuperset(set().union(*(p.chunks for p in s.products)))]
     if not steps:
         return None
-    return StepSums(cell_index(grid, _resolution(tx, quality_path(group), None)), steps, grid.time_chunk)
+    _, res = _resolutions(tx, quality_path(group), None)
+    return StepSums(cell_index(grid, res), steps, grid.time_chunk)
 
 
-def _resolution(tx: Transaction, q: str, resolution: int | None) -> int:
+def _resolutions(tx: Transaction, q: str, resolution: int | None) -> tuple[int | None, int]:
+    """(the quality group's stored resolution, None without a group; the one to use)."""
     stored = int(tx.attrs(q).get(RESOLUTION_ATTR, DEFAULT_RESOLUTION)) if tx.is_group(q) else None
-    return check_resolution(resolution if resolution is not None else (stored or DEFAULT_RESOLUTION))
+    return stored, check_resolution(resolution if resolution is not None else (stored or DEFAULT_RESOLUTION))
 
 
 def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
@@ -237,8 +239,7 @@ def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: in
     times = _time_values(tx, group)
     t_new = len(times)
     exists = tx.is_group(q)
-    stored_res = int(tx.attrs(q).get(RESOLUTION_ATTR, DEFAULT_RESOLUTION)) if exists else None
-    res = check_resolution(resolution if resolution is not None else (stored_res or DEFAULT_RESOLUTION))
+    stored_res, res = _resolutions(tx, q, resolution)
     index = cell_index(grid, res)
     old = None
     if exists and not rebuild and plan is not None and res == stored_res:
