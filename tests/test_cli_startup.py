@@ -79,3 +79,15 @@ def test_every_registered_command_loads_and_is_listed():
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "ingest.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("Usage: s2ingest")
+
+
+# a whole copy reads bookkeeping and copies bytes: no array library, no pipeline
+MIRROR_MAY_LOAD = READ_ONLY_MAY_LOAD
+
+
+def test_a_whole_mirror_loads_no_array_library(small_cube, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    loaded = loaded_by("mirror", str(small_cube), str(copy), "--no-progress", cwd=tmp_path)
+    assert (copy / ".zmetadata").is_file()
+    heavy = loaded & set(HEAVY) - MIRROR_MAY_LOAD
+    assert not heavy, f"s2ingest mirror of a small cube imported {sorted(heavy)}"

@@ -80,3 +80,16 @@ def test_the_same_chunk_encodes_to_the_same_bytes_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True).stdout.strip() for _ in range(6)}
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize("attrs", [None, {}, {"title": "cube", "n": 3, "x": [1.5, None], "t": "é",
+                                              "nan": float("nan"), "nested": {"a": {"b": True}}}])
+def test_group_documents_are_the_ones_zarr_writes(attrs):
+    """``new_group`` writes the two documents itself; they are byte for byte zarr's."""
+    import zarr
+
+    from ingest.store.zarrdocs import _dump_store, _memory_store, new_group
+
+    mem = _memory_store()
+    zarr.open_group(mem, mode="w", zarr_format=2, attributes=attrs or {})
+    assert new_group(attrs) == _dump_store(mem)

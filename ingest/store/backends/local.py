@@ -15,14 +15,21 @@ from ingest.store.backends.base import Backend
 LOCK_POLL_SECONDS = 0.2
 
 
-def _in_folder(target: Path, make: Callable[[], object]):
+def _in_folder(target: str, make: Callable[[], object]):
     """``make()``, creating ``target``'s folder first only when it is missing (one failed
     open instead of a mkdir per key: most keys go into folders that exist)."""
     try:
         return make()
     except FileNotFoundError:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         return make()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class LocalBackend(Backend):
@@ -33,6 +40,10 @@ class LocalBackend(Backend):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.url = str(self.root)
+        # DESIGN CHOICE: keys become file names by string concatenation, not pathlib: a
+        # commit or a copy touches thousands of keys, and a Path per key costs more than the
+        # system call it names
+        self._prefix = os.path.join(self.url, "")
 
     @property
     def local_path(self) -> Path:
@@ -41,29 +52,35 @@ class LocalBackend(Backend):
     def path(self, key: str) -> Path:
         return self.root / key if key else self.root
 
+    def _fs(self, key: str) -> str:
+        """The file name of ``key`` (the folder itself for "")."""
+        return self._prefix + key if key else self.url
+
     def get(self, key: str) -> bytes | None:
         try:
-            return self.path(key).read_bytes()
+            with open(self._fs(key), "rb", buffering=0) as f:
+                return f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
     def put(self, key: str, data: bytes) -> None:
         # DESIGN CHOICE: temp file in the same directory + rename: a reader sees the old
         # bytes or the new ones, never a torn file (what zarr-python's LocalStore does too).
-        target = self.path(key)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        target = self._fs(key)
+        folder, name = os.path.split(target)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
         try:
-            with _in_folder(target, lambda: open(tmp, "wb")) as f:
+            with _in_folder(target, lambda: open(tmp, "wb", buffering=0)) as f:
                 f.write(data)
             os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _unlink(tmp)
             raise
 
     def write_new(self, key: str, data: bytes) -> None:
         """Write a key nobody reads yet (staging): no temp file needed."""
-        target = self.path(key)
-        with _in_folder(target, lambda: open(target, "wb")) as f:
+        target = self._fs(key)
+        with _in_folder(target, lambda: open(target, "wb", buffering=0)) as f:
             f.write(data)
 
     def stream(self, key: str, *, deadline: float | None = None,
@@ -71,7 +88,7 @@ class LocalBackend(Backend):
         """The file in blocks read into one reused buffer (no allocation per block): each
         block is valid until the next one is asked for."""
         try:
-            f = open(self.path(key), "rb", buffering=0)
+            f = open(self._fs(key), "rb", buffering=0)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         return self._blocks(f, block)
@@ -87,25 +104,25 @@ class LocalBackend(Backend):
     def write_new_from(self, key: str, blocks: Iterable[bytes]) -> None:
         """Written in place (nobody reads it yet); an error while the blocks are read
         removes what was written."""
-        target = self.path(key)
+        target = self._fs(key)
         try:
-            with _in_folder(target, lambda: open(target, "wb")) as f:
+            with _in_folder(target, lambda: open(target, "wb", buffering=0)) as f:
                 for data in blocks:
                     f.write(data)
         except BaseException:
-            target.unlink(missing_ok=True)
+            _unlink(target)
             raise
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        _unlink(self._fs(key))
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        return os.path.isfile(self._fs(key))
 
     def size(self, key: str) -> int | None:
         try:
-            return self.path(key).stat().st_size
-        except FileNotFoundError:
+            return os.stat(self._fs(key)).st_size
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -133,7 +150,7 @@ class LocalBackend(Backend):
         return keys, dirs
 
     def move(self, src: str, dst: str) -> None:
-        target, source = self.path(dst), self.path(src)
+        target, source = self._fs(dst), self._fs(src)
         _in_folder(target, lambda: os.replace(source, target))
 
     def move_if_present(self, src: str, dst: str) -> bool:
@@ -141,14 +158,14 @@ class LocalBackend(Backend):
         try:
             self.move(src, dst)
         except FileNotFoundError:
-            if self.path(src).exists():
+            if os.path.exists(self._fs(src)):
                 raise
             return False
         return True
 
     def sync(self, key: str) -> None:
-        p = self.path(key)
-        for target in (p, p.parent):
+        p = self._fs(key)
+        for target in (p, os.path.dirname(p)):
             fd = os.open(target, os.O_RDONLY)
             try:
                 os.fsync(fd)
