@@ -24,6 +24,8 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "workers": ("ingest.benchmarks.workers", ["--repeat", "1"]),
     "copies": ("ingest.benchmarks.copies", []),
     "mirror": ("ingest.benchmarks.mirror", []),
+    "mirror-demo": ("ingest.benchmarks.mirror", ["--demo", "bench-results/demo",
+                                                 "--work", "bench-results/mirror-demo"]),
     "serve": ("ingest.benchmarks.serve", []),
     "stats": ("ingest.benchmarks.stats", []),
     "rechunk": ("ingest.benchmarks.rechunk", []),

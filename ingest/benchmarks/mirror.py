@@ -4,7 +4,8 @@
 
 The source is a cube of ``--vars`` arrays x ``--chunks`` chunks of the cube's chunk shape
 (uint16 reflectance-like noise: about the compressed size of real chunks), written once
-through the store owner and cached. Measured, interleaved, ``--repeat`` times (medians):
+through the store owner and cached; or, with ``--source``, an existing cube (the demo cube:
+thousands of small keys, where the per-key work and the start-up weigh most). Measured, interleaved, ``--repeat`` times (medians):
 
 * local -> local: ``plain_copy`` (a pool of ``--jobs`` threads copying every file named by the
   manifest) and ``cp -r`` of the whole store against ``s2ingest mirror`` into a new folder
@@ -118,18 +119,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunks", type=int, default=100, help="chunks per array")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--source", type=Path, default=None,
+                    help="mirror this cube (e.g. s2ingest-demo/cube.zarr) instead of the synthetic one")
+    ap.add_argument("--demo", type=Path, default=None, metavar="DIR",
+                    help="mirror the demo cube under DIR (built there when missing)")
     ap.add_argument("--work", type=Path, default=Path("bench-results/mirror"))
     ap.add_argument("--out", type=Path, default=Path("bench-results/mirror.json"))
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    src = args.work / "source.zarr"
-    manifest = build_source(src, args.vars, args.chunks)
+    if args.demo is not None:
+        from ingest.benchmarks.stats import demo_store
+
+        args.source = demo_store(args.demo, print)
+    if args.source is not None:
+        from ingest.store import CubeStore
+
+        src = args.source.resolve()
+        manifest = CubeStore.open(src).manifest()
+    else:
+        src = args.work / "source.zarr"
+        manifest = build_source(src, args.vars, args.chunks)
     keys = sorted(manifest["keys"])
     total = sum(e["size"] for e in manifest["keys"].values())
-    handler = functools.partial(QuietHandler, directory=str(args.work))
+    handler = functools.partial(QuietHandler, directory=str(src.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/source.zarr"
+    url = f"http://127.0.0.1:{server.server_address[1]}/{src.name}"
     runs: dict[str, list[float]] = {k: [] for k in (
         "cp_r", "plain_local", "mirror_local", "mirror_cli", "plain_http", "mirror_http",
         "rerun_unchanged", "rerun_quick")}
@@ -169,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     summary["goal_met"] = all(summary[k] <= GOAL for k in ("ratio_local", "ratio_cp", "ratio_http"))
     report = {"schema": 1, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "config": vars(args) | {"work": str(args.work), "out": str(args.out)},
+              "config": vars(args) | {"work": str(args.work), "out": str(args.out),
+                                     "source": str(src)},
               "loadavg": os.getloadavg(), "runs": runs, "median_s": med, "summary": summary}
     print(f"MIRROR  {len(keys)} keys, {total / 1e6:.0f} MB, {args.jobs} jobs, medians of {args.repeat}")
     for k, v in med.items():
