@@ -19,7 +19,7 @@ import shapely
 import xarray as xr
 import zarr
 
-from conftest import D1, D2, D3, GROUP, cli_env, ingest, new_cube
+from conftest import D1, D2, D3, D_COORDS, GROUP, ORBIT, cli_env, ingest, new_cube
 from ingest.grid import NL_GRID
 from ingest.quality.cells import grid_lonlat
 from ingest.store import CubeStore
@@ -142,6 +142,50 @@ class CountingBackend:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+def test_a_commit_reads_and_writes_only_the_quality_time_chunks_it_changes(tmp_path, products, monkeypatch):
+    """On a cube of one step per time chunk, an append, an insertion and a late tile each read
+    the quality chunks of only the time chunks they write (compared before staging) and of
+    those their moved rows come from, never the rest of the archive; after each, the group is
+    byte for byte what a rebuild from the pixels makes (``rebuild_quality`` commits nothing)."""
+    from dataclasses import replace
+
+    from ingest.publish.engine import Cube
+    from ingest.quality.group import ARRAYS, rebuild_quality
+    from ingest.store.transaction import Transaction
+
+    reads: list[str] = []
+    get = Transaction.get
+
+    def spy(tx, key):
+        reads.append(key)
+        return get(tx, key)
+
+    monkeypatch.setattr(Transaction, "get", spy)
+    cube = Cube(tmp_path / "cube.zarr", replace(NL_GRID, time_chunk=1), ORBIT)
+    ingest(cube, [products.scene[(D1, "31UET")], products.scene[(D3, "31UET")]], products)
+
+    def commit(product, times, chunks):
+        """Ingest ``product``: the new time axis is ``times``; ``chunks``: the time chunks
+        whose quality keys may be read (the changed ones and the sources of moved rows)."""
+        reads.clear()
+        ingest(cube, [product], products)
+        read = [k for k in reads if k.startswith(Q + "/") and k.split("/")[-2] in ARRAYS
+                and not k.split("/")[-1].startswith(".")]
+        for name in ARRAYS:
+            assert {k for k in read if k.split("/")[-2] == name} == \
+                {f"{Q}/{name}/{k}.0" for k in chunks}, (name, sorted(read))
+        q = zarr.open_consolidated(str(cube.path), path=Q, mode="r")
+        assert q["valid"].shape[0] == len(times) and q["valid"].chunks[0] == 1
+        reads.clear()
+        assert rebuild_quality(cube.path, GROUP) is None  # nothing differs from a rebuild
+        assert list(CubeStore.open(cube.path).published(GROUP).times) == times
+
+    commit(products.coords["31UET"], [D1, D3, D_COORDS], {2})  # append: the new chunk only
+    commit(products.scene[(D2, "31UET")], [D1, D2, D3, D_COORDS], {1, 2, 3})  # insertion: steps 1.. move
+    commit(products.scene[(D1, "31UFT")], [D1, D2, D3, D_COORDS], {0})  # a late tile of the first date
+    assert verify_store(CubeStore.open(cube.path)) == []
 
 
 def test_selection_over_a_union_of_cells_is_exact_and_reads_only_the_quality_group(quality_cube, pixel_cells):

@@ -18,7 +18,9 @@ inside the same ``Transaction`` as the imagery write (``update_quality``, called
 ``engine._write`` just before the commit): one version holds both, the manifest covers both,
 and a reader never sees statistics of another version's pixels. Rows are recomputed for every
 time step the commit wrote (its slots: new steps, late tiles, supersedes) from the staged
-SCL/CLD/SNW chunks; rows of steps an insertion only moved are moved, not recomputed. Any doubt
+SCL/CLD/SNW chunks; rows of steps an insertion only moved are moved, not recomputed. Only the
+time chunks the commit changes (and the published ones their moved rows come from) are read
+and encoded: the cost follows what the commit changes, not the archive's length. Any doubt
 (no group yet, another resolution, a length that does not match the published axis) makes it
 recompute every row, so the group's time axis always equals the imagery's.
 """
@@ -115,9 +117,14 @@ def _time_values(tx: Transaction, group: str) -> np.ndarray:
     return np.asarray(read_array(tx.array(path), lambda c: tx.get(join(path, c))), dtype="i8")
 
 
-def _read_2d(tx: Transaction, path: str) -> np.ndarray:
-    meta = tx.array(path)
-    return np.asarray(read_array(meta, lambda c: tx.get(join(path, c))))
+def _read_time_chunk(tx: Transaction, path: str, meta: ArrayMeta, k: int) -> np.ndarray:
+    """Rows of time chunk ``k`` of the published (time, cell) array at ``path`` (``meta``: its
+    ``.zarray`` as published), shape (rows in that chunk, cells), decoded as ``read_array``
+    decodes the whole array (a missing chunk is fill, a damaged one a ``StoreError``)."""
+    t, n = meta.shape
+    tc = meta.chunks[0]
+    rows = ArrayMeta({**meta.doc, "shape": [max(0, min(tc, t - k * tc)), n]})
+    return np.asarray(read_array(rows, lambda c: tx.get(join(path, f"{k}.{c.partition('.')[2]}"))))
 
 
 def compute_rows(tx: Transaction, grid: CubeGrid, group: str, index: CellIndex,
@@ -162,21 +169,20 @@ def compute_rows(tx: Transaction, grid: CubeGrid, group: str, index: CellIndex,
     return rows
 
 
-def _stage(tx: Transaction, q: str, name: str, values: np.ndarray, chunks_to_write: set[int] | None,
-           tc: int) -> None:
-    """Stage the (time, cell) array ``name`` at its new length; only the time chunks in
-    ``chunks_to_write`` (None: all) are encoded, and a chunk whose bytes are unchanged is
-    not staged (DESIGN CHOICE: a commit's manifest lists what really changed)."""
+def _stage(tx: Transaction, q: str, name: str, shape: tuple[int, int],
+           rows: Callable[[int, int], np.ndarray], chunks_to_write: set[int] | None, tc: int) -> None:
+    """Stage the (time, cell) array ``name`` at its new ``shape``; only the time chunks in
+    ``chunks_to_write`` (None: all) are encoded, each from ``rows(lo, hi)`` (the new array's
+    rows lo..hi-1), and a chunk whose bytes are unchanged is not staged (DESIGN CHOICE: a
+    commit's manifest lists what really changed). Chunks not written keep their bytes."""
     path = join(q, name)
-    meta: ArrayMeta = tx.resize(path, values.shape)
-    t, n = values.shape
+    meta: ArrayMeta = tx.resize(path, shape)
+    t, n = shape
     nk = -(-t // tc)
-    for k in range(nk):
-        if chunks_to_write is not None and k not in chunks_to_write:
-            continue
+    for k in range(nk) if chunks_to_write is None else sorted(c for c in chunks_to_write if c < nk):
+        lo, hi = k * tc, min((k + 1) * tc, t)
         chunk = np.full((tc, meta.chunks[1]), _fill(name), dtype=meta.dtype)
-        part = values[k * tc:(k + 1) * tc]
-        chunk[:len(part), :n] = part
+        chunk[:hi - lo, :n] = rows(lo, hi)
         key = join(path, str(k) + ".0")
         raw = meta.encode(chunk)
         if tx.get(key) != raw:
@@ -233,6 +239,9 @@ def update_quality(tx: Transaction, grid: CubeGrid, group: str, plan=None, *,
 
 def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: int | None,
             rebuild: bool, progress, sums: StepSums | None = None) -> int:
+    """``update_quality``'s work. With a group that matches the published axis, only the time
+    chunks holding a recomputed or moved step are encoded, from the new rows and the old time
+    chunks their moved rows come from: the cost follows the commit, not the archive."""
     group = group.strip("/")
     q = quality_path(group)
     tc = grid.time_chunk
@@ -241,48 +250,64 @@ def _update(tx: Transaction, grid: CubeGrid, group: str, plan, *, resolution: in
     exists = tx.is_group(q)
     stored_res, res = _resolutions(tx, q, resolution)
     index = cell_index(grid, res)
-    old = None
+    n_cells = len(index)
+    metas = None  # the published quality arrays' metadata: rows are taken over from them
     if exists and not rebuild and plan is not None and res == stored_res:
         t_old = tx.array(join(q, "valid")).shape[0]
-        if t_old == len(plan.old_to_new) and tx.array(join(q, "cell")).shape[0] == len(index):
-            old = {name: _read_2d(tx, join(q, name)) for name in ARRAYS}
-        else:
+        metas = {name: tx.array(join(q, name)) for name in ARRAYS}
+        if not (t_old == len(plan.old_to_new) and tx.array(join(q, "cell")).shape[0] == n_cells
+                and all(m.shape == (t_old, n_cells) for m in metas.values())):
             log.warning("/%s: quality arrays do not match the published axis; recomputing them", q)
+            metas = None
     chunks_of = None
-    if old is None:
+    source: dict[int, int] = {}  # new step -> the published step whose row it keeps
+    if metas is None:
         _create(tx, grid, q, index)
         steps = list(range(t_new))
         write_chunks = None
-        new = {name: np.full((t_new, len(index)), _fill(name), dtype=_dtype(name)) for name in ARRAYS}
     else:
         steps = sorted(s.index for s in plan.slots)
-        new = {name: np.full((t_new, len(index)), _fill(name), dtype=_dtype(name)) for name in ARRAYS}
-        changed = set(steps)
-        for o, n in plan.old_to_new.items():
-            for name in ARRAYS:
-                new[name][n] = old[name][o]
-            if o != n:
-                changed.add(n)
-        write_chunks = {t // tc for t in changed}
+        source = {n: o for o, n in plan.old_to_new.items()}
+        write_chunks = {t // tc for t in plan.changed_steps()}
         # DESIGN CHOICE: a step's pixels lie only in its products' chunks (the plan knows
         # them), so only those are read, without listing the SCL array
         chunks_of = {s.index: set(s.chunks).union(*(p.chunks for p in s.products)) for s in plan.slots}
     if sums is not None and (sums.index.resolution != res or rebuild or plan is None
                              or not sums.complete()):
         sums = None  # made for another axis of cells, or incomplete: compute from the store
+    row_of = {t: r for r, t in enumerate(sorted(set(steps)))}  # recomputed step -> row of ``fresh``
+    fresh = {name: np.full((len(row_of), n_cells), _fill(name), dtype=_dtype(name)) for name in ARRAYS}
     given = [t for t in steps if sums is not None and t in sums.row_of]
     rest = sorted(set(steps) - set(given))
     if given:
-        rows = sums.rows.fractions()
+        summed = sums.rows.fractions()
         for name in ARRAYS:
-            new[name][given] = rows[name][[sums.row_of[t] for t in given]]
+            fresh[name][[row_of[t] for t in given]] = summed[name][[sums.row_of[t] for t in given]]
     if rest:
         computed = compute_rows(tx, grid, group, index, rest, progress, chunks_of).fractions()
         for name in ARRAYS:
-            new[name][rest] = computed[name]
+            fresh[name][[row_of[t] for t in rest]] = computed[name]
+    # the published rows the written chunks keep: new step -> its published step
+    kept = {t: o for t, o in source.items() if t not in row_of and t // tc in write_chunks}
     write_1d(tx, join(q, "time"), times)
     for name in ARRAYS:
-        _stage(tx, q, name, new[name], write_chunks, tc)
+        # DESIGN CHOICE: the old time chunks an array's written chunks need are read and
+        # decoded (once each) before any of its chunks is staged: staging an insertion's
+        # chunk would otherwise hide the published rows a later chunk still takes over
+        otc = metas[name].chunks[0] if kept else 1
+        old = {k: _read_time_chunk(tx, join(q, name), metas[name], k)
+               for k in sorted({o // otc for o in kept.values()})}
+
+        def rows(lo: int, hi: int, name=name, old=old, otc=otc) -> np.ndarray:
+            out = np.full((hi - lo, n_cells), _fill(name), dtype=_dtype(name))
+            for t in range(lo, hi):
+                if t in row_of:
+                    out[t - lo] = fresh[name][row_of[t]]
+                elif t in kept:
+                    out[t - lo] = old[kept[t] // otc][kept[t] % otc]
+            return out
+
+        _stage(tx, q, name, (t_new, n_cells), rows, write_chunks, tc)
     return len(steps)
 
 
