@@ -114,3 +114,22 @@ def test_workers_bench_smoke_reports_the_committer_share(tmp_path, capsys):
     for m in ("workers_1", "workers_2"):
         run = report["results"][m]["runs"][0]
         assert run["switched_keys"] > 0 and run["worker_cpu_s"] > 0
+
+
+@pytest.mark.slow
+def test_handmade_bench_smoke_compares_with_rioxarray(tmp_path, capsys):
+    """``python -m ingest.benchmarks.handmade``: the ingest and the hand-made rioxarray
+    pipeline on the same product, beside the decode floor, in one run."""
+    from ingest.benchmarks import handmade
+
+    out = tmp_path / "handmade.json"
+    report = handmade.main(["--window", "4800", "4800", "300", "300", "--repeat", "1",
+                            "--cache", str(tmp_path / "products"), "--out", str(out)])
+    assert "hand-made rioxarray pipeline / the ingest" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    s = doc["summary"]
+    assert s["handmade_over_ingest"] == pytest.approx(
+        doc["median"]["handmade"]["seconds"] / doc["median"]["ingest"]["seconds"])
+    assert s["goal_met"] == (s["handmade_over_ingest"] >= handmade.GOAL)
+    run = report["runs"]["handmade"][0]
+    assert run["variables"] == 17 and run["output_pixels"] > 17 * 300 * 300

@@ -22,6 +22,7 @@ from pathlib import Path
 BENCHES: dict[str, tuple[str, list[str]]] = {
     "ingest": ("ingest.benchmarks.ingest", []),
     "workers": ("ingest.benchmarks.workers", ["--repeat", "1"]),
+    "handmade": ("ingest.benchmarks.handmade", []),
     "copies": ("ingest.benchmarks.copies", []),
     "mirror": ("ingest.benchmarks.mirror", []),
     "mirror-demo": ("ingest.benchmarks.mirror", ["--demo", "bench-results/demo",

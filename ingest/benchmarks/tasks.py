@@ -21,7 +21,8 @@ def _child(task: str, kwargs: dict) -> dict:
     from ingest.publish import chunks, engine, write  # noqa: F401  (imports are not part of the measurement)
 
     baseline = _status_mb("VmRSS") or _peak_mb()
-    fn = {"decode": _decode, "decode_eopf": _decode_eopf, "ingest": _ingest, "overviews": _overviews}[task]
+    fn = {"decode": _decode, "decode_eopf": _decode_eopf, "ingest": _ingest, "overviews": _overviews,
+          "handmade": _handmade}[task]
     cpu0, t0 = _cpu_s(), time.perf_counter()
     result = fn(**kwargs)
     wall = time.perf_counter() - t0
@@ -190,6 +191,40 @@ def _overviews(cube_path: str) -> dict:
         n = build_overviews(tx, store.grid, f"S2/R{ORBIT:03d}")
         tx.commit()
     return {"level_chunks": n}
+
+
+def _handmade(product_path: str, out_path: str) -> dict:
+    """The pipeline a user writes by hand with rioxarray (``ingest.benchmarks.handmade``):
+    each variable's file opened, reprojected to EPSG:28992 at 10 m (onto the first 10 m band's
+    grid), written to Zarr format 2 with the cube's codec, one variable after the other."""
+    import rasterio
+    import rioxarray
+    import xarray as xr
+    from rasterio.enums import Resampling
+
+    from ingest.products.formats import read_product
+    from ingest.store.layout import compressor
+    from ingest.variables import VARIABLES
+    from ingest.warping.warp import GDAL_ENV
+
+    product = read_product(product_path)
+    order = sorted(VARIABLES.values(), key=lambda s: s.resolution)  # a 10 m band sets the grid
+    ref = None
+    pixels = 0
+    with rasterio.Env(**GDAL_ENV):
+        for i, spec in enumerate(order):
+            da = rioxarray.open_rasterio(product.gdal_path(product.file_for(spec.name, spec.resolution))).squeeze("band", drop=True)
+            da = da.rio.write_nodata(spec.fill_value)
+            how = Resampling[spec.default_resampling]
+            out = (da.rio.reproject("EPSG:28992", resolution=10, resampling=how) if ref is None
+                   else da.rio.reproject_match(ref, resampling=how))
+            if ref is None:
+                ref = out
+            ds = xr.Dataset({spec.name: out.expand_dims(time=[product.datatake_start.replace(tzinfo=None)])})
+            ds.to_zarr(out_path, mode="w" if i == 0 else "a", zarr_format=2, consolidated=i == len(order) - 1,
+                       encoding={spec.name: {"chunks": (1, 625, 500), "compressors": (compressor(),)}})
+            pixels += int(out.size)
+    return {"output_pixels": pixels, "variables": len(order)}
 
 
 def chunk_bytes(cube: Path) -> int:
