@@ -68,6 +68,42 @@ def test_apply_touches_only_the_changed_pieces():
     assert root["arrays"]["S2/R051/B02"] == parent.root["arrays"]["S2/R051/B02"]
 
 
+def test_threads_asking_for_the_same_piece_read_it_once():
+    """Eight threads checking keys of one piece at once (a copy's compare) read and decode
+    each list and piece once, not once per thread."""
+    import threading
+    import time
+
+    keys = {f"a/{t}.{y}.0": _rec(f"{t}{y}".encode()) for t in range(3) for y in range(40)}
+    draft = build.bulk(keys.items())
+    raw, _ = build.finish(draft, version=1, parent=None, parent_root=None, snapshot={}, changes={}, kept=[])
+    objects = {**draft.objects, codec.root_key(1): raw}
+    reads: list[str] = []
+
+    def slow_get(key: str):
+        reads.append(key)
+        time.sleep(0.02)  # every reader arrives while the first is still reading
+        return objects.get(key)
+
+    idx = VersionIndex.load(slow_get, 1)
+    reads.clear()
+    start = threading.Barrier(8)
+    got: list = []
+
+    def check(names):
+        start.wait()
+        got.extend(idx.record(f"a/{n}") for n in names)
+
+    names = sorted(k[2:] for k in keys)
+    threads = [threading.Thread(target=check, args=(names[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == sorted(keys.values())
+    assert len(reads) == len(set(reads)) == 1 + 3  # the list, then each of the 3 pieces once
+
+
 def test_an_object_that_does_not_match_its_name_is_refused():
     draft = build.bulk([("a/0.0", _rec(b"x"))])
     raw, root = build.finish(draft, version=1, parent=None, parent_root=None, snapshot={}, changes={}, kept=[])

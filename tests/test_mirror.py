@@ -262,3 +262,23 @@ def test_mirrors_over_http_during_a_sync_that_appends_and_inserts_are_each_one_v
         writer.wait(timeout=300)
     assert writer.returncode == 0, writer.stderr.read()
     assert seen[-1] == CubeStore.open(src).version() and seen == sorted(seen)
+
+
+def test_a_rerun_reads_each_bookkeeping_piece_a_bounded_number_of_times(tmp_path, source, monkeypatch):
+    """A rerun with nothing changed reads the version's records in four passes (checked, planned,
+    compared with the copy, deleted keys found), each piece once per pass: its bookkeeping work
+    follows the number of keys, not a multiple of it per phase or per thread."""
+    import ingest.store.bookkeeping.index as index
+    from ingest.copies.mirror import mirror
+
+    copy = tmp_path / "copy.zarr"
+    mirror(str(source), str(copy))
+    idx = CubeStore.open(source).index()
+    pieces = sum(len(idx.array_list(a)) for a in idx.arrays())
+    decoded = []
+    real = index.decode_piece
+    monkeypatch.setattr(index, "decode_piece", lambda raw: decoded.append(1) or real(raw))
+    monkeypatch.setattr(index.VersionIndex, "PIECES_CACHED", 4)  # far fewer than the pieces, as at scale
+    report = mirror(str(source), str(copy))
+    assert not report.changed and report.fetched == 0
+    assert pieces <= len(decoded) <= 4.2 * pieces, (len(decoded), pieces)

@@ -40,7 +40,14 @@ def _damaged(src, key: str, why: str) -> StoreError:
                       "copied (check the source: `s2ingest verify --deep` there)")
 
 
-def _check_keys(keys) -> None:
+class _NoDocument(ValueError):
+    """The manifest names a metadata document the version's snapshot does not hold."""
+
+
+def _check_keys(keys, docs: Mapping[str, bytes] | None = None) -> None:
+    """Every entry a key of a cube with a size and a sha256; with ``docs``, every metadata
+    document the keys name (but ``.zmetadata``) among them (``_NoDocument``). One pass: on a
+    national cube the keys are millions of records read piece by piece."""
     if not isinstance(keys, Mapping):
         raise ValueError("its 'keys' is not a mapping")
     for key, entry in keys.items():
@@ -50,6 +57,9 @@ def _check_keys(keys) -> None:
         if not isinstance(entry, dict) or type(entry.get("size")) is not int or entry["size"] < 0 \
                 or not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
             raise ValueError(f"entry {key!r} has no valid size and sha256")
+        if docs is not None and is_metadata(key) and key not in docs \
+                and key.rsplit("/", 1)[-1] != ".zmetadata":
+            raise _NoDocument(f"no document {key!r}, which the manifest names")
 
 
 def source_bookkeeping(src, version: int, keys: Mapping | None = None
@@ -62,23 +72,25 @@ def source_bookkeeping(src, version: int, keys: Mapping | None = None
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
         keys = manifest["keys"] if keys is None else keys
-        _check_keys(keys)
+        if not isinstance(keys, Mapping):
+            raise ValueError("its 'keys' is not a mapping")
         changes = manifest.get("changes", {})
         _check_keys({k: e for k, e in changes.items() if e is not None})
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise _damaged(src, where, f"{exc.__class__.__name__}: {exc}") from None
-    where = metadata_key(version)
     try:
         docs = _source_docs(src, version, keys)
         for key, raw in docs.items():
-            where = metadata_key(version)
             if not isinstance(raw, bytes) or not is_metadata(key):
                 raise ValueError(f"document {key!r} is not a metadata document")
             json.loads(raw)
-        for key in keys:
-            if is_metadata(key) and key.rsplit("/", 1)[-1] != ".zmetadata" and key not in docs:
-                raise ValueError(f"no document {key!r}, which the manifest names")
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise _damaged(src, metadata_key(version), f"{exc.__class__.__name__}: {exc}") from None
+    try:
+        _check_keys(keys, docs)
+    except _NoDocument as exc:
+        raise _damaged(src, metadata_key(version), f"ValueError: {exc}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise _damaged(src, where, f"{exc.__class__.__name__}: {exc}") from None
     return keys, docs
 

@@ -156,7 +156,7 @@ def _mirror_version(src: CubeStore, copy: str, version: int, selection: Selectio
                 tx.put(key, entry.data)
             else:
                 tx.adopt(key, f"{FETCHED}/{key}", (entry.size, entry.sha256))
-        gone = sorted(set(have) - set(plan.keys) - {k for k in have if k.endswith(".zmetadata")})
+        gone = sorted(k for k in have if k not in plan.keys and not k.endswith(".zmetadata"))
         for key in gone:
             tx.delete(key)
         report.deleted = len(gone)
@@ -243,7 +243,7 @@ def _file_stat(dst: CubeStore, key: str) -> list[int] | None:
     if root is None:
         return None
     try:
-        st = os.stat(root / key)
+        st = os.stat(os.path.join(root, key))
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]

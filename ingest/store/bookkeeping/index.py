@@ -24,6 +24,8 @@ class VersionIndex:
     Every object is checked against the hash it is named by when it is read (``verify=True``,
     the default), so a reader that trusts the root trusts every record it is given."""
 
+    PIECES_CACHED = 256  # decoded pieces kept (a national cube has ~10^6: passes stream)
+
     def __init__(self, get: Getter, root: dict, root_sha: str | None = None, *,
                  verify: bool = True) -> None:
         self.get = get
@@ -34,6 +36,7 @@ class VersionIndex:
         self._lists: dict[str, dict[int, str]] = {}
         self._pieces: dict[str, dict[str, Record]] = {}
         self._mutex = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # object key -> held while it is read
         self.bytes_read = 0
 
     @classmethod
@@ -64,28 +67,38 @@ class VersionIndex:
             raise CorruptError(f"{key}: sha256 differs from its name (damaged)")
         return raw
 
-    def array_list(self, array: str) -> dict[int, str]:
-        """piece id -> piece hash of ``array`` ({} for an array this version does not have)."""
+    def _cached(self, cache: dict, name: str, load: Callable[[], object], bound: int | None = None):
+        """``cache[name]``, loaded by ``load()`` when missing. DESIGN CHOICE: threads that
+        ask for the same missing object at once (a copy checks keys of one piece on 8
+        threads) wait for the one that reads it, instead of each reading and decoding it."""
         with self._mutex:
-            got = self._lists.get(array)
-        if got is not None:
-            return got
-        h = self.root["arrays"].get(array)
-        got = {} if h is None else decode_list(self.fetch(list_key(h), h))
-        with self._mutex:
-            self._lists[array] = got
+            got = cache.get(name)
+            if got is not None:
+                return got
+            lock = self._loading.setdefault(f"{id(cache)}:{name}", threading.Lock())
+        with lock:
+            with self._mutex:
+                got = cache.get(name)
+            if got is None:
+                got = load()
+                with self._mutex:
+                    if bound is not None and len(cache) > bound:  # a reader streams through pieces
+                        cache.clear()
+                    cache[name] = got
+            with self._mutex:
+                self._loading.pop(f"{id(cache)}:{name}", None)
         return got
 
+    def array_list(self, array: str) -> dict[int, str]:
+        """piece id -> piece hash of ``array`` ({} for an array this version does not have)."""
+        h = self.root["arrays"].get(array)
+        if h is None:
+            return {}
+        return self._cached(self._lists, array, lambda: decode_list(self.fetch(list_key(h), h)))
+
     def piece(self, h: str) -> dict[str, Record]:
-        with self._mutex:
-            got = self._pieces.get(h)
-        if got is None:
-            got = decode_piece(self.fetch(piece_key(h), h))
-            with self._mutex:
-                if len(self._pieces) > 256:  # bounded: a reader streams through pieces
-                    self._pieces.clear()
-                self._pieces[h] = got
-        return got
+        return self._cached(self._pieces, h, lambda: decode_piece(self.fetch(piece_key(h), h)),
+                            bound=self.PIECES_CACHED)
 
     def piece_records(self, array: str, pid: int) -> dict[str, Record]:
         h = self.array_list(array).get(pid)
