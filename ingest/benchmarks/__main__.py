@@ -1,6 +1,6 @@
 """``make bench``: every benchmark, one after the other, each writing its JSON report.
 
-    python -m ingest.benchmarks                       # all of them (about 40 minutes on 2 cores)
+    python -m ingest.benchmarks                       # all of them (about an hour on 2 cores)
     python -m ingest.benchmarks --only ingest,mirror  # some of them
     python -m ingest.benchmarks --list
 
