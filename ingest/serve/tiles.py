@@ -132,10 +132,21 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
         rgba = scl_lut()[np.nan_to_num(data[0], nan=0).astype("uint8")]
     else:
         rgba = _lut(colormap or "viridis")[_scale(phys[0], lo, hi)]
+    if not valid.any() and (rgba[..., :3] == rgba[0, 0, :3]).all():  # e.g. no imagery that day
+        return _transparent_png(tuple(int(v) for v in rgba[0, 0, :3])), level.factor
     rgba = rgba.copy()
     rgba[..., 3] = np.where(valid, rgba[..., 3], 0)
     png = render(np.moveaxis(rgba[..., :3], -1, 0).astype("uint8"), mask=rgba[..., 3], img_format="PNG")
     return png, level.factor
+
+
+@lru_cache(maxsize=64)
+def _transparent_png(rgb: tuple[int, int, int]) -> bytes:
+    """The PNG ``tile_png`` renders for a tile with no valid pixel whose colour under the
+    transparent alpha is ``rgb`` everywhere (rendered once per colour: the same bytes)."""
+    data = np.empty((3, TILESIZE, TILESIZE), dtype="uint8")
+    data[:] = np.array(rgb, dtype="uint8")[:, None, None]
+    return render(data, mask=np.zeros((TILESIZE, TILESIZE), dtype="uint8"), img_format="PNG")
 
 
 def warped_bands(reader: CubeReader, path: str, bands, t: int, rows: slice, cols: slice,
