@@ -424,3 +424,33 @@ def test_serve_with_several_worker_processes(cube):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_connections_to_the_server_socket_send_without_delay():
+    """Connections accepted from the socket ``s2ingest serve`` listens on have TCP_NODELAY
+    (asyncio sets it only on sockets that say they are TCP), so a response written in two
+    parts (headers, body) is not held back until the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from ingest.cli.serve import listening_socket
+
+    sock = listening_socket("127.0.0.1", 0)
+    seen = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+            s = transport.get_extra_info("socket")
+            seen.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        await reader.read()  # the server closes the connection
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0

@@ -207,9 +207,36 @@ def _fetch_all(port: int, urls: list[str], clients: int) -> tuple[float, list[fl
     return time.perf_counter() - t0, lat
 
 
+def _tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` and its descendants so far (Linux /proc;
+    None elsewhere): the server's own work, which other jobs on a shared machine do not
+    disturb as they do wall times."""
+    import os
+
+    try:
+        stats = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    except OSError:
+        return None
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo.extend(c for c, (ppid, _) in stats.items() if ppid == p and c not in tree)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(store: Path, n_requests: int, clients: int, workers: int, echo) -> dict:
     """Tiles per second of ``s2ingest serve --workers N`` (a real server, HTTP on localhost)
-    at 1 client and at ``clients`` clients, over the same tiles, after a warm-up pass."""
+    at 1 client and at ``clients`` clients, over the same tiles, after a warm-up pass; and the
+    CPU time the server's processes spent per tile in each pass."""
     import os
     import subprocess
     import sys
@@ -238,10 +265,15 @@ def throughput(store: Path, n_requests: int, clients: int, workers: int, echo) -
         _fetch_all(port, urls, clients)  # warm-up: every worker opens its arrays, caches fill
         out: dict = {"workers": workers, "requests": len(urls)}
         for n in (1, clients):
+            cpu0 = _tree_cpu(proc.pid)
             wall, lat = _fetch_all(port, urls, n)
-            out[f"clients_{n}"] = {"tiles_per_s": round(len(urls) / wall, 2), **_stats(lat)}
+            cpu1 = _tree_cpu(proc.pid)
+            cpu = None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) / len(urls) * 1000, 1)
+            out[f"clients_{n}"] = {"tiles_per_s": round(len(urls) / wall, 2), **_stats(lat),
+                                   "server_cpu_ms_per_tile": cpu}
             echo(f"  {n} client(s): {out[f'clients_{n}']['tiles_per_s']} tiles/s, "
-                 f"p50 {out[f'clients_{n}']['median_ms']} ms, p95 {out[f'clients_{n}']['p95_ms']} ms")
+                 f"p50 {out[f'clients_{n}']['median_ms']} ms, p95 {out[f'clients_{n}']['p95_ms']} ms, "
+                 f"server CPU {cpu} ms per tile")
         out["speedup"] = round(out[f"clients_{clients}"]["tiles_per_s"] / out["clients_1"]["tiles_per_s"], 3)
         out["goal"] = {"speedup_at_least": 1.5, "p95_ms_at_most": 200}
         out["loadavg"] = os.getloadavg()

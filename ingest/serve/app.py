@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import numpy as np
@@ -24,6 +25,7 @@ PNG = "image/png"
 SWITCH_WAIT = 2.0  # seconds a request waits for a commit's switch to end
 MAX_LAYER_CHUNKS = 64  # an outline tile reads at most this many layer chunks (bounded work)
 STORE_ENV = "S2INGEST_SERVE_STORE"  # the cube a worker process of `serve --workers N` opens
+TILE_THREADS = 4  # threads rendering tiles in one server process (requests beyond wait their turn)
 
 
 def app_from_env() -> FastAPI:
@@ -38,6 +40,13 @@ def app_from_env() -> FastAPI:
 
 def create_app(location: str) -> FastAPI:
     reader = CubeReader(str(location))
+    # DESIGN CHOICE: tiles render on a few threads of their own that live as long as the
+    # process. FastAPI's pool (anyio) ends a thread idle for 10 s and starts new ones under
+    # load, and every new thread makes its own PROJ transformers (pyproj keeps them per
+    # thread): ~100 ms of CPU on its first tile, where a tile costs ~20 ms. A few threads
+    # overlap one tile's reads and GIL-free work (decoding, PNG encoding) with another's;
+    # tiles are CPU work, so many more would only make each one slower.
+    tile_threads = ThreadPoolExecutor(TILE_THREADS, thread_name_prefix="tiles")
     app = FastAPI(title="s2ingest cube server", version="1",
                   description="Tiles, time series, chips and metadata of one s2ingest cube (read only).")
     static = resources.files("ingest.serve") / "static"
@@ -100,15 +109,18 @@ def create_app(location: str) -> FastAPI:
         return reader.metadata()
 
     @app.get("/tiles/{z}/{x}/{y}.png")
-    def tile(z: int, x: int, y: int, orbit: int | None = None, time: str | None = None,
-             variable: str | None = None, composite: str | None = None,
-             vmin: float | None = None, vmax: float | None = None, colormap: str | None = None,
-             overviews: bool = True):
+    async def tile(z: int, x: int, y: int, orbit: int | None = None, time: str | None = None,
+                   variable: str | None = None, composite: str | None = None,
+                   vmin: float | None = None, vmax: float | None = None, colormap: str | None = None,
+                   overviews: bool = True):
         """One 256 px Web Mercator tile: ``variable`` with ``colormap`` over ``vmin..vmax`` or a
         ``composite`` (true_color, false_color, ndvi), at time step ``time`` (index or date)."""
-        png, factor = tile_png(reader, reader.group(orbit), z, x, y, time=time, variable=variable,
-                               composite=composite, vmin=vmin, vmax=vmax, colormap=colormap,
-                               overviews=overviews)
+        def render() -> tuple[bytes, int]:
+            return tile_png(reader, reader.group(orbit), z, x, y, time=time, variable=variable,
+                            composite=composite, vmin=vmin, vmax=vmax, colormap=colormap,
+                            overviews=overviews)
+
+        png, factor = await asyncio.get_running_loop().run_in_executor(tile_threads, render)
         return Response(png, media_type=PNG, headers={"X-Overview-Level": str(factor),
                                                        "Cache-Control": "max-age=60"})
 
@@ -201,6 +213,7 @@ def create_app(location: str) -> FastAPI:
                         headers={"Content-Disposition": f'attachment; filename="{name}"', **said})
 
     app.state.reader = reader
+    app.state.tile_threads = tile_threads
     return app
 
 

@@ -22,9 +22,10 @@ from pyproj import Transformer
 from rasterio.features import geometry_mask
 from rasterio.transform import Affine
 
-from ingest.errors import S2IngestError
+from ingest.errors import S2IngestError, StoreError
 from ingest.overviews import level_factors, levels_of
 from ingest.store import CubeStore
+from ingest.store.zarrdocs import ArrayMeta
 from ingest.variables import SCL_CLASSES, VARIABLES
 
 MAX_TILE_PIXELS = 1024 * 1024  # source pixels one tile may read (per band)
@@ -80,7 +81,9 @@ class CubeReader:
         self._levels: dict[str, list[Level]] = {}
         self._times: dict[str, list[datetime]] = {}
         self._arrays: dict[str, object] = {}
+        self._coords: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._chunks = ChunkCache(CHUNK_CACHE_BYTES)
+        self._thread = threading.local()  # per thread: a key reader on connections of its own
 
     # -- what is published ---------------------------------------------------------------
     def refresh(self) -> None:
@@ -99,6 +102,7 @@ class CubeReader:
                 self._levels.clear()
                 self._times.clear()
                 self._arrays.clear()
+                self._coords.clear()
                 self._chunks.clear()
                 self._parcels = None
                 self._version = v
@@ -150,32 +154,82 @@ class CubeReader:
                 self._times[group] = out
         return out
 
+    def coords(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """The x and y centre coordinates of the array group at ``path`` (kept per version)."""
+        out = self._coords.get(path)
+        if out is None:
+            ds = self.dataset(path)
+            out = (ds["x"].values, ds["y"].values)
+            with self._lock:
+                self._coords[path] = out
+        return out
+
     def window(self, path: str, var: str, t: int, rows: slice, cols: slice) -> np.ndarray:
         """The stored integers of ``var`` at time step ``t`` over a window of the array at
         ``path``, assembled from decoded chunks kept in an LRU cache (a tile and its
-        neighbours read the same level chunks)."""
-        import zarr
+        neighbours, and the bands of a composite at the next time steps, read the same chunks).
 
+        DESIGN CHOICE: cached chunks are keyed by the version this reader serves as well as
+        by array and chunk, so a chunk a request read while a new version was being picked up
+        is never served for the new one. A plain array (one compressor, no filters, C order,
+        as the cube writes them) is decoded with its own codec straight from the store's key,
+        as zarr-python does for format 2 (its read machinery cost more than the decoding);
+        anything else is read through zarr-python."""
         key = f"{path}/{var}"
-        arr = self._arrays.get(key)
-        if arr is None:
-            arr = zarr.open_array(self.location, path=key, mode="r")
-            with self._lock:
-                self._arrays[key] = arr
+        arr = self._array(key)
         ct, cy, cx = arr.chunks
+        version = self._version
         out = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype=arr.dtype)
         for iy in range(rows.start // cy, (rows.stop - 1) // cy + 1):
             for ix in range(cols.start // cx, (cols.stop - 1) // cx + 1):
-                ck = (key, t // ct, iy, ix)
+                ck = (version, key, t // ct, iy, ix)
                 chunk = self._chunks.get(ck)
                 if chunk is None:
-                    chunk = arr[t // ct * ct:(t // ct + 1) * ct, iy * cy:(iy + 1) * cy, ix * cx:(ix + 1) * cx]
+                    chunk = self._read_chunk(key, arr, (t // ct, iy, ix))
                     self._chunks.put(ck, chunk)
                 r0, r1 = max(rows.start, iy * cy), min(rows.stop, (iy + 1) * cy)
                 c0, c1 = max(cols.start, ix * cx), min(cols.stop, (ix + 1) * cx)
                 out[r0 - rows.start:r1 - rows.start, c0 - cols.start:c1 - cols.start] = \
                     chunk[t % ct, r0 - iy * cy:r1 - iy * cy, c0 - ix * cx:c1 - ix * cx]
         return out
+
+    def _array(self, key: str):
+        """An ``ArrayMeta`` of the published array ``key`` when it is plain, else the array
+        opened by zarr-python (both have ``chunks`` and ``dtype``)."""
+        arr = self._arrays.get(key)
+        if arr is None:
+            group, name = key.rsplit("/", 1)
+            doc = (self.store.consolidated(group) or {}).get(f"{name}/.zarray")
+            meta = ArrayMeta(doc) if doc is not None else None
+            if meta is not None and len(meta.chunks) == 3 and not meta.doc.get("filters") \
+                    and meta.doc.get("order", "C") == "C" and meta.codec is not None:
+                arr = meta
+            else:
+                import zarr
+
+                arr = zarr.open_array(self.location, path=key, mode="r")
+            with self._lock:
+                self._arrays[key] = arr
+        return arr
+
+    def _read_chunk(self, key: str, arr, index: tuple[int, int, int]) -> np.ndarray:
+        """One whole chunk (time, y, x) of the array ``key``, decoded."""
+        ct, cy, cx = arr.chunks
+        if not isinstance(arr, ArrayMeta):
+            it, iy, ix = index
+            return arr[it * ct:(it + 1) * ct, iy * cy:(iy + 1) * cy, ix * cx:(ix + 1) * cx]
+        name = arr.doc.get("dimension_separator", ".").join(str(i) for i in index)
+        read = getattr(self._thread, "read", None)
+        if read is None:  # an HTTP session is not shared between threads
+            read = self._thread.read = self.store.key_reader()
+        raw = read(f"{key}/{name}")
+        if raw is None:  # never written: the fill value, as zarr reads it
+            fill = arr.fill_value if arr.fill_value is not None else 0
+            return np.broadcast_to(np.array(fill, dtype=arr.dtype), arr.chunks)
+        try:
+            return arr.decode(raw)
+        except (RuntimeError, ValueError, TypeError) as exc:  # numcodecs' errors for damaged bytes
+            raise StoreError(f"{self.location}/{key}/{name} is damaged: {exc}") from exc
 
     def time_index(self, group: str, time: str | None) -> int:
         times = self.times(group)
@@ -444,15 +498,20 @@ class ChunkCache:
             if key in self._items:
                 return
             self._items[key] = value
-            self.nbytes += value.nbytes
+            self.nbytes += _held(value)
             while self.nbytes > self.limit and len(self._items) > 1:
                 _, old = self._items.popitem(last=False)
-                self.nbytes -= old.nbytes
+                self.nbytes -= _held(old)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self.nbytes = 0
+
+
+def _held(value: np.ndarray) -> int:
+    """Bytes a cached array holds (a chunk never written is one fill value, broadcast)."""
+    return value.itemsize if value.strides == (0,) * value.ndim else value.nbytes
 
 
 def check_variable(var: str):

@@ -1,11 +1,14 @@
 """XYZ tiles (Web Mercator) of one variable or an RGB composite, rendered to PNG.
 
-DESIGN CHOICE: the steps of rio-tiler's ``XarrayReader.tile`` (the reader titiler-xarray is
-built on; ``warp_tile``: the same bounds, clip and rioxarray reprojection, with one cached PROJ
-transformer instead of three GDAL set-ups per tile) do the Web Mercator tile maths; we choose the
-overview level ourselves (``CubeReader.level_for_zoom``), so a zoomed-out tile reads a few
-hundred level pixels instead of millions of native ones, and we refuse a tile that would read
-more than ``MAX_TILE_PIXELS`` (a cube without overviews at a low zoom).
+DESIGN CHOICE: the pixels are those of rio-tiler's ``XarrayReader.tile`` (the reader
+titiler-xarray is built on: its bounds, ``clip_box`` and rioxarray reprojection, nearest
+neighbour). We choose the overview level ourselves (``CubeReader.level_for_zoom``), so a
+zoomed-out tile reads a few hundred level pixels instead of millions of native ones, and we
+refuse a tile that would read more than ``MAX_TILE_PIXELS`` (a cube without overviews at a low
+zoom). Where ``ingest.serve.warp`` knows GDAL's picks (tiles inside the area of use of the
+coordinate operation: the Netherlands for EPSG:28992) they are computed with numpy and the
+stored integers are gathered directly; elsewhere ``warp_tile`` warps with GDAL as rio-tiler
+does. Both give the same PNG bytes (``tests/test_serve_tiles.py``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from rio_tiler.utils import normalize_bounds, render
 
 from ingest.variables import VARIABLES
 from ingest.serve.reader import COMPOSITES, MAX_TILE_PIXELS, CubeReader, RequestError, check_variable
+from ingest.serve.warp import (Fallback, from_mercator, centre_bounds, centre_transform,
+                               clip_window, mercator_to_grid)
 
 TMS = morecantile.tms.get("WebMercatorQuad")
 TILESIZE = 256
@@ -41,7 +46,9 @@ def check_tile(z: int, x: int, y: int) -> None:
         raise RequestError(f"no tile {z}/{x}/{y}: x and y must be 0..{2 ** z - 1} at zoom {z}")
 
 
+@lru_cache(maxsize=1)
 def empty_png() -> bytes:
+    """A fully transparent tile (the same bytes every time: rendered once per process)."""
     return render(np.zeros((1, TILESIZE, TILESIZE), dtype="uint8"),
                   mask=np.zeros((TILESIZE, TILESIZE), dtype="uint8"), img_format="PNG")
 
@@ -88,18 +95,19 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
     if not hi > lo:
         raise RequestError(f"empty range {lo} .. {hi}")
     t = reader.time_index(group, time)
-    bounds = TMS.bounds(morecantile.Tile(x, y, z))
+    tile = morecantile.Tile(x, y, z)
+    bounds = TMS.bounds(tile)
     lat = (bounds.bottom + bounds.top) / 2
     level = reader.level_for_zoom(group, z, lat, overviews)
-    ds = reader.dataset(level.path)
+    xs, ys = reader.coords(level.path)
     # bounded work: read only the level pixels under this tile (plus a margin), never more
-    # than MAX_TILE_PIXELS; the window is sliced lazily before anything is loaded
-    xy = TMS.xy_bounds(morecantile.Tile(x, y, z))
+    # than MAX_TILE_PIXELS
+    xy = TMS.xy_bounds(tile)
     left, bottom, right, top = reader.to_grid_from_mercator.transform_bounds(
         xy.left, xy.bottom, xy.right, xy.top)
     gl, _, _, gt = reader.grid.bounds
     rf = reader.grid.resolution * level.factor
-    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    ny, nx = len(ys), len(xs)
     r0, r1 = max(0, math.floor((gt - top) / rf) - 2), min(ny, math.ceil((gt - bottom) / rf) + 2)
     c0, c1 = max(0, math.floor((left - gl) / rf) - 2), min(nx, math.ceil((right - gl) / rf) + 2)
     if r1 - r0 < 2 or c1 - c0 < 2:
@@ -107,21 +115,9 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
     if (r1 - r0) * (c1 - c0) > MAX_TILE_PIXELS:
         raise RequestError(f"tile {z}/{x}/{y} would read {(r1 - r0) * (c1 - c0)} pixels at level "
                            f"{level.factor}; zoom in (or build overviews: s2ingest overviews)")
-    fills = [VARIABLES[b].fill_value for b in bands]
-    planes = []
-    for b, f in zip(bands, fills):
-        raw = reader.window(level.path, b, t, slice(r0, r1), slice(c0, c1))
-        plane = raw.astype("float32")
-        plane[raw == f] = np.nan
-        planes.append(plane)
-    da = xr.DataArray(np.stack(planes), dims=("band", "y", "x"),
-                      coords={"band": np.arange(1, len(bands) + 1),
-                              "y": ds["y"].values[r0:r1], "x": ds["x"].values[c0:c1]})
-    da = da.rio.write_crs(_crs(reader.grid.crs)).rio.write_nodata(np.nan)
-    arr = warp_tile(da, x, y, z, reader.grid.crs)
-    if arr is None:
+    data = warped_bands(reader, level.path, bands, t, slice(r0, r1), slice(c0, c1), tile, bounds)
+    if data is None:
         return empty_png(), level.factor
-    data = np.ma.filled(arr.astype("float64"), np.nan)
     scales = [VARIABLES[b].scale_factor or 1.0 for b in bands]
     phys = np.stack([d * s for d, s in zip(data, scales)])
     valid = ~np.isnan(phys).any(axis=0)
@@ -136,10 +132,66 @@ def tile_png(reader: CubeReader, group: str, z: int, x: int, y: int, *, time: st
         rgba = scl_lut()[np.nan_to_num(data[0], nan=0).astype("uint8")]
     else:
         rgba = _lut(colormap or "viridis")[_scale(phys[0], lo, hi)]
+    if not valid.any() and (rgba[..., :3] == rgba[0, 0, :3]).all():  # e.g. no imagery that day
+        return _transparent_png(tuple(int(v) for v in rgba[0, 0, :3])), level.factor
     rgba = rgba.copy()
     rgba[..., 3] = np.where(valid, rgba[..., 3], 0)
     png = render(np.moveaxis(rgba[..., :3], -1, 0).astype("uint8"), mask=rgba[..., 3], img_format="PNG")
     return png, level.factor
+
+
+@lru_cache(maxsize=64)
+def _transparent_png(rgb: tuple[int, int, int]) -> bytes:
+    """The PNG ``tile_png`` renders for a tile with no valid pixel whose colour under the
+    transparent alpha is ``rgb`` everywhere (rendered once per colour: the same bytes)."""
+    data = np.empty((3, TILESIZE, TILESIZE), dtype="uint8")
+    data[:] = np.array(rgb, dtype="uint8")[:, None, None]
+    return render(data, mask=np.zeros((TILESIZE, TILESIZE), dtype="uint8"), img_format="PNG")
+
+
+def warped_bands(reader: CubeReader, path: str, bands, t: int, rows: slice, cols: slice,
+                 tile: morecantile.Tile, bounds=None) -> np.ndarray | None:
+    """(band, 256, 256) float64 stored values of ``bands`` at time step ``t`` on ``tile``, NaN
+    where there is none (fill value, or no source pixel); None where the tile misses the
+    window ``rows`` x ``cols`` of the array group at ``path``. ``bounds``: the tile's lon/lat
+    bounds, when known."""
+    crs = reader.grid.crs
+    xs, ys = reader.coords(path)
+    xs, ys = xs[cols], ys[rows]
+    grid_bbox = from_mercator(crs).transform_bounds(*TMS.xy_bounds(tile), densify_pts=21)
+    if all(np.isfinite(grid_bbox)):  # rio-tiler's tile_exists
+        tb, db = normalize_bounds(grid_bbox), normalize_bounds(centre_bounds(xs, ys))
+        if not (tb[0] < db[2] and tb[2] > db[0] and tb[3] > db[1] and tb[1] < db[3]):
+            return None
+    fills = [VARIABLES[b].fill_value for b in bands]
+    fast = mercator_to_grid(crs)
+    if fast.covers(tile, bounds) and fast.agrees_with_gdal():
+        try:
+            r, c = clip_window(xs, ys, grid_bbox)
+            h, w = r.stop - r.start, c.stop - c.start
+            flat = fast.indices(tile, centre_transform(xs[c], ys[r]), h, w).ravel()
+        except Fallback:
+            flat = None
+        if flat is not None:  # every tile pixel picks a pixel of the clipped window
+            out = np.empty((len(bands), TILESIZE * TILESIZE))
+            sub_rows = slice(rows.start + r.start, rows.start + r.stop)
+            sub_cols = slice(cols.start + c.start, cols.start + c.stop)
+            for i, (b, f) in enumerate(zip(bands, fills)):
+                picked = reader.window(path, b, t, sub_rows, sub_cols).ravel().take(flat)
+                out[i] = picked
+                out[i][picked == f] = np.nan
+            return out.reshape(len(bands), TILESIZE, TILESIZE)
+    planes = []  # GDAL warps the window, as rio-tiler's XarrayReader.tile does
+    for b, f in zip(bands, fills):
+        raw = reader.window(path, b, t, rows, cols)
+        plane = raw.astype("float32")
+        plane[raw == f] = np.nan
+        planes.append(plane)
+    da = xr.DataArray(np.stack(planes), dims=("band", "y", "x"),
+                      coords={"band": np.arange(1, len(bands) + 1), "y": ys, "x": xs})
+    da = da.rio.write_crs(_crs(crs)).rio.write_nodata(np.nan)
+    arr = warp_tile(da, tile.x, tile.y, tile.z, crs)
+    return None if arr is None else np.ma.filled(arr.astype("float64"), np.nan)
 
 
 @lru_cache(maxsize=8)
@@ -149,17 +201,9 @@ def _crs(crs: str):
     return CRS.from_user_input(crs)
 
 
-@lru_cache(maxsize=8)
-def _from_mercator(crs: str):
-    """One PROJ transformer per server process (creating one costs tens of milliseconds)."""
-    from pyproj import Transformer
-
-    return Transformer.from_crs(TMS.rasterio_crs.to_wkt(), _crs(crs).to_wkt(), always_xy=True)
-
-
 def warp_tile(da: xr.DataArray, x: int, y: int, z: int, crs: str) -> np.ma.MaskedArray | None:
     """The 256 x 256 Web Mercator tile z/x/y of ``da`` (band, y, x; CRS ``crs``, NaN nodata),
-    nearest neighbour; None where the tile misses ``da``.
+    nearest neighbour, warped by GDAL; None where the tile misses ``da``.
 
     DESIGN CHOICE: the steps of rio-tiler's ``XarrayReader.tile`` (tile_exists, clip_box,
     rio.reproject onto the tile's bounds), without its three GDAL transformer set-ups per tile:
@@ -168,7 +212,7 @@ def warp_tile(da: xr.DataArray, x: int, y: int, z: int, crs: str) -> np.ma.Maske
     default-resolution transform rio-tiler computes is not used for a tile of fixed size.
     Same pixels, same PNG."""
     bbox = tuple(TMS.xy_bounds(morecantile.Tile(x, y, z)))
-    grid_bbox = _from_mercator(crs).transform_bounds(*bbox, densify_pts=21)
+    grid_bbox = from_mercator(crs).transform_bounds(*bbox, densify_pts=21)
     if all(np.isfinite(grid_bbox)):
         tb, db = normalize_bounds(grid_bbox), normalize_bounds(tuple(da.rio.bounds()))
         if not (tb[0] < db[2] and tb[2] > db[0] and tb[3] > db[1] and tb[1] < db[3]):
@@ -184,6 +228,8 @@ def warp_tile(da: xr.DataArray, x: int, y: int, z: int, crs: str) -> np.ma.Maske
 
 
 def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """0..255 over lo..hi, clipped; NaN -> 0 (in place: the clipped values are finite)."""
     with np.errstate(invalid="ignore"):
         s = np.clip((a - lo) / (hi - lo), 0, 1) * 255
-    return np.nan_to_num(s, nan=0).astype("uint8")
+    s[np.isnan(s)] = 0
+    return s.astype("uint8")
