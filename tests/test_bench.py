@@ -133,3 +133,19 @@ def test_handmade_bench_smoke_compares_with_rioxarray(tmp_path, capsys):
     assert s["goal_met"] == (s["handmade_over_ingest"] >= handmade.GOAL)
     run = report["runs"]["handmade"][0]
     assert run["variables"] == 17 and run["output_pixels"] > 17 * 300 * 300
+
+
+def test_mirror_bench_smoke_on_an_existing_cube(tmp_path, capsys):
+    """``python -m ingest.benchmarks.mirror --source CUBE``: an existing cube (the demo cube
+    with ``--demo``) mirrored beside ``cp -r`` and a plain copy; the report is JSON."""
+    from ingest.benchmarks import mirror
+
+    cube = tmp_path / "cube.zarr"
+    mirror.build_source(cube, 2, 3)
+    out = tmp_path / "mirror.json"
+    report = mirror.main(["--source", str(cube), "--work", str(tmp_path / "work"), "--repeat", "1",
+                          "--jobs", "2", "--out", str(out)])
+    assert "mirror / cp -r" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["keys"] == report["summary"]["keys"] > 6
+    assert doc["config"]["source"] == str(cube.resolve())

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"(goal <= {GOAL}); rerun unchanged {summary['rerun_unchanged_vs_plain_local']:.2f}x, "
           f"--quick {summary['rerun_quick_vs_plain_local']:.2f}x of a plain local copy")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    args.out.write_text(json.dumps(report, indent=1, default=str))
     print(f"written {args.out}")
     return report
 
