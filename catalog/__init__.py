@@ -8,73 +8,41 @@ SQLAlchemy 2.x models, alembic migrations, leased work claims (DESIGN.md §6). T
     with session_scope(engine) as s:
         todo = claim(s, from_states=["discovered", "offline", "failed"], to_state="downloading",
                      worker="host:1234", lease_seconds=600, limit=4)
+
+The names below are loaded on first use (PEP 562): ``catalog.paths`` (where a store's catalog
+lives) can be imported without SQLAlchemy, e.g. by a mirror that only looks for a catalog.
 """
 from __future__ import annotations
 
-from .db import (
-    current_revision,
-    default_url_for_store,
-    downgrade,
-    ensure_current,
-    head_revision,
-    make_engine,
-    migrations_dir,
-    open_catalog,
-    open_existing_catalog,
-    session_scope,
-    sqlite_file,
-    upgrade,
-)
-from .discovery import (
-    ProductRecord,
-    Replacement,
-    apply_supersede,
-    pending_replacements,
-    record_deleted_from_hub,
-    record_discovered,
-    requeue,
-    retry_products,
-)
-from ingest.errors import CatalogError, LeaseLostError
+import importlib
 
-from .identity import record_store, recorded_store
-from .locks import CatalogStoreLease, LockTimeout, store_lease
+# name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(('current_revision', 'downgrade', 'ensure_current', 'head_revision', 'make_engine', 'migrations_dir', 'open_catalog', 'open_existing_catalog', 'session_scope', 'sqlite_file', 'upgrade'), '.db'),
+    **dict.fromkeys(('default_url_for_store',), '.paths'),
+    **dict.fromkeys(('ProductRecord', 'Replacement', 'apply_supersede', 'pending_replacements', 'record_deleted_from_hub', 'record_discovered', 'requeue', 'retry_products'), '.discovery'),
+    **dict.fromkeys(('CatalogError', 'LeaseLostError'), 'ingest.errors'),
+    **dict.fromkeys(('record_store', 'recorded_store'), '.identity'),
+    **dict.fromkeys(('CatalogStoreLease', 'LockTimeout', 'store_lease'), '.locks'),
+    **dict.fromkeys(('Base', 'HubEvent', 'Layer', 'Product', 'Publish', 'PublishProduct', 'StoreIdentity', 'TimeStep'), '.models'),
+    **dict.fromkeys(('ReconcileReport', 'TimeStepRecord', 'next_version', 'reconcile_published', 'record_layer', 'record_publish', 'record_version'), '.publish'),
+    **dict.fromkeys(('CatalogStatus', 'VersionInfo', 'get_product', 'status', 'versions'), '.queries'),
+    **dict.fromkeys(('TRANSITIONS', 'Guard', 'State'), '.states'),
+    **dict.fromkeys(('claim', 'db_now', 'mark_downloaded', 'mark_failed', 'mark_offline', 'mark_published', 'mark_rejected', 'release', 'release_all', 'renew_lease', 'transition'), '.work'),
+}
 
-from .models import Base, HubEvent, Layer, Product, Publish, PublishProduct, StoreIdentity, TimeStep
-from .publish import (
-    ReconcileReport,
-    TimeStepRecord,
-    next_version,
-    reconcile_published,
-    record_layer,
-    record_publish,
-    record_version,
-)
-from .queries import CatalogStatus, VersionInfo, get_product, status, versions
-from .states import TRANSITIONS, Guard, State
-from .work import (
-    claim,
-    db_now,
-    mark_downloaded,
-    mark_failed,
-    mark_offline,
-    mark_published,
-    mark_rejected,
-    release,
-    release_all,
-    renew_lease,
-    transition,
-)
 
-__all__ = [
-    "Base", "CatalogError", "LockTimeout", "CatalogStoreLease", "store_lease", "CatalogStatus", "LeaseLostError", "Guard", "HubEvent", "Layer", "Product", "ProductRecord", "Publish",
-    "PublishProduct", "Replacement", "State", "TRANSITIONS", "TimeStep", "TimeStepRecord",
-    "apply_supersede", "claim", "current_revision", "db_now", "default_url_for_store",
-    "downgrade", "ensure_current", "get_product", "head_revision", "make_engine", "mark_downloaded",
-    "mark_failed", "mark_offline", "mark_published", "mark_rejected", "migrations_dir",
-    "next_version", "open_catalog", "open_existing_catalog", "sqlite_file", "pending_replacements", "record_deleted_from_hub",
-    "record_discovered", "record_layer", "requeue", "retry_products", "record_publish", "release", "renew_lease", "requeue",
-    "session_scope", "status", "transition", "upgrade",
-    "ReconcileReport", "VersionInfo", "reconcile_published", "record_version", "release_all", "versions",
-    "StoreIdentity", "record_store", "recorded_store",
-]
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'catalog' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

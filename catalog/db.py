@@ -18,35 +18,16 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
 from catalog.locks import MIGRATION_LOCK_KEY, _unlock, file_lock, pg_lock_wait
+from catalog.paths import CATALOG_SUFFIX, default_url_for_store  # noqa: F401 (re-exported)
 from catalog.urls import display_url, normalize_url, unreachable
 from ingest.errors import CatalogError, ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-CATALOG_SUFFIX = ".catalog.sqlite"
 UPGRADE_HINT = "run `s2ingest db upgrade`"
 
 
 # --------------------------------------------------------------------------- URLs
 # (normalize_url, display_url and unreachable live in ``catalog.urls``, shared with the locks)
-
-def default_url_for_store(store_path: str | Path) -> str:
-    """``sqlite:///<dir>/<name>.catalog.sqlite`` beside a local store ``<dir>/<name>.zarr``.
-
-    DESIGN CHOICE: beside the store, not inside it: the store is mirrored and served as is, and
-    a database file (with its -wal/-shm companions) inside it would be copied half-written.
-    """
-    text = str(store_path)
-    if "://" in text and not text.startswith("file://"):
-        raise ConfigError(
-            f"store {text} is not on a local disk: give the catalog URL explicitly "
-            "(a SQLite file on a local disk, or PostgreSQL)"
-        )
-    path = Path(text.removeprefix("file://")).expanduser().resolve()
-    name = path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name
-    if not name:
-        raise ConfigError(f"cannot derive a catalog name from the store path {text!r}")
-    return f"sqlite:///{path.parent / (name + CATALOG_SUFFIX)}"
-
 
 # --------------------------------------------------------------------------- engines
 

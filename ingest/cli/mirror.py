@@ -86,7 +86,7 @@ def command(source: str, copy: str, selection, version, jobs, retries, quick, fo
     whole chunks of the grid and the time range to whole time chunks, so every chunk of the
     copy is a source chunk byte for byte.
     """
-    from ingest.publish.commits import publish_copy
+    from ingest.publish.copy import publish_copy
 
     bar = _Progress(progress)
     try:

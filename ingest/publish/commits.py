@@ -1,5 +1,5 @@
-"""Commits besides the sync's: the new cube, overviews, the quality atlas, reference layers,
-mirror copies.
+"""Commits besides the sync's: the new cube, overviews, the quality atlas, reference layers
+(mirror copies: ``ingest.publish.copy``).
 
 Each is made by its own package in one store transaction (``ingest.publish.engine.Cube``,
 ``ingest.overviews``, ``ingest.quality``, ``ingest.layers``) and recorded here in the cube's catalog
@@ -151,23 +151,3 @@ def publish_layer(store: str | Path, group: str, source: str | Path, *, catalog:
         raise CatalogError(f"{exc} (the layer is in the store; run the same command again "
                            "to record it)") from exc
     return records
-
-
-def publish_copy(source: str, copy: str, *, catalog: Catalog = None, **options):
-    """``ingest.copies.mirror.mirror(source, copy, **options)``, and the copy's new version
-    recorded in ``catalog`` where one exists (its products, time steps and layers too) (by default the SQLite catalog beside a local
-    copy, when there is one: a mirror kept beside its own catalog stays ``verify``-clean; a
-    plain copy has none and nothing is recorded). Returns the mirror's report."""
-    from ingest.copies.mirror import mirror
-
-    report = mirror(source, copy, **options)
-    if catalog is None and "://" not in copy:
-        from catalog.db import default_url_for_store
-
-        catalog = default_url_for_store(copy)
-    with catalog_scope(catalog) as engine:
-        if report.changed and engine is not None:
-            from ingest.publish.rebuild import follow_store
-
-            follow_store(engine, copy, worker=worker("mirror"))
-    return report
