@@ -21,7 +21,6 @@ fast), wall and CPU seconds, with the load average before and after.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from ingest.benchmarks.common import (
     DEFAULT_CACHE, UTC, datatakes, ensure_products, git_info, input_files, machine_info, median,
+    write_report,
 )
 from ingest.benchmarks.tasks import run_child
 
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  the hand-made rioxarray pipeline / the ingest: {summary['handmade_over_ingest']:.2f}x wall, "
           f"{summary['handmade_over_ingest_cpu']:.2f}x CPU (goal >= {GOAL}); the ingest is "
           f"{summary['ingest_over_decode_floor']:.2f}x the decode floor")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    print(f"written {args.out}")
-    return report
+    return write_report(args.out, report, print)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.benchmarks.common import write_report
+
 GOAL = 1.3
 
 
@@ -195,10 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  mirror / plain copy: local {summary['ratio_local']:.2f}x, HTTP {summary['ratio_http']:.2f}x "
           f"(goal <= {GOAL}); rerun unchanged {summary['rerun_unchanged_vs_plain_local']:.2f}x, "
           f"--quick {summary['rerun_quick_vs_plain_local']:.2f}x of a plain local copy")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=str))
-    print(f"written {args.out}")
-    return report
+    return write_report(args.out, report, print)
 
 
 if __name__ == "__main__":
