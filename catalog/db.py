@@ -40,11 +40,14 @@ def _sqlite_setup(engine: Engine, in_memory: bool) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         try:
+            # first: switching to WAL needs the database's lock, which another process creating
+            # or migrating the catalog may hold; without the timeout set, the switch gave up
+            # after sqlite3's default 5 s ("database is locked") on a busy machine
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             if not in_memory:
                 cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
                 cur.execute("PRAGMA synchronous=NORMAL")  # durable enough with WAL, much faster
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         finally:
             cur.close()
 
