@@ -311,3 +311,31 @@ def test_a_new_version_is_served_after_refresh(cube, products, tmp_path):
     assert after == tiles_mod.tile_png(fresh, GROUP, tile.z, tile.x, tile.y, **kw)
     assert after == reference_tile_png(fresh, GROUP, tile.z, tile.x, tile.y,
                                        **{k: v for k, v in kw.items() if v is not None})
+
+
+def test_a_damaged_chunk_is_a_503_naming_it_and_the_store_is_untouched(cube, tmp_path):
+    """The reader decodes chunks itself now: damaged bytes are one JSON line naming the key
+    (HTTP 503), not a traceback, and serving writes nothing."""
+    from fastapi.testclient import TestClient
+
+    from ingest.serve.app import create_app
+
+    copy = tmp_path / "cube.zarr"
+    shutil.copytree(cube, copy)
+    reader = CubeReader(str(copy))
+    reader.refresh()
+    w, s, e, n = reader.data_bounds_wgs84(GROUP)
+    tile = TMS.tile((w + e) / 2, (s + n) / 2, 14)
+    url = f"/tiles/{tile.z}/{tile.x}/{tile.y}.png?variable=B04&time=0&overviews=false"
+    client = TestClient(create_app(str(copy)))
+    assert client.get(url).status_code == 200
+    chunks = sorted(p for p in (copy / GROUP / "B04").iterdir() if p.name[0].isdigit())
+    for p in chunks:
+        p.write_bytes(b"\x00not blosc" + p.read_bytes()[:20])
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    client = TestClient(create_app(str(copy)))  # a fresh process: nothing cached
+    r = client.get(url)
+    assert r.status_code == 503, r.text
+    msg = r.json()["error"]
+    assert "damaged" in msg and "B04/" in msg and "\n" not in msg
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
