@@ -82,6 +82,7 @@ test-lowest:  ## the lowest declared versions (uv --resolution lowest-direct) on
 	.venv-lowest/bin/python -m pytest -n $(TEST_JOBS) $(SUBSET_ARGS) $(SUBSET) $(PYTEST_ARGS)
 
 bench: install  ## every benchmark (ratios in one run); prints figures, writes bench-results/*.json
+	$(call UV,$(VENV)) -e ".[test,postgres,bench]"
 	$(BIN)/python -m ingest.benchmarks --out-dir bench-results
 
 clean:

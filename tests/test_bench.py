@@ -133,6 +133,32 @@ def test_handmade_bench_smoke_compares_with_rioxarray(tmp_path, capsys):
     assert s["goal_met"] == (s["handmade_over_ingest"] >= handmade.GOAL)
     run = report["runs"]["handmade"][0]
     assert run["variables"] == 17 and run["output_pixels"] > 17 * 300 * 300
+    # odc-stac (the bench extra, installed with the test extra): the same product through its Item
+    assert s["odc_stac_over_ingest"] == pytest.approx(
+        doc["median"]["odc_stac"]["seconds"] / doc["median"]["ingest"]["seconds"])
+    run = report["runs"]["odc_stac"][0]
+    assert run["variables"] == 17 and run["output_pixels"] > 17 * 300 * 300
+
+
+def test_the_odc_stac_item_of_a_product_names_each_variables_file_and_grid(tmp_path):
+    """The STAC Item the odc-stac run loads: one asset per variable, the JP2 file the ingest
+    reads at the variable's resolution, with its projection; odc-stac parses it as such."""
+    import odc.stac
+    import rasterio
+
+    from ingest.benchmarks.common import datatakes, ensure_products, input_files
+    from ingest.benchmarks.tasks import product_item
+
+    product = str(ensure_products(tmp_path, ["31UFT"], datatakes(1), (4800, 4800, 120, 120), print)[0])
+    item = product_item(product)
+    files = {f["variable"]: f["path"] for f in input_files([product])}
+    assert {k: a.href for k, a in item.assets.items()} == files
+    parsed = odc.stac.parse_item(item)
+    for name, path in files.items():
+        with rasterio.open(path) as src:
+            geobox = parsed[name].geobox
+            assert geobox.crs.epsg == src.crs.to_epsg() and geobox.shape == (src.height, src.width)
+            assert tuple(geobox.affine)[:6] == tuple(src.transform)[:6]
 
 
 def test_mirror_bench_smoke_on_an_existing_cube(tmp_path, capsys):

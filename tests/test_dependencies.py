@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # import name -> distribution name, where they differ
 DISTRIBUTION = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "rio_tiler": "rio-tiler", "PIL": "pillow",
-                "psycopg": "psycopg", "dateutil": "python-dateutil"}
+                "psycopg": "psycopg", "dateutil": "python-dateutil", "odc": "odc-stac"}
 OWN = {"ingest", "catalog", "s2ingest"}
 
 
@@ -52,7 +52,7 @@ def imported_modules() -> dict[str, set[str]]:
 
 # optional extras whose libraries the code imports (lazily, refusing the options that need
 # them with one line naming the extra when they are missing)
-IMPORTED_EXTRAS = ("cluster",)
+IMPORTED_EXTRAS = ("cluster", "bench")
 
 
 def test_every_import_is_declared():

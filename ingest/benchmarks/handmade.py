@@ -14,9 +14,15 @@ Measured, interleaved ``--repeat`` times, each in a fresh ``spawn``-ed child (``
   variable and the variable's fill value as nodata, then ``to_zarr`` (Zarr format 2, one time
   step, chunks of (1, 625, 500) with the cube's Blosc codec), under the same GDAL settings.
   It does less than the ingest (no national grid, no mosaic, no masks or atlas, no versions).
+* ``odc_stac``: the same product through odc-stac (when the ``bench`` extra is installed):
+  a STAC Item of the product (an asset per variable with its projection and raster fields, as
+  Earth Search items carry), ``odc.stac.load`` onto EPSG:28992 at 10 m with the same
+  resampling per variable, in dask chunks holding whole Zarr chunks, then ``to_zarr`` (Zarr
+  format 2, the same chunks and codec) on one dask thread per core.
 
-The figure is ``handmade / ingest`` of the medians (goal: >= 2, the ingest at least twice as
-fast), wall and CPU seconds, with the load average before and after.
+The figures are ``handmade / ingest`` and ``odc_stac / ingest`` of the medians (goal: >= 2, the
+ingest at least twice as fast as the hand-made pipeline), wall and CPU seconds, with the load
+average before and after.
 """
 from __future__ import annotations
 
@@ -33,6 +39,12 @@ from ingest.benchmarks.common import (
 )
 from ingest.benchmarks.tasks import run_child
 
+try:
+    import odc.stac  # noqa: F401  (the bench extra: pip install '.[bench]')
+    HAVE_ODC_STAC = True
+except ImportError:
+    HAVE_ODC_STAC = False
+
 GOAL = 2.0  # the hand-made pipeline's time / the ingest's time
 
 
@@ -45,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="product cache directory")
     ap.add_argument("--out", type=Path, default=Path("bench-results/handmade.json"))
+    ap.add_argument("--no-odc-stac", action="store_true", help="leave out the odc-stac run")
     args = ap.parse_args(argv)
     window = tuple(args.window) if args.window else None
     started, load_before, code = datetime.now(UTC), os.getloadavg(), git_info()
@@ -53,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     paths = [f["path"] for f in files]
     nproc = len(os.sched_getaffinity(0))
     runs: dict[str, list[dict]] = {"decode_pool": [], "ingest": [], "handmade": []}
+    if HAVE_ODC_STAC and not args.no_odc_stac:
+        runs["odc_stac"] = []
+    elif not args.no_odc_stac:
+        print("odc-stac is not installed: its run is left out (pip install '.[bench]')")
     work = Path(tempfile.mkdtemp(prefix="bench-handmade-",
                                  dir=args.cache.parent if args.cache.parent.exists() else None))
     try:
@@ -69,6 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
             r = run_child("handmade", product_path=products[0], out_path=str(out))
             runs["handmade"].append(r)
             shutil.rmtree(out, ignore_errors=True)
+            if "odc_stac" in runs:
+                out = work / "odc-stac.zarr"
+                runs["odc_stac"].append(run_child("odc_stac", product_path=products[0], out_path=str(out),
+                                                  threads=nproc))
+                shutil.rmtree(out, ignore_errors=True)
             for name in runs:
                 print(f"  {name:<12} {runs[name][-1]['seconds']:7.1f} s  CPU {runs[name][-1]['cpu_s']:7.1f} s  "
                       f"peak RSS {runs[name][-1]['peak_rss_mb']:6.0f} MB", flush=True)
@@ -83,6 +105,9 @@ def main(argv: list[str] | None = None) -> dict:
         "handmade_over_decode_floor": med["handmade"]["seconds"] / med["decode_pool"]["seconds"],
         "goal": GOAL,
     }
+    if "odc_stac" in med:
+        summary["odc_stac_over_ingest"] = med["odc_stac"]["seconds"] / med["ingest"]["seconds"]
+        summary["odc_stac_over_ingest_cpu"] = med["odc_stac"]["cpu_s"] / med["ingest"]["cpu_s"]
     summary["goal_met"] = summary["handmade_over_ingest"] >= GOAL
     report = {"schema": 1, "date": started.isoformat(timespec="seconds"), "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(), "machine": machine_info(), "code": code,
@@ -97,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  the hand-made rioxarray pipeline / the ingest: {summary['handmade_over_ingest']:.2f}x wall, "
           f"{summary['handmade_over_ingest_cpu']:.2f}x CPU (goal >= {GOAL}); the ingest is "
           f"{summary['ingest_over_decode_floor']:.2f}x the decode floor")
+    if "odc_stac_over_ingest" in summary:
+        print(f"  odc-stac load -> to_zarr / the ingest: {summary['odc_stac_over_ingest']:.2f}x wall, "
+              f"{summary['odc_stac_over_ingest_cpu']:.2f}x CPU")
     return write_report(args.out, report, print)
 
 

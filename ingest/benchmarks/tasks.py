@@ -22,7 +22,7 @@ def _child(task: str, kwargs: dict) -> dict:
 
     baseline = _status_mb("VmRSS") or _peak_mb()
     fn = {"decode": _decode, "decode_eopf": _decode_eopf, "ingest": _ingest, "overviews": _overviews,
-          "handmade": _handmade}[task]
+          "handmade": _handmade, "odc_stac": _odc_stac}[task]
     cpu0, t0 = _cpu_s(), time.perf_counter()
     result = fn(**kwargs)
     wall = time.perf_counter() - t0
@@ -225,6 +225,64 @@ def _handmade(product_path: str, out_path: str) -> dict:
                        encoding={spec.name: {"chunks": (1, 625, 500), "compressors": (compressor(),)}})
             pixels += int(out.size)
     return {"output_pixels": pixels, "variables": len(order)}
+
+
+def product_item(product_path: str):
+    """A STAC Item of one SAFE product as a careful user writes it for odc-stac: an asset per
+    variable (the JP2 file the ingest reads, at the variable's resolution) with the projection
+    (``proj:code``, ``proj:shape``, ``proj:transform``) and raster (data type, nodata) fields
+    that Earth Search and Planetary Computer items carry."""
+    import pystac
+    import rasterio
+    import rasterio.warp
+    from pystac.extensions.projection import ProjectionExtension
+    from pystac.extensions.raster import RasterBand, RasterExtension
+    from shapely.geometry import box, mapping
+
+    from ingest.products.formats import read_product
+    from ingest.variables import VARIABLES
+
+    product = read_product(product_path)
+    item = None
+    for name, spec in VARIABLES.items():
+        path = product.gdal_path(product.file_for(name, spec.resolution))
+        with rasterio.open(path) as src:
+            if item is None:
+                bounds = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+                item = pystac.Item(Path(product_path).stem, mapping(box(*bounds)), list(bounds),
+                                   product.datatake_start.replace(tzinfo=None), {})
+                ProjectionExtension.ext(item, add_if_missing=True).code = f"EPSG:{src.crs.to_epsg()}"
+                RasterExtension.add_to(item)
+            asset = pystac.Asset(path, media_type="image/jp2", roles=["data"])
+            item.add_asset(name, asset)
+            proj = ProjectionExtension.ext(asset)
+            proj.shape, proj.transform = [src.height, src.width], list(src.transform)[:6]
+            RasterExtension.ext(asset).bands = [RasterBand.create(data_type=src.dtypes[0],
+                                                                  nodata=spec.fill_value)]
+    return item
+
+
+def _odc_stac(product_path: str, out_path: str, threads: int) -> dict:
+    """The same product through odc-stac (``ingest.benchmarks.handmade``): ``odc.stac.load`` of
+    its Item onto EPSG:28992 at 10 m (the same resampling per variable, the fill value as
+    nodata), lazily in dask chunks that hold whole Zarr chunks, then ``to_zarr`` (Zarr format
+    2, chunks (1, 625, 500), the cube's codec) on ``threads`` dask threads."""
+    import dask
+    import odc.stac
+
+    from ingest.store.layout import compressor
+    from ingest.variables import VARIABLES
+    from ingest.warping.warp import GDAL_ENV
+
+    odc.stac.configure_rio(**GDAL_ENV)
+    item = product_item(product_path)
+    ds = odc.stac.load([item], bands=list(VARIABLES), crs="EPSG:28992", resolution=10,
+                       resampling={n: s.default_resampling for n, s in VARIABLES.items()},
+                       chunks={"y": 2500, "x": 2500})
+    encoding = {n: {"chunks": (1, 625, 500), "compressors": (compressor(),)} for n in ds.data_vars}
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        ds.to_zarr(out_path, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
+    return {"output_pixels": int(sum(v.size for v in ds.data_vars.values())), "variables": len(ds.data_vars)}
 
 
 def chunk_bytes(cube: Path) -> int:
