@@ -86,6 +86,20 @@ def same_cube(a: Path, b: Path) -> None:
         strip_pointer({k: (b / k).read_bytes() for k in POINTER_KEYS})
 
 
+def test_reused_blosc_blocks_give_the_cube_that_whole_encodes_give(batches, single, tmp_path, monkeypatch):
+    """Chunks are encoded by reusing the Blosc blocks of the steps a commit did not change
+    (``ingest.store.blosc_frames``): the cube, a late datatake and merges into published
+    time chunks included, is byte for byte the cube of encoding every chunk whole."""
+    from ingest.store import zarrdocs
+
+    monkeypatch.setattr(zarrdocs, "_splicer", lambda meta: None)
+    store = tmp_path / "cube.zarr"
+    for folder in batches:
+        r = run(*sync_args(store, "--source", folder, "--settle", "0"))
+        assert r.exit_code == 0, r.output
+    same_cube(single, store)
+
+
 def test_workers_build_the_same_cube_as_one_process(batches, single, tmp_path):
     store = tmp_path / "cube.zarr"
     outputs = [finish(cli(*sync_args(store, "--source", folder, "--settle", "0", "--workers", "2")))

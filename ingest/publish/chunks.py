@@ -124,8 +124,9 @@ def merge_into(tx: Transaction, meta: ArrayMeta, grid: CubeGrid, var: str, k: in
     """Read, merge, encode and stage one chunk in ``tx``; returns it (every time step)."""
     old = tx.get(key)
     chunk = merged_array(meta, grid, var, k, c, key, old, slots, computed, window)
-    if (chunk != meta.fill_value).any():
-        tx.put(key, meta.encode(chunk))
+    data = encoded(meta, chunk, written_steps(grid, k, c, slots, computed), old)
+    if data is not None:
+        tx.put(key, data)
     elif old is not None:
         tx.delete(key)
     return chunk
@@ -140,14 +141,27 @@ def merged_chunk(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkInde
     Pure (no store access): the in-process writer and the worker processes
     (``ingest.compute``) both use it, so both write the same bytes.
     """
-    return encoded(meta, merged_array(meta, grid, var, k, c, key, old, slots, computed, window))
+    chunk = merged_array(meta, grid, var, k, c, key, old, slots, computed, window)
+    return encoded(meta, chunk, written_steps(grid, k, c, slots, computed), old)
 
 
-def encoded(meta: ArrayMeta, chunk: np.ndarray) -> bytes | None:
-    """The stored bytes of a chunk; None when it holds only fill values (it is not stored)."""
-    if (chunk != meta.fill_value).any():
-        return meta.encode(chunk)
+def encoded(meta: ArrayMeta, chunk: np.ndarray, steps: Iterable[int], old: bytes | None) -> bytes | None:
+    """The stored bytes of a chunk whose time steps other than ``steps`` hold what ``old``
+    holds (None: fill values); None when it holds only fill values (it is not stored)."""
+    steps = list(steps)
+    fill = meta.fill_value
+    # the written steps first: in a new chunk the others hold the fill value
+    written = any((chunk[s] != fill).any() for s in steps)
+    if written or (old is not None and (chunk != fill).any()):
+        return meta.encode_steps(chunk, steps, old)
     return None
+
+
+def written_steps(grid: CubeGrid, k: int, c: ChunkIndex, slots: Iterable[SlotWrite],
+                  computed: dict[int, dict[str, np.ndarray]]) -> list[int]:
+    """The steps (within time chunk ``k``) that ``merged_array`` writes into chunk ``c``."""
+    tc = grid.time_chunk
+    return [s.index - k * tc for s in slots if s.index in computed and c in s.chunks]
 
 
 def merged_array(meta: ArrayMeta, grid: CubeGrid, var: str, k: int, c: ChunkIndex, key: str,

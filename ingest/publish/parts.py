@@ -33,6 +33,7 @@ from ingest.errors import ComputeError, StoreError
 from ingest.grid import ChunkIndex, CubeGrid
 from ingest.publish.chunks import (
     blocks_of, encoded, merge_into, merged_array, merged_chunk, release_finished, slot_block,
+    written_steps,
 )
 from ingest.publish.plan import SlotWrite
 from ingest.products.model import Product
@@ -154,7 +155,7 @@ def _stage(out: PartBlock, staging: StagingWriter, task: PartTask, var: str, c: 
     chunk = merged_array(meta, task.grid, var, task.k, c, key, old, slots, computed, window)
     if sums is not None:
         sums.add(var, task.k, c, chunk)
-    data = encoded(meta, chunk)
+    data = encoded(meta, chunk, written_steps(task.grid, task.k, c, slots, computed), old)
     if data is None:
         if old is not None:
             out.deleted.append(key)

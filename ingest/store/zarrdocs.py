@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numcodecs
 import numcodecs.blosc
 import numpy as np
 
 from ingest.errors import StoreError
+from ingest.store.blosc_frames import Splicer
 
 if TYPE_CHECKING:
     from zarr.storage import MemoryStore
@@ -142,6 +144,10 @@ class ArrayMeta:
         return dumps(self.doc)
 
     def empty_chunk(self) -> np.ndarray:
+        """A chunk of the fill value. Zeros come from ``np.zeros``: the system hands out zeroed
+        pages as they are first written, so steps nobody writes cost nothing."""
+        if self.fill_value == 0:
+            return np.zeros(self.chunks, dtype=self.dtype)
         return np.full(self.chunks, self.fill_value, dtype=self.dtype)
 
     def decode(self, raw: bytes, out: np.ndarray | None = None) -> np.ndarray:
@@ -151,6 +157,34 @@ class ArrayMeta:
 
     def encode(self, chunk: np.ndarray) -> bytes:
         return bytes(self.codec.encode(np.ascontiguousarray(chunk, dtype=self.dtype)))
+
+    def encode_steps(self, chunk: np.ndarray, steps: Iterable[int], old: bytes | None) -> bytes:
+        """``encode(chunk)``, the same bytes, for a chunk whose steps (first axis) other than
+        ``steps`` hold what the chunk ``old`` holds (None: the fill value): Blosc blocks that
+        lie wholly in the other steps are reused, not compressed again (``blosc_frames``)."""
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+        splicer = _splicer(self)
+        spliced = splicer.encode(chunk, steps, old) if splicer is not None else None
+        return spliced if spliced is not None else self.encode(chunk)
+
+
+_SPLICERS: dict[str, Splicer] = {}
+_SPLICERS_LOCK = threading.Lock()
+
+
+def _splicer(meta: ArrayMeta) -> Splicer | None:
+    """The ``Splicer`` of chunks like ``meta``'s (one per codec, chunk shape, dtype and fill,
+    shared by every commit of the process); None where the codec is not a Blosc with a fixed
+    block size compressing on one thread (the blocks of anything else cannot be reused)."""
+    codec = meta.codec
+    if not (isinstance(codec, numcodecs.Blosc) and codec.blocksize > 0 and not numcodecs.blosc.use_threads):
+        return None
+    key = json.dumps([meta.doc.get("compressor"), meta.chunks, meta.dtype.str, meta.fill_value],
+                     sort_keys=True, default=str)
+    with _SPLICERS_LOCK:
+        if key not in _SPLICERS:
+            _SPLICERS[key] = Splicer(codec, meta.chunks, meta.dtype, meta.fill_value)
+        return _SPLICERS[key]
 
 
 def encode_1d(meta: ArrayMeta, values: np.ndarray) -> dict[int, bytes | None]:
