@@ -29,6 +29,7 @@ def test_bench_smoke_small_window(tmp_path, capsys):
     assert s["decode_floor_s"] > 0 and s["ingest_s"] > 0
     assert s["ratio_to_decode_floor"] == pytest.approx(s["ingest_s"] / s["decode_floor_s"])
     assert s["target_met"] == (s["ratio_to_decode_floor"] <= bench.TARGET_RATIO)
+    assert s["populated_target_met"] == (s["ratio_populated_to_decode_floor"] <= bench.POPULATED_TARGET)
     # 17 files: 4 at 10 m (300²), 11 at 20 m (150²), 2 at 60 m (50²)
     assert len(on_disk["inputs"]["files"]) == 17
     assert s["input_pixels"] == 4 * 300**2 + 11 * 150**2 + 2 * 50**2

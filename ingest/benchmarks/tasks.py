@@ -4,6 +4,7 @@ JP2 files alone (the floor), an ingest, building overviews; and the summaries of
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -242,7 +243,7 @@ def product_item(product_path: str):
     from ingest.products.formats import read_product
     from ingest.variables import VARIABLES
 
-    product = read_product(product_path)
+    product = read_product(os.path.abspath(product_path))  # an Item's hrefs are absolute
     item = None
     for name, spec in VARIABLES.items():
         path = product.gdal_path(product.file_for(name, spec.resolution))
